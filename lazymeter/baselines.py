@@ -1,0 +1,73 @@
+"""Lazy baselines: kernel regression with the initial NTK ``K0``."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+
+def kernel_regression(
+    K_train: Tensor, y_train: Tensor, K_test_train: Tensor, ridge: float = 0.0
+) -> Tensor:
+    """Kernel (ridge) regression predictions ``K_test_train (K_train + ridge I)^-1 y_train``.
+
+    Args:
+        K_train: ``[P, P]`` symmetric PSD Gram matrix of the training inputs.
+        y_train: ``[P]`` or ``[P, C]`` targets.
+        K_test_train: ``[Q, P]`` kernel between test and training inputs.
+        ridge: non-negative ridge ``lambda``.
+
+    Returns:
+        ``[Q]`` or ``[Q, C]`` predictions, in the promoted dtype of the inputs
+        (solved in float64). The system is solved by Cholesky; when that fails
+        (a singular or indefinite kernel, e.g. ``P`` larger than the parameter
+        count with ``ridge=0``) it falls back to the minimum-norm least-squares
+        solution (pseudo-inverse) with a ``RuntimeWarning``.
+    """
+    for name, t in (("K_train", K_train), ("y_train", y_train), ("K_test_train", K_test_train)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+    if K_train.dim() != 2 or K_train.shape[0] != K_train.shape[1]:
+        raise ValueError(f"K_train: expected a square [P, P] matrix, got {tuple(K_train.shape)}")
+    P = K_train.shape[0]
+    if y_train.dim() not in (1, 2) or y_train.shape[0] != P:
+        raise ValueError(f"y_train: expected shape [{P}] or [{P}, C], got {tuple(y_train.shape)}")
+    if K_test_train.dim() != 2 or K_test_train.shape[1] != P:
+        raise ValueError(
+            f"K_test_train: expected shape [Q, {P}] (test rows, train columns), "
+            f"got {tuple(K_test_train.shape)}"
+        )
+    if not ridge >= 0:
+        raise ValueError(f"ridge: expected a non-negative number, got {ridge}")
+    out_dtype = torch.promote_types(
+        torch.promote_types(K_train.dtype, y_train.dtype), K_test_train.dtype
+    )
+    if not out_dtype.is_floating_point:
+        out_dtype = torch.get_default_dtype()
+    f64 = torch.float64
+    A = K_train.to(f64)
+    A = (A + A.T) / 2 + ridge * torch.eye(P, dtype=f64, device=A.device)
+    y = y_train.to(f64)
+    rhs = y[:, None] if y.dim() == 1 else y
+    L, info = torch.linalg.cholesky_ex(A)
+    ok = int(info) == 0
+    if ok:
+        # Cholesky of a numerically singular matrix can "succeed"; judge by its pivots.
+        d = L.diagonal() ** 2
+        ok = float(d.min()) > P * float(torch.finfo(f64).eps) * float(d.max())
+    if ok:
+        coef = torch.cholesky_solve(rhs, L)
+    if not ok:
+        warnings.warn(
+            "kernel_regression: K_train + ridge*I is singular; using the minimum-norm "
+            "least-squares solution (pass ridge > 0 to regularise)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        coef = torch.linalg.pinv(A, hermitian=True) @ rhs
+    pred = K_test_train.to(f64) @ coef
+    return (pred[:, 0] if y.dim() == 1 else pred).to(out_dtype)

@@ -1,0 +1,15 @@
+"""Empirical NTK engines behind one function, :func:`empirical_ntk`."""
+
+from .api import DEFAULT_MEMORY_BUDGET, auto_chunk_size, choose_method, empirical_ntk
+from .engines import ENGINES, register_engine
+from .functional import FunctionalModel
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "ENGINES",
+    "FunctionalModel",
+    "auto_chunk_size",
+    "choose_method",
+    "empirical_ntk",
+    "register_engine",
+]

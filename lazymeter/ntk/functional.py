@@ -1,0 +1,157 @@
+"""A model seen as a pure function of its trainable parameters.
+
+Engines only need three things from a model: the dict of trainable
+parameters, a batched forward ``f(params, x) -> [B, O]`` and a single-sample
+forward ``f(params, x_i) -> [O]`` for ``vmap``. This module builds them once,
+validates inputs, and keeps the model itself untouched (no mode switch, no
+buffer update, no ``.grad`` written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Inputs = Tensor | tuple[Tensor, ...]
+OutputFn = Callable[[Any], Tensor]
+
+
+def as_inputs(x: Any, name: str, device: torch.device | None = None) -> tuple[Tensor, ...]:
+    """Normalise a model input (a tensor or a tuple of tensors sharing dim 0) and validate it."""
+    xs = (x,) if isinstance(x, Tensor) else x
+    if not isinstance(xs, (tuple, list)) or not xs or not all(isinstance(t, Tensor) for t in xs):
+        raise TypeError(
+            f"{name}: expected a Tensor (or a tuple of Tensors sharing the sample dimension 0), "
+            f"got {type(x).__name__}"
+        )
+    n = xs[0].shape[0] if xs[0].dim() > 0 else None
+    for t in xs:
+        if t.dim() == 0:
+            raise ValueError(f"{name}: inputs need a leading sample dimension; got a 0-d tensor")
+        if t.shape[0] != n:
+            raise ValueError(
+                f"{name}: all input tensors must share the sample dimension; got sizes "
+                f"{[t.shape[0] for t in xs]}"
+            )
+        if device is not None and t.device != device:
+            raise ValueError(
+                f"{name}: is on {t.device} but the model is on {device}; move it with "
+                f"{name}.to(device)"
+            )
+        if t.is_floating_point() or t.is_complex():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: contains NaN or Inf; clean the inputs first")
+    if n == 0:
+        raise ValueError(f"{name}: has no samples (dimension 0 is empty)")
+    return tuple(xs)
+
+
+def num_samples(xs: tuple[Tensor, ...]) -> int:
+    return int(xs[0].shape[0])
+
+
+def slice_inputs(xs: tuple[Tensor, ...], start: int, stop: int) -> tuple[Tensor, ...]:
+    return tuple(t[start:stop] for t in xs)
+
+
+def _check_batch_independent(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+            m.training or not m.track_running_stats
+        ):
+            raise ValueError(
+                f"model: BatchNorm layer '{name or type(m).__name__}' normalises with batch "
+                "statistics, so each output depends on the whole batch and there is no "
+                "per-sample NTK; call model.eval() (with track_running_stats=True) before "
+                "computing the NTK"
+            )
+
+
+class FunctionalModel:
+    """``model`` as pure functions of its trainable parameters.
+
+    Attributes:
+        params: ``{name: tensor}`` of parameters with ``requires_grad=True``
+            (detached views; the kernel is taken w.r.t. these alone).
+        constants: frozen parameters and buffers, used as they are.
+        n_params: total number of trainable scalars.
+    """
+
+    def __init__(self, model: nn.Module, output_fn: OutputFn | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if output_fn is not None and not callable(output_fn):
+            raise TypeError("output_fn: expected a callable mapping the model output to a Tensor")
+        _check_batch_independent(model)
+        self.model = model
+        self.output_fn = output_fn
+        self.params: dict[str, Tensor] = {}
+        self.constants: dict[str, Tensor] = {}
+        for name, p in model.named_parameters():
+            (self.params if p.requires_grad else self.constants)[name] = p.detach()
+        if not self.params:
+            raise ValueError(
+                "model: has no parameters with requires_grad=True, so its NTK is zero; "
+                "unfreeze the parameters the kernel should be taken over"
+            )
+        self.constants.update(dict(model.named_buffers()))
+        self.n_params = sum(p.numel() for p in self.params.values())
+        first = next(iter(self.params.values()))
+        self.dtype = first.dtype
+        self.device = first.device
+
+    def batched(self, params: dict[str, Tensor], xs: tuple[Tensor, ...]) -> Tensor:
+        """Model output for a batch, reduced by ``output_fn`` and flattened: ``[B, O]``."""
+        out = functional_call(self.model, (params, self.constants), xs)
+        if self.output_fn is not None:
+            out = self.output_fn(out)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"output_fn: the model returned {type(out).__name__}; pass output_fn that picks "
+                "a Tensor out of it (e.g. output_fn=lambda out: out['logits'])"
+            )
+        if out.dim() == 0 or out.shape[0] != xs[0].shape[0]:
+            raise ValueError(
+                f"output_fn: the output must keep the batch dimension first; got shape "
+                f"{tuple(out.shape)} for a batch of {xs[0].shape[0]}"
+            )
+        return out.reshape(out.shape[0], -1)
+
+    def single(self, params: dict[str, Tensor], *x: Tensor) -> Tensor:
+        """Model output for one sample (no batch dimension): ``[O]``."""
+        return self.batched(params, tuple(t.unsqueeze(0) for t in x))[0]
+
+    def num_outputs(self, xs: tuple[Tensor, ...]) -> int:
+        with torch.no_grad():
+            return int(self.batched(self.params, slice_inputs(xs, 0, 1)).shape[1])
+
+    def forward_flops(self, xs: tuple[Tensor, ...]) -> float:
+        """Matmul/conv FLOPs of one sample's forward pass (0 if they cannot be counted)."""
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self.batched(self.params, slice_inputs(xs, 0, 1))
+            return float(counter.get_total_flops())
+        except Exception:  # the counter is an optimisation hint only
+            return 0.0
+
+    def activation_bytes(self, xs: tuple[Tensor, ...]) -> int:
+        """Bytes of intermediate tensors autograd saves for one sample's forward pass."""
+        params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        own = {v.data_ptr() for v in self.params.values()}
+        total = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal total
+            if t.data_ptr() not in own:
+                total += t.numel() * t.element_size()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self.batched(params, slice_inputs(xs, 0, 1))
+        return total
