@@ -4,6 +4,7 @@ Public API (DESIGN.md section 2).
 """
 
 from .baselines import kernel_regression
+from .meter import LazyMeter
 from .metrics import (
     center_kernel,
     cka,
@@ -15,10 +16,18 @@ from .metrics import (
     weight_norm,
 )
 from .ntk import empirical_ntk
+from .schedules import Every, LogSpaced, make_schedule
+from .sinks import read_jsonl, tag_for
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Every",
+    "LazyMeter",
+    "LogSpaced",
+    "make_schedule",
+    "read_jsonl",
+    "tag_for",
     "center_kernel",
     "cka",
     "empirical_ntk",

@@ -1,0 +1,523 @@
+"""``LazyMeter``: wrap a model, rescale it by alpha, and measure lazy vs rich training.
+
+The meter is an ``nn.Module`` around the user's model. ``meter(x)`` is the
+alpha-rescaled, centred output the loss should see; ``meter.step(...)`` is
+called once per optimiser step with the user's scalars and measures on the
+probe sets when the schedule says so. Measurements compose the pure
+functions of :mod:`lazymeter.metrics` and :mod:`lazymeter.ntk`; they never
+change the model's parameters, gradients, mode or the global RNG stream.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils._pytree import tree_map
+
+from . import metrics as M
+from .baselines import kernel_regression
+from .ntk import empirical_ntk
+from .schedules import ScheduleSpec, make_schedule
+from .sinks import JsonlSink, TensorBoardSink
+
+Probe = tuple[Tensor, Tensor]
+MetricFn = Callable[[nn.Module], Mapping[str, float]]
+
+_STATE_VERSION = 1
+
+
+def _as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
+    if probe is None:
+        return None
+    if not isinstance(probe, (tuple, list)) or len(probe) != 2:
+        raise TypeError(f"{name}: expected a pair (x, y) of tensors, got {type(probe).__name__}")
+    x, y = probe
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{name}: expected (x, y) as torch.Tensors")
+    if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name}: x and y must have the same number of samples in dimension 0; got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.shape[0] < 2:
+        raise ValueError(f"{name}: needs at least 2 samples for centred kernel metrics")
+    if x.device != device or y.device != device:
+        raise ValueError(
+            f"{name}: is on {x.device} but the model is on {device}; "
+            f"move it with .to({str(device)!r})"
+        )
+    for t, part in ((x, "x"), (y, "y")):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: {part} contains NaN or Inf")
+    return x, y
+
+
+def _subsample(probe: Probe, k: int, seed: int) -> Probe:
+    """At most ``k`` samples, a fixed (seeded) random subset in original order."""
+    x, y = probe
+    if x.shape[0] <= k:
+        return x, y
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=g)[:k].sort().values.to(x.device)
+    return x[idx], y[idx]
+
+
+def _targets(y: Tensor, num_classes: int | None = None) -> Tensor:
+    """Regression targets ``[P, C]`` in float64: integer class labels become one-hot."""
+    if not y.is_floating_point():
+        C = num_classes or int(y.max()) + 1
+        return torch.nn.functional.one_hot(y.long().reshape(-1), C).to(torch.float64)
+    y = y.to(torch.float64)
+    return y.reshape(y.shape[0], -1)
+
+
+class _Snapshot(nn.Module):
+    """Frozen copy of a model's parameters and buffers (buffers here, so that
+    ``.to()`` moves them and ``state_dict`` carries them, but optimisers never see them)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        named = list(model.named_parameters()) + list(model.named_buffers())
+        self.names = [n for n, _ in named]
+        for i, (_, t) in enumerate(named):
+            self.register_buffer(f"t{i}", t.detach().clone())
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {n: getattr(self, f"t{i}") for i, n in enumerate(self.names)}
+
+
+class LazyMeter(nn.Module):
+    """Lazy-vs-rich diagnostics for any ``nn.Module``, inside the user's training loop.
+
+    ``meter(x)`` returns ``alpha * (model(x) - model0(x))`` (``center=True``;
+    ``model0`` is the model frozen at construction) or ``alpha * model(x)``.
+    Train it with ``lr = meter.scaled_lr(lr)``. Each ``meter.step(**scalars)``
+    logs the scalars; on scheduled steps the meter measures, on the probes:
+
+    * ``ntk_drift`` = ``||K_t - K_0||_F / ||K_0||_F`` and ``ntk_cka`` = ``cka(K_t, K_0)``
+      (empirical NTK of the model on the train probe, outputs traced);
+    * ``alignment_train`` / ``alignment_test``: ``kernel_alignment(K_t, y)`` on each probe,
+      and ``alignment0_*`` of ``K_0`` for reference; ``test_ntk_drift``;
+    * ``param_movement`` = ``||theta - theta0|| / ||theta0||``, ``weight_norm`` = ``||theta||``;
+    * ``spectrum_trace``, ``spectrum_effective_rank``, ``spectrum_eig_1..k`` of ``K_t``;
+    * ``feature_cka/<layer>``: linear CKA of a layer's activations to their values at init;
+    * ``k0_test_mse`` (computed once, at construction): the lazy baseline, the test-probe
+      MSE of kernel regression with ``K_0`` on the train probe (``k0_test_acc`` too for
+      integer class labels, which are one-hot encoded).
+
+    Args:
+        model: the network to train; the meter's parameters are exactly its parameters.
+        alpha: output scale (> 0). Large alpha = lazy, small alpha = rich.
+        center: subtract the initial model's output (so the initial function is 0).
+        probe: ``(x, y)`` training points to measure on; ``test_probe``: held-out points.
+        schedule: int k (every k steps), ``"log"`` (8 log-spaced steps per decade),
+            ``"log:N"``, or a callable ``step -> bool``.
+        log_dir: directory for ``history.jsonl`` and TensorBoard event files.
+        writer: a ``SummaryWriter`` to log into instead of creating one in ``log_dir``.
+        output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``);
+            applied in ``forward`` and in the NTK.
+        max_probe: measurement kernels use at most this many probe points (a fixed
+            seeded subset); a measurement costs ``O(max_probe^2 * n_params)``.
+        max_baseline: points of each probe used for the one-off lazy baseline.
+        features: names of submodules whose outputs are compared (linear CKA) to init.
+        metrics: extra ``fn(model) -> {name: float}`` evaluated at each measurement
+            (e.g. a test-loss decomposition).
+        ntk_method, ntk_chunk_size: passed to :func:`lazymeter.empirical_ntk`.
+        centering: kernel-alignment centring (see :func:`lazymeter.kernel_alignment`).
+        ridge: ridge of the lazy-baseline kernel regression.
+        seed: seed of the probe subsample.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        alpha: float = 1.0,
+        center: bool = True,
+        probe: Probe | None = None,
+        test_probe: Probe | None = None,
+        schedule: ScheduleSpec = 100,
+        log_dir: str | os.PathLike[str] | None = None,
+        *,
+        writer: Any = None,
+        output_fn: Callable[[Any], Any] | None = None,
+        max_probe: int = 128,
+        max_baseline: int = 2048,
+        features: Sequence[str] | None = None,
+        metrics: Mapping[str, MetricFn] | None = None,
+        ntk_method: str = "auto",
+        ntk_chunk_size: int | None = None,
+        centering: str = "double",
+        spectrum_k: int = 5,
+        ridge: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha: expected a positive number, got {type(alpha).__name__}")
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha: must be finite and > 0, got {alpha}")
+        for name, v in (("max_probe", max_probe), ("max_baseline", max_baseline)):
+            if not isinstance(v, int) or v < 2:
+                raise ValueError(f"{name}: expected an int >= 2, got {v!r}")
+        self.model = model
+        self.alpha = float(alpha)
+        self.center = bool(center)
+        self.output_fn = output_fn
+        self.ntk_kwargs = {"method": ntk_method, "chunk_size": ntk_chunk_size}
+        self.centering = centering
+        self.spectrum_k = spectrum_k
+        self.ridge = ridge
+        self.metric_fns = dict(metrics or {})
+        self.schedule = make_schedule(schedule)
+        self.snapshot = _Snapshot(model)
+        self.history: list[dict[str, float]] = []
+        self.baseline: dict[str, float] = {}
+        self._reference: dict[str, float] = {}
+        self._scalars: dict[str, float] = {}
+        self._step: int | None = None  # last step seen
+        self._cache: list[tuple[tuple[Any, ...], Any]] = []
+        self._warned: set[str] = set()
+
+        device = self._device()
+        full = _as_probe(probe, "probe", device)
+        full_test = _as_probe(test_probe, "test_probe", device)
+        if full_test is not None and full is None:
+            raise ValueError("test_probe: needs a training probe too (pass probe=(x, y))")
+        self.features = list(features or [])
+        for name in self.features:
+            try:
+                model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(
+                    f"features: the model has no submodule {name!r}; pick names from "
+                    "[n for n, _ in model.named_modules()]"
+                ) from None
+        if self.features and full is None:
+            raise ValueError("features: needs a probe to compute activations on")
+        for name in ("probe_x", "probe_y", "test_x", "test_y", "K0", "K0_test"):
+            self.register_buffer(name, None)
+        self._features0: dict[str, Tensor] = {}
+        if full is not None:
+            self.probe_x, self.probe_y = _subsample(full, max_probe, seed)
+            if full_test is not None:
+                self.test_x, self.test_y = _subsample(full_test, max_probe, seed + 1)
+            self._num_classes = None
+            if not self.probe_y.is_floating_point():
+                ys = [full[1]] + ([full_test[1]] if full_test is not None else [])
+                self._num_classes = int(max(int(t.max()) for t in ys)) + 1
+            with self._measuring():
+                self._init_reference(full, full_test, max_baseline, seed)
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self._jsonl = (
+            None if self.log_dir is None else JsonlSink(os.path.join(self.log_dir, "history.jsonl"))
+        )
+        self._tb = TensorBoardSink(self.log_dir, writer)
+
+    # ------------------------------------------------------------------ the wrapped model
+    def _device(self) -> torch.device:
+        for t in self.model.parameters():
+            return t.device
+        return torch.device("cpu")
+
+    def scaled_lr(self, lr: float, optimizer: str = "sgd") -> float:
+        """Learning rate for training ``alpha * (f - f0)``: ``lr / alpha**2`` for SGD/GD.
+
+        Why: with ``g = alpha (f - f0)``, a gradient step moves parameters by
+        ``lr * alpha * df``, hence ``g`` by ``lr * alpha^2 * K``: dividing ``lr`` by
+        ``alpha^2`` keeps the function-space speed independent of alpha, so alpha
+        only sets how far the parameters (and the NTK) must move: large alpha =
+        lazy. Adam-type optimisers normalise the gradient scale away: each
+        parameter moves about ``lr`` per step, so ``g`` moves ``alpha * lr``;
+        ``optimizer="adam"`` returns ``lr / alpha`` to keep that speed fixed.
+        """
+        if optimizer == "sgd":
+            return lr / self.alpha**2
+        if optimizer == "adam":
+            return lr / self.alpha
+        raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {optimizer!r}")
+
+    def _reduce(self, out: Any) -> Any:
+        return out if self.output_fn is None else self.output_fn(out)
+
+    def initial_output(self, *args: Any, **kwargs: Any) -> Any:
+        """``model0(*args)``: the frozen initial model's (reduced) output, without a graph.
+
+        Cached for the last few inputs (same tensor objects, unmodified, same mode),
+        so a full-batch loop pays for it once.
+        """
+        key = None
+        if not kwargs and all(isinstance(a, Tensor) for a in args):
+            key = (self.model.training, *((id(a), a._version) for a in args))
+            for k, (refs, out0) in self._cache:
+                if k == key and all(r is a for r, a in zip(refs, args, strict=True)):
+                    return out0
+        with torch.no_grad():
+            out0 = self._reduce(functional_call(self.model, self.snapshot.as_dict(), args, kwargs))
+        if key is not None:
+            # Holding the inputs keeps their ids from being reused by other tensors.
+            self._cache = [(key, (args, out0))] + self._cache[:3]
+        return out0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``alpha * (model(x) - model0(x))`` (centred) or ``alpha * model(x)``."""
+        out = self._reduce(self.model(*args, **kwargs))
+        if self.center:
+            out0 = self.initial_output(*args, **kwargs)
+            out = tree_map(lambda a, b: a - b if isinstance(a, Tensor) else a, out, out0)
+        a = self.alpha
+        return tree_map(
+            lambda t: a * t if isinstance(t, Tensor) and t.is_floating_point() else t, out
+        )
+
+    # ------------------------------------------------------------------ measurements
+    def _measuring(self) -> Any:
+        devices = [self._device()] if self._device().type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
+        return empirical_ntk(self.model, x, x2, output_fn=self.output_fn, **self.ntk_kwargs)
+
+    def _trainable(self) -> dict[str, Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _initial_trainable(self) -> dict[str, Tensor]:
+        snap = self.snapshot.as_dict()
+        return {n: snap[n] for n in self._trainable()}
+
+    def _activations(self, x: Tensor) -> dict[str, Tensor]:
+        """Outputs of the named feature layers on ``x`` (buffers copied: BN stats untouched)."""
+        acts: dict[str, Tensor] = {}
+        hooks = [
+            self.model.get_submodule(n).register_forward_hook(
+                lambda m, i, o, n=n: acts.__setitem__(n, o if isinstance(o, Tensor) else o[0])
+            )
+            for n in self.features
+        ]
+        try:
+            state = {
+                **dict(self.model.named_parameters()),
+                **{k: b.clone() for k, b in self.model.named_buffers()},
+            }
+            with torch.no_grad():
+                functional_call(self.model, state, (x,))
+        finally:
+            for h in hooks:
+                h.remove()
+        return {n: a.detach().reshape(a.shape[0], -1) for n, a in acts.items()}
+
+    def _init_reference(self, full: Probe, full_test: Probe | None, max_baseline: int, seed: int):
+        self.K0 = self._ntk(self.probe_x)
+        y = _targets(self.probe_y, self._num_classes)
+        self._reference["alignment0_train"] = M.kernel_alignment(self.K0, y, self.centering)
+        if self.test_x is not None:
+            self.K0_test = self._ntk(self.test_x)
+            yt = _targets(self.test_y, self._num_classes)
+            self._reference["alignment0_test"] = M.kernel_alignment(
+                self.K0_test, yt, self.centering
+            )
+        if self.features:
+            self._features0 = self._activations(self.probe_x)
+        if full_test is not None:
+            self._lazy_baseline(full, full_test, max_baseline, seed)
+
+    def _lazy_baseline(self, full: Probe, full_test: Probe, max_baseline: int, seed: int) -> None:
+        """Test MSE of kernel regression with K0: the network's limit as alpha -> infinity.
+
+        Centred, the initial function is 0 and the lazy limit predicts
+        ``K0(x, X) K0^-1 y``; uncentred, it fits the residual ``y - f0`` and adds ``f0``.
+        """
+        (x, y) = _subsample(full, max_baseline, seed)
+        (xt, yt) = _subsample(full_test, max_baseline, seed + 1)
+        Y, Yt = _targets(y, self._num_classes), _targets(yt, self._num_classes)
+        f0, f0t = 0.0, 0.0
+        if not self.center:
+            f0, f0t = (
+                self.alpha * self.initial_output(v).to(torch.float64).reshape(v.shape[0], -1)
+                for v in (x, xt)
+            )
+        K, Kt = self._ntk(x), self._ntk(xt, x)
+        pred = f0t + kernel_regression(K, Y - f0, Kt, ridge=self.ridge)
+        pred_train = f0 + kernel_regression(K, Y - f0, K, ridge=self.ridge)
+        self.baseline["k0_test_mse"] = float(((pred - Yt) ** 2).mean())
+        self.baseline["k0_train_mse"] = float(((pred_train - Y) ** 2).mean())
+        if self._num_classes is not None:
+            self.baseline["k0_test_acc"] = float((pred.argmax(1) == Yt.argmax(1)).double().mean())
+
+    def _kernel_metrics(self) -> dict[str, float]:
+        K = self._ntk(self.probe_x)
+        out = {"ntk_drift": M.ntk_drift(K, self.K0), "ntk_cka": M.cka(K, self.K0)}
+        out["alignment_train"] = M.kernel_alignment(
+            K, _targets(self.probe_y, self._num_classes), self.centering
+        )
+        out.update({f"spectrum_{k}": v for k, v in M.kernel_spectrum(K, self.spectrum_k).items()})
+        if self.test_x is not None:
+            Kt = self._ntk(self.test_x)
+            out["alignment_test"] = M.kernel_alignment(
+                Kt, _targets(self.test_y, self._num_classes), self.centering
+            )
+            out["test_ntk_drift"] = M.ntk_drift(Kt, self.K0_test)
+        return out
+
+    def _metric_groups(self) -> list[tuple[str, Callable[[], Mapping[str, float]], list[str]]]:
+        """``(name, compute, keys recorded as NaN if compute fails)`` for each metric group."""
+
+        def params() -> dict[str, float]:
+            theta = self._trainable()
+            return {
+                "param_movement": M.parameter_movement(theta, self._initial_trainable()),
+                "weight_norm": M.weight_norm(theta),
+            }
+
+        groups = [("param_movement", params, ["param_movement", "weight_norm"])]
+        if self.probe_x is not None:
+            keys = ["ntk_drift", "ntk_cka", "alignment_train"]
+            if self.test_x is not None:
+                keys += ["alignment_test", "test_ntk_drift"]
+            groups.append(("ntk", self._kernel_metrics, keys))
+        if self.features:
+            groups.append(
+                (
+                    "feature_cka",
+                    lambda: {
+                        f"feature_cka/{n}": M.linear_cka(a, self._features0[n])
+                        for n, a in self._activations(self.probe_x).items()
+                    },
+                    [f"feature_cka/{n}" for n in self.features],
+                )
+            )
+        for name, fn in self.metric_fns.items():
+            groups.append(
+                (name, lambda fn=fn: {k: float(v) for k, v in fn(self.model).items()}, [])
+            )
+        return groups
+
+    def measure(self) -> dict[str, float]:
+        """Measure now (whatever the schedule); append to ``history`` and the sinks.
+
+        Returns the row: ``step``, the last scalars passed to :meth:`step`, and the
+        metrics listed in the class docstring. Never changes parameters, gradients,
+        mode or the RNG stream.
+        """
+        row: dict[str, float] = {"step": -1 if self._step is None else self._step}
+        row.update(self._scalars)
+        failures = []
+        with self._measuring(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # degenerate metrics -> NaN, quietly
+            for name, fn, keys in self._metric_groups():
+                try:
+                    row.update(fn())
+                except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
+                    row.update(dict.fromkeys(keys, math.nan))
+                    failures.append((name, e))
+        for name, e in failures:
+            if name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"lazymeter: {name} could not be measured ({e}); recorded as NaN (warned once)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        row.update(self._reference)
+        row.update(self.baseline)
+        self.history.append(row)
+        if self._jsonl is not None:
+            self._jsonl.write(row)
+        self._tb.write(
+            {k: v for k, v in row.items() if k not in self._scalars}, int(row["step"]), flush=True
+        )
+        return row
+
+    def step(self, step: int | None = None, **scalars: float) -> dict[str, float] | None:
+        """Record ``scalars`` (e.g. ``train_loss=..., test_loss=...``) at ``step``; measure
+        if the schedule says so. ``step`` defaults to the previous step + 1 (0 first) and
+        must increase. Returns the measurement row when one was taken, else None."""
+        if step is None:
+            step = 0 if self._step is None else self._step + 1
+        elif isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step: expected an int, got {type(step).__name__}")
+        if self._step is not None and step <= self._step:
+            raise ValueError(
+                f"step: went backwards ({step} after {self._step}); steps must increase "
+                "(after loading a checkpoint, continue from meter.last_step + 1)"
+            )
+        values = {}
+        for k, v in scalars.items():
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{k}: expected a number (or a one-element tensor), got {v!r}"
+                ) from None
+            if not math.isfinite(values[k]) and k not in self._warned:
+                self._warned.add(k)
+                warnings.warn(
+                    f"lazymeter: {k} is {values[k]} at step {step}; recorded as is",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        self._step = step
+        self._scalars = values
+        self._tb.write(values, step)
+        return self.measure() if self.schedule.due(step) else None
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step passed to :meth:`step` (None before the first)."""
+        return self._step
+
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "alpha": self.alpha,
+            "step": self._step,
+            "schedule": self.schedule.state_dict(),
+            "history": [dict(r) for r in self.history],
+            "baseline": dict(self.baseline),
+            "reference": dict(self._reference),
+            "scalars": dict(self._scalars),
+            "num_classes": getattr(self, "_num_classes", None),
+            "features0": dict(self._features0),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"state_dict: unsupported lazymeter state version {state.get('version')}"
+            )
+        if not math.isclose(state["alpha"], self.alpha):
+            raise ValueError(
+                f"state_dict: was saved with alpha={state['alpha']} but this meter has alpha="
+                f"{self.alpha}; construct the meter with the same alpha"
+            )
+        self._step = state["step"]
+        self.schedule.load_state_dict(state["schedule"])
+        self.history = [dict(r) for r in state["history"]]
+        self.baseline = dict(state["baseline"])
+        self._reference = dict(state["reference"])
+        self._scalars = dict(state["scalars"])
+        self._num_classes = state["num_classes"]
+        self._features0 = dict(state["features0"])
+        self._cache = []
+        # Whatever a crashed run logged after this checkpoint is dropped, so that the
+        # files continue exactly as the in-memory history does.
+        if self._jsonl is not None:
+            self._jsonl.rewrite(self.history)
+        if self._step is not None:
+            self._tb.purge_after(self._step)
+
+    def close(self) -> None:
+        """Flush and close the log files (the meter keeps working in memory)."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        self._tb.close()
