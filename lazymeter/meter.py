@@ -179,6 +179,9 @@ class LazyMeter(nn.Module):
         self.metric_fns = dict(metrics or {})
         self.schedule = make_schedule(schedule)
         self.snapshot = _Snapshot(model)
+        self._dropouts = [
+            m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
+        ]
         self.history: list[dict[str, float]] = []
         self.baseline: dict[str, float] = {}
         self._reference: dict[str, float] = {}
@@ -186,6 +189,7 @@ class LazyMeter(nn.Module):
         self._step: int | None = None  # last step seen
         self._cache: list[tuple[tuple[Any, ...], Any]] = []
         self._warned: set[str] = set()
+        self._metric_keys: dict[str, list[str]] = {}
 
         device = self._device()
         full = _as_probe(probe, "probe", device)
@@ -217,9 +221,22 @@ class LazyMeter(nn.Module):
             with self._measuring():
                 self._init_reference(full, full_test, max_baseline, seed)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self._jsonl = (
-            None if self.log_dir is None else JsonlSink(os.path.join(self.log_dir, "history.jsonl"))
-        )
+        self._jsonl = None
+        if self.log_dir is not None:
+            path = os.path.join(self.log_dir, "history.jsonl")
+            if os.path.exists(path) and os.path.getsize(path) > 0:
+                # A new meter starts a new history; an earlier run's rows are kept aside
+                # (load_state_dict then rewrites the file from the checkpoint's history).
+                n = 1
+                while os.path.exists(f"{path}.{n}"):
+                    n += 1
+                os.replace(path, f"{path}.{n}")
+                warnings.warn(
+                    f"lazymeter: {path} existed; moved it to {path}.{n}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self._jsonl = JsonlSink(path)
         self._tb = TensorBoardSink(self.log_dir, writer)
 
     # ------------------------------------------------------------------ the wrapped model
@@ -252,10 +269,13 @@ class LazyMeter(nn.Module):
         """``model0(*args)``: the frozen initial model's (reduced) output, without a graph.
 
         Cached for the last few inputs (same tensor objects, unmodified, same mode),
-        so a full-batch loop pays for it once.
+        so a full-batch loop pays for it once; not cached while dropout is active.
         """
         key = None
-        if not kwargs and all(isinstance(a, Tensor) for a in args):
+        random = any(m.training for m in self._dropouts)
+        # A stochastic forward must be drawn afresh each call (and consume the RNG as an
+        # uncached run would), so only deterministic models are cached.
+        if not random and not kwargs and all(isinstance(a, Tensor) for a in args):
             key = (self.model.training, *((id(a), a._version) for a in args))
             for k, (refs, out0) in self._cache:
                 if k == key and all(r is a for r, a in zip(refs, args, strict=True)):
@@ -268,15 +288,18 @@ class LazyMeter(nn.Module):
         return out0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """``alpha * (model(x) - model0(x))`` (centred) or ``alpha * model(x)``."""
+        """``alpha * (model(x) - model0(x))`` (centred) or ``alpha * model(x)``, applied to
+        every floating-point tensor of the (reduced) output; other leaves pass through."""
         out = self._reduce(self.model(*args, **kwargs))
-        if self.center:
-            out0 = self.initial_output(*args, **kwargs)
-            out = tree_map(lambda a, b: a - b if isinstance(a, Tensor) else a, out, out0)
+        out0 = self.initial_output(*args, **kwargs) if self.center else None
         a = self.alpha
-        return tree_map(
-            lambda t: a * t if isinstance(t, Tensor) and t.is_floating_point() else t, out
-        )
+
+        def scale(t: Any, t0: Any = None) -> Any:
+            if not (isinstance(t, Tensor) and t.is_floating_point()):
+                return t
+            return a * (t - t0) if t0 is not None else a * t
+
+        return tree_map(scale, out) if out0 is None else tree_map(scale, out, out0)
 
     # ------------------------------------------------------------------ measurements
     def _measuring(self) -> Any:
@@ -315,7 +338,20 @@ class LazyMeter(nn.Module):
         return {n: a.detach().reshape(a.shape[0], -1) for n, a in acts.items()}
 
     def _init_reference(self, full: Probe, full_test: Probe | None, max_baseline: int, seed: int):
-        self.K0 = self._ntk(self.probe_x)
+        if self.features:
+            self._features0 = self._activations(self.probe_x)
+        try:
+            self.K0 = self._ntk(self.probe_x)
+        except ValueError as e:
+            # E.g. BatchNorm in training mode: no per-sample NTK. Training must go on.
+            self._warned.add("ntk")
+            warnings.warn(
+                f"lazymeter: the NTK of this model cannot be computed ({e}); the NTK metrics "
+                "and the lazy baseline will be NaN",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
         y = _targets(self.probe_y, self._num_classes)
         self._reference["alignment0_train"] = M.kernel_alignment(self.K0, y, self.centering)
         if self.test_x is not None:
@@ -324,8 +360,6 @@ class LazyMeter(nn.Module):
             self._reference["alignment0_test"] = M.kernel_alignment(
                 self.K0_test, yt, self.centering
             )
-        if self.features:
-            self._features0 = self._activations(self.probe_x)
         if full_test is not None:
             self._lazy_baseline(full, full_test, max_baseline, seed)
 
@@ -353,6 +387,8 @@ class LazyMeter(nn.Module):
             self.baseline["k0_test_acc"] = float((pred.argmax(1) == Yt.argmax(1)).double().mean())
 
     def _kernel_metrics(self) -> dict[str, float]:
+        if self.K0 is None:
+            raise RuntimeError("no initial NTK K0 (it could not be computed at construction)")
         K = self._ntk(self.probe_x)
         out = {"ntk_drift": M.ntk_drift(K, self.K0), "ntk_cka": M.cka(K, self.K0)}
         out["alignment_train"] = M.kernel_alignment(
@@ -379,7 +415,9 @@ class LazyMeter(nn.Module):
 
         groups = [("param_movement", params, ["param_movement", "weight_norm"])]
         if self.probe_x is not None:
-            keys = ["ntk_drift", "ntk_cka", "alignment_train"]
+            keys = ["ntk_drift", "ntk_cka", "alignment_train", "spectrum_trace"]
+            keys += ["spectrum_effective_rank"]
+            keys += [f"spectrum_eig_{i + 1}" for i in range(min(self.spectrum_k, len(self.probe_x)))]
             if self.test_x is not None:
                 keys += ["alignment_test", "test_ntk_drift"]
             groups.append(("ntk", self._kernel_metrics, keys))
@@ -395,10 +433,20 @@ class LazyMeter(nn.Module):
                 )
             )
         for name, fn in self.metric_fns.items():
+            # A failing user metric keeps its columns (as NaN): the ones it returned last time.
             groups.append(
-                (name, lambda fn=fn: {k: float(v) for k, v in fn(self.model).items()}, [])
+                (
+                    name,
+                    lambda n=name, fn=fn: self._user_metric(n, fn),
+                    self._metric_keys.get(name, [name]),
+                )
             )
         return groups
+
+    def _user_metric(self, name: str, fn: MetricFn) -> dict[str, float]:
+        out = {k: float(v) for k, v in fn(self.model).items()}
+        self._metric_keys[name] = list(out)
+        return out
 
     def measure(self) -> dict[str, float]:
         """Measure now (whatever the schedule); append to ``history`` and the sinks.
@@ -410,7 +458,7 @@ class LazyMeter(nn.Module):
         row: dict[str, float] = {"step": -1 if self._step is None else self._step}
         row.update(self._scalars)
         failures = []
-        with self._measuring(), warnings.catch_warnings():
+        with self._measuring(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # degenerate metrics -> NaN, quietly
             for name, fn, keys in self._metric_groups():
                 try:
@@ -452,8 +500,10 @@ class LazyMeter(nn.Module):
         values = {}
         for k, v in scalars.items():
             try:
+                if isinstance(v, (str, bytes)):
+                    raise TypeError
                 values[k] = float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RuntimeError):
                 raise TypeError(
                     f"{k}: expected a number (or a one-element tensor), got {v!r}"
                 ) from None

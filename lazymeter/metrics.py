@@ -24,6 +24,7 @@ _CENTERINGS = ("double", "rows", "none")
 def _as_tensor(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    x = x.detach()
     if not (x.is_floating_point() or x.is_complex()):
         x = x.to(torch.float64)
     if not bool(torch.isfinite(x).all()):
