@@ -25,17 +25,11 @@ from torch.func import functional_call, jacrev, vmap
 
 import lazymeter as lm
 from lazymeter.ntk import DEFAULT_MEMORY_BUDGET, ENGINES
+from lazymeter.tasks import polynomial
 
 
-class QuadraticNet(nn.Module):
-    def __init__(self, D: int = 100, N: int = 500, eps: float = 0.02) -> None:
-        super().__init__()
-        self.W = nn.Parameter(torch.randn(N, D))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x @ self.W.T
-        return (h + self.eps / 2 * h**2).mean(-1)
+def QuadraticNet() -> nn.Module:
+    return polynomial.QuadraticNet(D=100, N=500, eps=0.02)
 
 
 def data(P: int, D: int = 100) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from . import metrics as M
 from .baselines import kernel_regression
-from .ntk import empirical_ntk
+from .ntk import empirical_ntk, select_method
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import JsonlSink, TensorBoardSink
 
@@ -133,6 +133,10 @@ class LazyMeter(nn.Module):
         centering: kernel-alignment centring (see :func:`lazymeter.kernel_alignment`).
         ridge: ridge of the lazy-baseline kernel regression.
         seed: seed of the probe subsample.
+        scalar_every: write the scalars passed to :meth:`step` to TensorBoard every this
+            many steps (and at every measurement). A TensorBoard event costs ~50 us, which
+            is several percent of a small model's step; TensorBoard itself keeps only
+            ~1000 points per curve.
     """
 
     def __init__(
@@ -147,7 +151,7 @@ class LazyMeter(nn.Module):
         *,
         writer: Any = None,
         output_fn: Callable[[Any], Any] | None = None,
-        max_probe: int = 128,
+        max_probe: int = 64,
         max_baseline: int = 2048,
         features: Sequence[str] | None = None,
         metrics: Mapping[str, MetricFn] | None = None,
@@ -157,6 +161,7 @@ class LazyMeter(nn.Module):
         spectrum_k: int = 5,
         ridge: float = 0.0,
         seed: int = 0,
+        scalar_every: int = 10,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -178,6 +183,9 @@ class LazyMeter(nn.Module):
         self.ridge = ridge
         self.metric_fns = dict(metrics or {})
         self.schedule = make_schedule(schedule)
+        if isinstance(scalar_every, bool) or not isinstance(scalar_every, int) or scalar_every < 1:
+            raise ValueError(f"scalar_every: expected a positive int, got {scalar_every!r}")
+        self.scalar_every = scalar_every
         self.snapshot = _Snapshot(model)
         self._dropouts = [
             m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
@@ -218,6 +226,14 @@ class LazyMeter(nn.Module):
             if not self.probe_y.is_floating_point():
                 ys = [full[1]] + ([full_test[1]] if full_test is not None else [])
                 self._num_classes = int(max(int(t.max()) for t in ys)) + 1
+            if ntk_method == "auto":
+                # Resolved once: every measurement has the same shapes.
+                try:
+                    self.ntk_kwargs["method"] = select_method(
+                        model, self.probe_x, output_fn=output_fn
+                    )
+                except ValueError:
+                    pass  # reported (once) by the first NTK computation below
             with self._measuring():
                 self._init_reference(full, full_test, max_baseline, seed)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -293,6 +309,10 @@ class LazyMeter(nn.Module):
         out = self._reduce(self.model(*args, **kwargs))
         out0 = self.initial_output(*args, **kwargs) if self.center else None
         a = self.alpha
+        if isinstance(out, Tensor) and out.is_floating_point():  # the common case, kept lean
+            if out0 is not None:
+                out = out - out0
+            return out if a == 1.0 else a * out
 
         def scale(t: Any, t0: Any = None) -> Any:
             if not (isinstance(t, Tensor) and t.is_floating_point()):
@@ -417,7 +437,9 @@ class LazyMeter(nn.Module):
         if self.probe_x is not None:
             keys = ["ntk_drift", "ntk_cka", "alignment_train", "spectrum_trace"]
             keys += ["spectrum_effective_rank"]
-            keys += [f"spectrum_eig_{i + 1}" for i in range(min(self.spectrum_k, len(self.probe_x)))]
+            keys += [
+                f"spectrum_eig_{i + 1}" for i in range(min(self.spectrum_k, len(self.probe_x)))
+            ]
             if self.test_x is not None:
                 keys += ["alignment_test", "test_ntk_drift"]
             groups.append(("ntk", self._kernel_metrics, keys))
@@ -479,9 +501,7 @@ class LazyMeter(nn.Module):
         self.history.append(row)
         if self._jsonl is not None:
             self._jsonl.write(row)
-        self._tb.write(
-            {k: v for k, v in row.items() if k not in self._scalars}, int(row["step"]), flush=True
-        )
+        self._tb.write(row, int(row["step"]), flush=True)
         return row
 
     def step(self, step: int | None = None, **scalars: float) -> dict[str, float] | None:
@@ -516,8 +536,11 @@ class LazyMeter(nn.Module):
                 )
         self._step = step
         self._scalars = values
-        self._tb.write(values, step)
-        return self.measure() if self.schedule.due(step) else None
+        if self.schedule.due(step):
+            return self.measure()  # writes the scalars along with the measurement
+        if step % self.scalar_every == 0:
+            self._tb.write(values, step)
+        return None
 
     @property
     def last_step(self) -> int | None:

@@ -273,7 +273,7 @@ def load_scalars(path):
 
 
 def test_tensorboard_events_hold_the_measurements_and_per_step_losses(tmp_path):
-    meter, opt, data = make_meter(tmp_path, schedule=4)
+    meter, opt, data = make_meter(tmp_path, schedule=4, scalar_every=1)
     losses = [train_step(meter, opt, data)[0]["train_loss"] for _ in range(10)]
     meter.close()
     acc = load_scalars(tmp_path)
@@ -300,11 +300,20 @@ def test_tensorboard_events_hold_the_measurements_and_per_step_losses(tmp_path):
     assert k0[0].value == pytest.approx(meter.baseline["k0_test_mse"], rel=1e-6)
 
 
+def test_scalars_are_decimated_by_scalar_every_but_kept_at_measurements(tmp_path):
+    meter, opt, data = make_meter(tmp_path, schedule=4, scalar_every=3)
+    for _ in range(10):
+        train_step(meter, opt, data)
+    meter.close()
+    train = load_scalars(tmp_path).Scalars("lazymeter/loss/train")
+    assert [e.step for e in train] == [0, 3, 4, 6, 8, 9]
+
+
 def test_user_supplied_writer_receives_the_scalars(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path / "user"))
-    meter, opt, data = make_meter(writer=writer, schedule=2)
+    meter, opt, data = make_meter(writer=writer, schedule=2, scalar_every=1)
     for _ in range(5):
         train_step(meter, opt, data)
     meter.close()

@@ -238,7 +238,7 @@ def test_feature_cka_starts_at_one_and_tracks_the_layer():
 def test_extra_metrics_are_logged_each_measurement():
     model = mlp()
     meter = lm.LazyMeter(model, metrics={"norms": lambda m: {"w0": m[0].weight.norm()}})
-    assert meter.measure()["w0"] == pytest.approx(float(model[0].weight.norm()))
+    assert meter.measure()["w0"] == pytest.approx(float(model[0].weight.detach().norm()))
 
 
 # --- measurements never perturb training --------------------------------------------------

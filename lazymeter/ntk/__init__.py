@@ -1,6 +1,12 @@
 """Empirical NTK engines behind one function, :func:`empirical_ntk`."""
 
-from .api import DEFAULT_MEMORY_BUDGET, auto_chunk_size, choose_method, empirical_ntk
+from .api import (
+    DEFAULT_MEMORY_BUDGET,
+    auto_chunk_size,
+    choose_method,
+    empirical_ntk,
+    select_method,
+)
 from .engines import ENGINES, register_engine
 from .functional import FunctionalModel
 
@@ -12,4 +18,5 @@ __all__ = [
     "choose_method",
     "empirical_ntk",
     "register_engine",
+    "select_method",
 ]

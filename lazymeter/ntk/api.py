@@ -51,6 +51,22 @@ def choose_method(
     return "jacobian" if jac <= ntvp else "ntvp"
 
 
+def select_method(
+    model: nn.Module,
+    x1: Any,
+    x2: Any = None,
+    *,
+    output_fn: OutputFn | None = None,
+    trace_outputs: bool = True,
+) -> str:
+    """The engine ``method="auto"`` would use for these shapes (to resolve it once for many
+    calls on same-shaped inputs, as :class:`~lazymeter.LazyMeter` does)."""
+    fm = FunctionalModel(model, output_fn)
+    xs1 = as_inputs(x1, "x1", fm.device)
+    n2 = None if x2 is None else num_samples(as_inputs(x2, "x2", fm.device))
+    return choose_method(fm, xs1, n2, fm.num_outputs(xs1), trace_outputs)
+
+
 def empirical_ntk(
     model: nn.Module,
     x1: Any,

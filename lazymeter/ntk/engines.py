@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from .functional import FunctionalModel, num_samples, slice_inputs
 
@@ -106,11 +106,15 @@ def blocked_kernel(
     return K
 
 
-def _jacobian_rows(fm: FunctionalModel, xs: tuple[Tensor, ...]) -> list[Tensor]:
+def _jacobian_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
     """Per-sample Jacobians of a block, one ``[c, O, n_p]`` tensor per parameter."""
-    jac = vmap(jacrev(fm.single), in_dims=(None, *([0] * len(xs))), randomness="different")(
-        fm.params, *xs
-    )
+    in_dims = (None, *([0] * len(xs)))
+    if n_out == 1:
+        # One output: a plain gradient skips jacrev's vmap over output cotangents.
+        fn = grad(lambda p, *x: fm.single(p, *x)[0])
+        jac = vmap(fn, in_dims=in_dims, randomness="different")(fm.params, *xs)
+        return [j.reshape(j.shape[0], 1, -1) for j in jac.values()]
+    jac = vmap(jacrev(fm.single), in_dims=in_dims, randomness="different")(fm.params, *xs)
     return [j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()]
 
 
@@ -143,7 +147,7 @@ def jacobian_contraction(fm, x1, x2, *, trace, chunk_size, budget):
     """
     n_out = fm.num_outputs(x1)
     total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
-    rows = lambda xs: _jacobian_rows(fm, xs)  # noqa: E731
+    rows = lambda xs: _jacobian_rows(fm, xs, n_out)  # noqa: E731
     return blocked_kernel(
         x1,
         x2,

@@ -1,0 +1,127 @@
+"""Overhead of LazyMeter in a training loop, and the cost of one measurement vs probe size.
+
+The paper's polynomial net (D=100, N=500, P=550 train, 1000 test, float32), full-batch
+GD on the centred MSE for ``--steps`` steps:
+
+* bare: the loop a researcher would write (``f(x; W0)`` precomputed once);
+* meter: the same loop through ``LazyMeter(schedule=100)`` with train and test probes
+  (default ``max_probe``), scalars logged every step, TensorBoard + JSONL in a temp dir.
+
+Prints both times and their ratio (measured in the same run, interleaved, best of
+``--repeats``), then the time of one ``meter.measure()`` for several ``max_probe``.
+
+Run: ``python benchmarks/meter_overhead.py [--steps 3000] [--method auto]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+
+import torch
+
+import lazymeter as lm
+from lazymeter.tasks import polynomial
+
+D, N, P, P_TEST, EPS = 100, 500, 550, 1000, 0.02
+
+
+def setup(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    data = polynomial.make_data(D, P, P_TEST, generator=g)
+    model = polynomial.QuadraticNet(D, N, EPS, generator=g)
+    return model, data
+
+
+def bare(steps: int) -> float:
+    model, d = setup()
+    f0 = model(d.x).detach()
+    opt = torch.optim.SGD(model.parameters(), lr=float(N))  # lr = N / alpha^2, alpha = 1
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = ((model(d.x) - f0 - d.y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+    return time.perf_counter() - t0
+
+
+def metered(steps: int, method: str, max_probe: int, log_dir: str) -> tuple[float, lm.LazyMeter]:
+    model, d = setup()
+    meter = lm.LazyMeter(
+        model,
+        alpha=1.0,
+        probe=(d.x, d.y),
+        test_probe=(d.x_test, d.y_test),
+        schedule=100,
+        log_dir=log_dir,
+        ntk_method=method,
+        max_probe=max_probe,
+    )
+    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(float(N)))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = ((meter(d.x) - d.y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        meter.step(train_loss=loss.item())
+    elapsed = time.perf_counter() - t0
+    meter.close()
+    return elapsed, meter
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--method", default="auto")
+    ap.add_argument("--max-probe", type=int, default=64, help="the meter default")
+    args = ap.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; paper net D={D} N={N} "
+        f"P={P} (+{P_TEST} test), {args.steps} full-batch GD steps, schedule=100, "
+        f"max_probe={args.max_probe}, ntk_method={args.method}"
+    )
+    bare(50)
+    t_bare, t_meter = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            t_bare.append(bare(args.steps))
+            t, meter = metered(args.steps, args.method, args.max_probe, f"{tmp}/{r}")
+            t_meter.append(t)
+        n_meas = len(meter.history)
+        tb, tm = min(t_bare), min(t_meter)
+        print(f"  bare loop          {tb:7.2f} s  ({tb / args.steps * 1e3:.2f} ms/step)")
+        print(f"  through LazyMeter  {tm:7.2f} s  ({n_meas} measurements)")
+        print(f"  overhead ratio     {tm / tb:7.3f}")
+
+        print("\n  one measure() (train + test probe NTKs, metrics, logging) vs max_probe:")
+        model, d = setup()
+        for k in (32, 64, 128, 256, 550):
+            meter = lm.LazyMeter(
+                copy.deepcopy(model),
+                probe=(d.x, d.y),
+                test_probe=(d.x_test, d.y_test),
+                ntk_method=args.method,
+                max_probe=k,
+                log_dir=f"{tmp}/probe{k}",
+            )
+            meter.measure()
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                meter.measure()
+                times.append(time.perf_counter() - t0)
+            meter.close()
+            ms = sorted(times)[len(times) // 2] * 1e3
+            print(
+                f"    max_probe={k:4d}  {ms:8.1f} ms  = {ms / (tb / args.steps * 1e3):6.1f} bare steps"
+            )
+
+
+if __name__ == "__main__":
+    main()
