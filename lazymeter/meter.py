@@ -11,6 +11,7 @@ change the model's parameters, gradients, mode or the global RNG stream.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -288,13 +289,14 @@ class LazyMeter(nn.Module):
         so a full-batch loop pays for it once; not cached while dropout is active.
         """
         key = None
-        random = any(m.training for m in self._dropouts)
         # A stochastic forward must be drawn afresh each call (and consume the RNG as an
         # uncached run would), so only deterministic models are cached.
+        random = self._dropouts and any(m.training for m in self._dropouts)
         if not random and not kwargs and all(isinstance(a, Tensor) for a in args):
-            key = (self.model.training, *((id(a), a._version) for a in args))
+            key = (self.model.training, *[a._version for a in args])
             for k, (refs, out0) in self._cache:
-                if k == key and all(r is a for r, a in zip(refs, args, strict=True)):
+                # Identity, not equality: the cache holds the inputs, so ids stay unique.
+                if k == key and len(refs) == len(args) and all(map(operator.is_, refs, args)):
                     return out0
         with torch.no_grad():
             out0 = self._reduce(functional_call(self.model, self.snapshot.as_dict(), args, kwargs))

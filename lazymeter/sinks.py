@@ -137,9 +137,22 @@ class TensorBoardSink:
         w = self.writer
         if w is None:
             return
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                w.add_scalar(tag_for(k), v, step)
+        values = {
+            tag_for(k): float(v)
+            for k, v in row.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        try:
+            # One event holding every value: an event costs ~50 us, a value almost nothing.
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            summary = Summary(
+                value=[Summary.Value(tag=t, simple_value=v) for t, v in values.items()]
+            )
+            w._get_file_writer().add_summary(summary, step)
+        except (ImportError, AttributeError):  # another SummaryWriter implementation
+            for t, v in values.items():
+                w.add_scalar(t, v, step)
         if flush:
             w.flush()
 

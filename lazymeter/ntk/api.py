@@ -131,5 +131,5 @@ def empirical_ntk(
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
         return ENGINES[method](
-            fm, xs1, xs2, trace=trace_outputs, chunk_size=chunk_size, budget=budget
+            fm, xs1, xs2, n_out=n_out, trace=trace_outputs, chunk_size=chunk_size, budget=budget
         )

@@ -1,6 +1,6 @@
 """Empirical-NTK engines and the blocked driver they share.
 
-An engine is a function ``engine(fm, x1, x2, *, trace, chunk_size, budget) -> K``
+An engine is a function ``engine(fm, x1, x2, *, n_out, trace, chunk_size, budget) -> K``
 registered in :data:`ENGINES` under its method name. ``x2 is None`` asks for
 the symmetric kernel of ``x1`` with itself. Engines see a
 :class:`~lazymeter.ntk.functional.FunctionalModel`, never a meter.
@@ -28,6 +28,7 @@ class Engine(Protocol):
         x1: tuple[Tensor, ...],
         x2: tuple[Tensor, ...] | None,
         *,
+        n_out: int,
         trace: bool,
         chunk_size: int,
         budget: int,
@@ -137,7 +138,7 @@ def _contract(J1: list[Tensor], J2: list[Tensor], trace: bool) -> Tensor:
 
 
 @register_engine("jacobian")
-def jacobian_contraction(fm, x1, x2, *, trace, chunk_size, budget):
+def jacobian_contraction(fm, x1, x2, *, n_out, trace, chunk_size, budget):
     """Jacobian contraction: ``K = J(x1) J(x2)^T`` block by block.
 
     Cost: ``O (P1 + P2)`` backward passes plus ``P1 P2 O n`` (traced) or
@@ -145,7 +146,6 @@ def jacobian_contraction(fm, x1, x2, *, trace, chunk_size, budget):
     Jacobian blocks, or all of them when they fit in ``budget`` bytes (the
     symmetric kernel then computes every Jacobian exactly once).
     """
-    n_out = fm.num_outputs(x1)
     total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
     rows = lambda xs: _jacobian_rows(fm, xs, n_out)  # noqa: E731
     return blocked_kernel(
@@ -163,7 +163,7 @@ def jacobian_contraction(fm, x1, x2, *, trace, chunk_size, budget):
 
 
 @register_engine("ntvp")
-def ntk_vector_products(fm, x1, x2, *, trace, chunk_size, budget):
+def ntk_vector_products(fm, x1, x2, *, n_out, trace, chunk_size, budget):
     """NTK-vector products: ``K[:, j] = J(x1) . (J(x2_j)^T e)`` via ``vjp`` then ``jvp``.
 
     Each row Jacobian (from ``vjp``) is pushed forward through the model at the
@@ -172,7 +172,6 @@ def ntk_vector_products(fm, x1, x2, *, trace, chunk_size, budget):
     over ``P2`` samples; it wins when a forward pass costs less than the
     parameter count (weight sharing: convolutions, long sequences).
     """
-    n_out = fm.num_outputs(x1)
     params = fm.params
 
     def rows(xs: tuple[Tensor, ...]) -> dict[str, Tensor]:

@@ -36,13 +36,20 @@ class QuadraticNet(nn.Module):
     ) -> None:
         super().__init__()
         self.eps = float(eps)
-        W = torch.randn(N, D, generator=generator, dtype=dtype)
-        self.W = nn.Parameter(W.to(device))
+        # An nn.Linear (not a raw Parameter) so that per-layer NTK rules apply to it.
+        self.hidden = nn.Linear(D, N, bias=False, dtype=dtype, device=device)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.randn(N, D, generator=generator, dtype=dtype))
         a = torch.randn(N, generator=generator, dtype=dtype) if readouts else None
         self.a = None if a is None else nn.Parameter(a.to(device))
 
+    @property
+    def W(self) -> Tensor:
+        """First-layer weights ``[N, D]``."""
+        return self.hidden.weight
+
     def forward(self, x: Tensor) -> Tensor:
-        h = x @ self.W.T
+        h = self.hidden(x)
         act = h + (self.eps / 2) * h * h
         return (act if self.a is None else act * self.a).mean(-1)
 
