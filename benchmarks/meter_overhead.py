@@ -125,9 +125,8 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             meter.close()
             ms = sorted(times)[len(times) // 2] * 1e3
-            print(
-                f"    max_probe={k:4d}  {ms:8.1f} ms  = {ms / (tb / args.steps * 1e3):6.1f} bare steps"
-            )
+            per_step = tb / args.steps * 1e3
+            print(f"    max_probe={k:4d}  {ms:8.1f} ms  = {ms / per_step:6.1f} bare steps")
 
 
 if __name__ == "__main__":
