@@ -3,7 +3,9 @@
 Public API (DESIGN.md section 2).
 """
 
-from .baselines import kernel_regression
+from .baselines import Linearized, kernel_regression
+from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
+from .grokking import GrokTime, time_to_grok
 from .meter import LazyMeter
 from .metrics import (
     center_kernel,
@@ -22,6 +24,12 @@ from .sinks import read_jsonl, tag_for
 __version__ = "0.1.0"
 
 __all__ = [
+    "Decomposition",
+    "GrokTime",
+    "Linearized",
+    "QuadraticDecomposition",
+    "decompose_quadratic",
+    "time_to_grok",
     "Every",
     "LazyMeter",
     "LogSpaced",

@@ -1,11 +1,14 @@
-"""Lazy baselines: kernel regression with the initial NTK ``K0``."""
+"""Lazy baselines: kernel regression with the initial NTK ``K0``, and the linearised model."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
 
 
 def kernel_regression(
@@ -71,3 +74,58 @@ def kernel_regression(
         coef = torch.linalg.pinv(A, hermitian=True) @ rhs
     pred = K_test_train.to(f64) @ coef
     return (pred[:, 0] if y.dim() == 1 else pred).to(out_dtype)
+
+
+class Linearized(nn.Module):
+    """The linearised ("lazy") shadow of a model, trainable like the model itself.
+
+    ``f_lin(x; theta) = f(x; theta0) + J(x; theta0) (theta - theta0)``: the first-order
+    Taylor expansion around the parameters at construction, evaluated with
+    ``torch.func.jvp`` (no Jacobian is formed). Its forward returns, like
+    :class:`~lazymeter.LazyMeter`, ``alpha * (f_lin(x) - f(x; theta0))`` when ``center``
+    (that is ``alpha * J(x; theta0) (theta - theta0)``), else ``alpha * f_lin(x)``.
+
+    Its parameters (a copy of the model's trainable ones, starting at ``theta0``) are its
+    own: train it with its own optimiser, the same loss and the same learning rate as the
+    network, and the gap between the two is what feature learning buys (the paper's
+    black curves). The model is used as a function only and is never modified.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        alpha: float = 1.0,
+        center: bool = True,
+        output_fn: Callable[[Any], Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self._fn = [model]  # a list, so the model is not registered (nor saved) twice
+        self.alpha, self.center, self.output_fn = float(alpha), bool(center), output_fn
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model: has no parameters with requires_grad=True to linearise")
+        self.names = [n for n, _ in named]
+        self.theta = nn.ParameterList([nn.Parameter(p.detach().clone()) for _, p in named])
+        for i, (_, p) in enumerate(named):
+            self.register_buffer(f"theta0_{i}", p.detach().clone())
+        frozen = [(n, t) for n, t in model.named_parameters() if not t.requires_grad]
+        self.const_names = [n for n, _ in frozen] + [n for n, _ in model.named_buffers()]
+        consts = [t for _, t in frozen] + [b for _, b in model.named_buffers()]
+        for i, t in enumerate(consts):
+            self.register_buffer(f"const_{i}", t.detach().clone())
+
+    def _theta0(self) -> dict[str, Tensor]:
+        return {n: getattr(self, f"theta0_{i}") for i, n in enumerate(self.names)}
+
+    def forward(self, *args: Any) -> Tensor:
+        consts = {n: getattr(self, f"const_{i}") for i, n in enumerate(self.const_names)}
+        model = self._fn[0]
+
+        def f(params: dict[str, Tensor]) -> Tensor:
+            out = functional_call(model, (params, consts), args)
+            return out if self.output_fn is None else self.output_fn(out)
+
+        theta0 = self._theta0()
+        delta = {n: p - theta0[n] for n, p in zip(self.names, self.theta, strict=True)}
+        out0, tangent = jvp(f, (theta0,), (delta,))
+        return self.alpha * (tangent if self.center else out0 + tangent)

@@ -23,7 +23,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from . import metrics as M
-from .baselines import kernel_regression
+from .baselines import Linearized, kernel_regression
 from .ntk import empirical_ntk, select_method
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import JsonlSink, TensorBoardSink
@@ -138,6 +138,11 @@ class LazyMeter(nn.Module):
             many steps (and at every measurement). A TensorBoard event costs ~50 us, which
             is several percent of a small model's step; TensorBoard itself keeps only
             ~1000 points per curve.
+        linearized: also build ``meter.linearized``, the model's linearisation around
+            its initial parameters (:class:`lazymeter.baselines.Linearized`, same alpha and
+            centring), for the user to train alongside with the same loss and learning rate
+            (its own optimiser over ``meter.linearized.parameters()``) and log as
+            ``lin_train_loss`` / ``lin_test_loss``. It is saved in ``state_dict``.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class LazyMeter(nn.Module):
         ridge: float = 0.0,
         seed: int = 0,
         scalar_every: int = 10,
+        linearized: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -188,6 +194,8 @@ class LazyMeter(nn.Module):
             raise ValueError(f"scalar_every: expected a positive int, got {scalar_every!r}")
         self.scalar_every = scalar_every
         self.snapshot = _Snapshot(model)
+        # Not a registered submodule: optimisers over meter.parameters() must not see it.
+        self._linearized = [Linearized(model, alpha, center, output_fn)] if linearized else []
         self._dropouts = [
             m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
         ]
@@ -261,6 +269,20 @@ class LazyMeter(nn.Module):
         for t in self.model.parameters():
             return t.device
         return torch.device("cpu")
+
+    @property
+    def linearized(self) -> Linearized:
+        """The linearised shadow model (requires ``LazyMeter(..., linearized=True)``)."""
+        if not self._linearized:
+            raise AttributeError("linearized: construct the meter with linearized=True")
+        return self._linearized[0]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LazyMeter:
+        super()._apply(fn, recurse)
+        for lin in self._linearized:  # .to()/.double() move the shadow along
+            lin._apply(fn, recurse)
+        self._cache = []
+        return self
 
     def scaled_lr(self, lr: float, optimizer: str = "sgd") -> float:
         """Learning rate for training ``alpha * (f - f0)``: ``lr / alpha**2`` for SGD/GD.
@@ -562,6 +584,7 @@ class LazyMeter(nn.Module):
             "scalars": dict(self._scalars),
             "num_classes": getattr(self, "_num_classes", None),
             "features0": dict(self._features0),
+            "linearized": [lin.state_dict() for lin in self._linearized],
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -582,6 +605,8 @@ class LazyMeter(nn.Module):
         self._scalars = dict(state["scalars"])
         self._num_classes = state["num_classes"]
         self._features0 = dict(state["features0"])
+        for lin, sd in zip(self._linearized, state.get("linearized", []), strict=False):
+            lin.load_state_dict(sd)
         self._cache = []
         # Whatever a crashed run logged after this checkpoint is dropped, so that the
         # files continue exactly as the in-memory history does.

@@ -27,7 +27,12 @@ _TAGS = {
     "k0_test_acc": "baseline/k0_test_acc",
     "k0_train_mse": "baseline/k0_train_mse",
 }
-_PREFIXES = {"spectrum_": "spectrum/", "feature_cka/": "features/", "lin_": "linearized/"}
+_PREFIXES = {
+    "spectrum_": "spectrum/",
+    "feature_cka/": "features/",
+    "lin_": "linearized/",
+    "decomp_": "decomposition/",
+}
 
 
 def tag_for(key: str) -> str:
