@@ -566,6 +566,13 @@ class LazyMeter(nn.Module):
             self._tb.write(values, step)
         return None
 
+    def will_measure(self, step: int | None = None) -> bool:
+        """Whether :meth:`step` at ``step`` (default: the next one) will measure; use it to
+        compute expensive scalars (a test loss) only when they will be recorded."""
+        if step is None:
+            step = 0 if self._step is None else self._step + 1
+        return self.schedule.peek(step)
+
     @property
     def last_step(self) -> int | None:
         """The last step passed to :meth:`step` (None before the first)."""

@@ -22,6 +22,10 @@ class Schedule:
     def planned_after(self, step: int) -> int:
         raise NotImplementedError
 
+    def peek(self, step: int) -> bool:
+        """Whether ``due(step)`` would be True, without advancing."""
+        return step >= self.next_step
+
     def due(self, step: int) -> bool:
         if step < self.next_step:
             return False
@@ -81,6 +85,9 @@ class Predicate(Schedule):
         self.fn = fn
 
     def due(self, step: int) -> bool:
+        return bool(self.fn(step))
+
+    def peek(self, step: int) -> bool:
         return bool(self.fn(step))
 
     def state_dict(self) -> dict[str, Any]:
