@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.epochs is not None:
         cfg.epochs = a.epochs
     if a.smoke:
-        cfg.D, cfg.P, cfg.P_test, cfg.N, cfg.epochs = 10, 40, 50, 20, 100
+        cfg.D, cfg.P, cfg.P_test, cfg.N, cfg.epochs, cfg.lr_scale = 10, 40, 50, 20, 100, 2.0
     summary = train(cfg, a.out, progress=not a.no_progress)
     g = summary["time_to_grok"]
     print(

@@ -274,7 +274,7 @@ class LazyMeter(nn.Module):
     def linearized(self) -> Linearized:
         """The linearised shadow model (requires ``LazyMeter(..., linearized=True)``)."""
         if not self._linearized:
-            raise AttributeError("linearized: construct the meter with linearized=True")
+            raise RuntimeError("linearized: construct the meter with linearized=True")
         return self._linearized[0]
 
     def _apply(self, fn: Any, recurse: bool = True) -> LazyMeter:

@@ -166,6 +166,16 @@ def train(
         linearized=cfg.linearized,
     )
     lr = meter.scaled_lr(cfg.lr_scale * cfg.N)
+    # Full-batch GD on the MSE follows gradient flow only below the stability edge
+    # lr * alpha^2 * 2 lambda_max(K0) / P < 2; past it the run blows up.
+    lam = lm.kernel_spectrum(lm.empirical_ntk(model, data.x), k=1)["eig_1"]
+    max_scale = cfg.P / (lam * cfg.N)
+    if cfg.lr_scale >= max_scale:
+        raise ValueError(
+            f"lr_scale: {cfg.lr_scale:g} puts gradient descent past its stability edge for "
+            f"this D/P/N (lr_scale must stay below {max_scale:.3g}; about D/2 here); lower "
+            "lr_scale and raise epochs to keep lr * epochs"
+        )
     opt = torch.optim.SGD(meter.parameters(), lr=lr)
     lin_opt = torch.optim.SGD(meter.linearized.parameters(), lr=lr) if cfg.linearized else None
     mse = lambda out, y: ((out - y) ** 2).mean()  # noqa: E731

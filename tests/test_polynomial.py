@@ -1,0 +1,77 @@
+"""The paper's polynomial task end to end: the example script and the grokking event."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import lazymeter as lm
+from lazymeter.tasks.polynomial import PolynomialConfig, QuadraticNet, make_data, train
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SMALL = dict(D=20, P=110, P_test=500, N=100, eps=0.05, epochs=2000, lr_scale=8.0, per_decade=8)
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_smoke_run_writes_history_summary_events_and_figure(tmp_path):
+    load_example("polynomial_regression").main(["--smoke", "--out", str(tmp_path), "--no-progress"])
+    rows = lm.read_jsonl(str(tmp_path / "history.jsonl"))
+    required = {
+        "step",
+        "train_loss",
+        "test_loss",
+        "lin_train_loss",
+        "lin_test_loss",
+        "ntk_drift",
+        "alignment_train",
+        "alignment_test",
+        "param_movement",
+    }
+    assert len(rows) > 5 and all(required <= set(r) for r in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"k0_test_mse", "final_train_loss", "final_test_loss", "time_to_grok"} <= set(summary)
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+
+
+def test_small_lazy_start_groks_late():
+    s = train(PolynomialConfig(**SMALL, linearized=False), progress=False)
+    hist, grok = s["history"], s["time_to_grok"]
+    start = hist[0]["test_loss"]
+    assert s["max_test_loss"] > start  # the test loss first rises...
+    assert s["final_test_loss"] < 0.1 * start  # ...then falls to a small fraction of it
+    assert grok["test_step"] >= 3 * grok["train_step"]  # several times later than train
+    assert s["final_test_loss"] < 0.5 * s["k0_test_mse"]  # beyond the lazy (K0) solution
+
+
+def test_curves_depend_on_lr_times_epochs():
+    # Gradient flow: 4x the learning rate for a quarter of the epochs, same curve.
+    base = dict(SMALL, linearized=False, epochs=None, per_decade=4)
+    fast = train(PolynomialConfig(**{**base, "lr_scale": 4.0, "epochs": 250}), progress=False)
+    slow = train(PolynomialConfig(**{**base, "lr_scale": 1.0, "epochs": 1000}), progress=False)
+    assert fast["history"][-1]["step"] == slow["history"][-1]["step"] == 1000
+    assert fast["final_train_loss"] == pytest.approx(slow["final_train_loss"], rel=0.03)
+    assert fast["final_test_loss"] == pytest.approx(slow["final_test_loss"], rel=0.03)
+
+
+def test_unstable_learning_rate_is_rejected_with_the_limit():
+    with pytest.raises(ValueError, match="lr_scale: 40 puts gradient descent past"):
+        train(PolynomialConfig(**{**SMALL, "lr_scale": 40.0}), progress=False)
+
+
+def test_data_and_model_are_seedable_and_follow_dtype():
+    a = make_data(5, 10, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    b = make_data(5, 10, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(a.x, b.x) and a.x.dtype == torch.float64
+    torch.testing.assert_close(a.y, (a.x @ a.beta) ** 2 / 2)
+    net = QuadraticNet(5, 3, 0.5, readouts=True, dtype=torch.float64)
+    h = a.x @ net.W.T
+    torch.testing.assert_close(net(a.x), ((h + 0.25 * h**2) * net.a).mean(-1))
