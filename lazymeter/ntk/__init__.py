@@ -9,11 +9,15 @@ from .api import (
 )
 from .engines import ENGINES, register_engine
 from .functional import FunctionalModel
+from .structured import RULES, coverage, register_rule
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ENGINES",
     "FunctionalModel",
+    "RULES",
+    "coverage",
+    "register_rule",
     "auto_chunk_size",
     "choose_method",
     "empirical_ntk",

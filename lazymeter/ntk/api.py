@@ -123,11 +123,17 @@ def empirical_ntk(
         )
     if chunk_size is None:
         longest = max(num_samples(xs1), 0 if xs2 is None else num_samples(xs2))
-        chunk_size = auto_chunk_size(longest, n_out, fm.n_params, fm.dtype.itemsize, budget)
-        if method == "ntvp":
-            # Pushing c*O tangents through c samples holds c^2 O activations (plus tangents).
-            per_pair = 4 * n_out * max(fm.activation_bytes(xs1), 1)
-            chunk_size = max(1, min(chunk_size, math.isqrt(budget // per_pair)))
+        plan = getattr(ENGINES[method], "plan_chunk", None)
+        if plan is not None:
+            chunk_size = plan(
+                fm, xs1, n_out=n_out, trace=trace_outputs, budget=budget, n_samples=longest
+            )
+        else:
+            chunk_size = auto_chunk_size(longest, n_out, fm.n_params, fm.dtype.itemsize, budget)
+            if method == "ntvp":
+                # Pushing c*O tangents through c samples holds c^2 O activations (and tangents).
+                per_pair = 4 * n_out * max(fm.activation_bytes(xs1), 1)
+                chunk_size = max(1, min(chunk_size, math.isqrt(budget // per_pair)))
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
         return ENGINES[method](

@@ -63,7 +63,7 @@ def blocked_kernel(
     row_fn: Callable[[tuple[Tensor, ...]], Any],
     col_fn: Callable[[tuple[Tensor, ...]], Any],
     pair_fn: Callable[[Any, Any], Tensor],
-    cache_cols: bool,
+    cache_cols: bool | Callable[[Any], bool],
 ) -> Tensor:
     """Fill ``K`` block by block: ``K[rows_i, cols_j] = pair_fn(row_fn(x1_i), col_fn(x2_j))``.
 
@@ -79,6 +79,7 @@ def blocked_kernel(
     K = torch.zeros(shape, dtype=like.dtype, device=like.device)
     rows, cols = _blocks(n1, chunk_size), _blocks(n2, chunk_size)
     cache: dict[int, Any] = {}
+    decided = isinstance(cache_cols, bool)
 
     def col(j: int) -> Any:
         if j in cache:
@@ -90,6 +91,8 @@ def blocked_kernel(
 
     for i, (a0, a1) in enumerate(rows):
         r = row_fn(slice_inputs(x1, a0, a1))
+        if not decided:  # decided from the first block's features
+            cache_cols, decided = bool(cache_cols(r)), True  # type: ignore[operator]
         if symmetric and row_fn is col_fn and cache_cols:
             cache[i] = r
         for j, (b0, b1) in enumerate(cols):

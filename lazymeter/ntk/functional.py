@@ -9,7 +9,7 @@ buffer update, no ``.grad`` written).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -75,13 +75,18 @@ class FunctionalModel:
     """``model`` as pure functions of its trainable parameters.
 
     Attributes:
-        params: ``{name: tensor}`` of parameters with ``requires_grad=True``
-            (detached views; the kernel is taken w.r.t. these alone).
+        params: ``{name: tensor}`` of parameters with ``requires_grad=True`` (and in
+            ``only`` when given; detached views; the kernel is taken w.r.t. these alone).
         constants: frozen parameters and buffers, used as they are.
         n_params: total number of trainable scalars.
     """
 
-    def __init__(self, model: nn.Module, output_fn: OutputFn | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        output_fn: OutputFn | None = None,
+        only: Collection[str] | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if output_fn is not None and not callable(output_fn):
@@ -92,7 +97,8 @@ class FunctionalModel:
         self.params: dict[str, Tensor] = {}
         self.constants: dict[str, Tensor] = {}
         for name, p in model.named_parameters():
-            (self.params if p.requires_grad else self.constants)[name] = p.detach()
+            trainable = p.requires_grad and (only is None or name in only)
+            (self.params if trainable else self.constants)[name] = p.detach()
         if not self.params:
             raise ValueError(
                 "model: has no parameters with requires_grad=True, so its NTK is zero; "

@@ -1,0 +1,463 @@
+"""Structured NTK engine: per-layer rules instead of per-sample Jacobians.
+
+For a dense layer ``y = W h``, the per-sample gradient of output ``o`` w.r.t. ``W`` is
+``sum_s g_os h_s^T`` (``s``: sequence/spatial positions, ``g``: gradient of the output
+w.r.t. the layer output), so that layer's NTK block is
+
+    K_W[i, j] = sum_o sum_{s,t} (h_is . h_jt) (g_ios . g_jot),
+
+which is ``(H H^T) * (G G^T)`` without positions. Nothing of size ``n_params`` per
+sample is formed. This is the "structured derivatives" idea of neural-tangents (Novak,
+Sohl-Dickstein, Schoenholz, ICML 2022) and the per-layer trick of nngeometry/Opacus.
+
+:data:`RULES` maps a layer type to a small function that, given the layer's captured
+input and output, describes each of its parameters' per-sample Jacobian in one of two
+forms: :class:`Outer` (a sum of outer products, as above) or :class:`Dense` (an explicit
+``[c, O, n_p]`` Jacobian, for small parameters such as biases and norm scales). One
+forward pass with hooks captures every ruled layer's input; one backward pass batched
+over the ``O`` outputs gives every ``g``. Parameters no rule covers (raw parameters in
+einsums, custom layers, weights shared between layers) go through the generic
+Jacobian engine for those parameters alone, and the parts add up, so the engine is
+exact for every model. Each call checks, on its first block, that the rules reproduce
+autograd's gradient of a random output combination; a parameter that fails (used
+outside its layer as well) is moved to the generic part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .engines import _contract, _jacobian_rows, blocked_kernel, register_engine
+from .functional import FunctionalModel, num_samples, slice_inputs
+
+
+@dataclass
+class Outer:
+    """``J_o(x_i) = sum_s g[i, o, s] (x) h[i, s]``, a ``[dout, din]`` parameter.
+
+    ``h``: ``[c, S, din]`` inputs, or ``idx``: ``[c, S]`` indices into ``din`` rows
+    (an embedding: ``h`` is one-hot); ``g``: ``[c, O, S, dout]`` output gradients.
+    """
+
+    g: Tensor
+    h: Tensor | None = None
+    idx: Tensor | None = None
+    din: int = 0
+    transpose: bool = False  # parameter stored as [din, dout] (an embedding table)
+
+
+@dataclass
+class Dense:
+    """An explicit per-sample Jacobian ``[c, O, n_p]``."""
+
+    J: Tensor
+
+
+Form = Outer | Dense
+#: A rule gets (module, inputs, output) of one call and returns, per parameter name
+#: local to the module, a function of the output gradient ``g [c, O, *out.shape[1:]]``.
+Rule = Callable[[nn.Module, tuple[Any, ...], Tensor], dict[str, Callable[[Tensor], Form]] | None]
+
+RULES: dict[type, Rule] = {}
+
+
+def register_rule(*types: type) -> Callable[[Rule], Rule]:
+    """Decorator adding a rule for the given module types to :data:`RULES`."""
+
+    def deco(fn: Rule) -> Rule:
+        for t in types:
+            RULES[t] = fn
+        return fn
+
+    return deco
+
+
+@register_rule(nn.Linear)
+def _linear(m: nn.Linear, args: tuple[Any, ...], out: Tensor):
+    h = args[0]
+    c = h.shape[0]
+    h = h.reshape(c, -1, m.in_features)
+
+    def g3(g: Tensor) -> Tensor:
+        return g.reshape(c, g.shape[1], -1, m.out_features)
+
+    rules = {"weight": lambda g: Outer(g=g3(g), h=h, din=m.in_features)}
+    if m.bias is not None:
+        rules["bias"] = lambda g: Dense(g3(g).sum(2))
+    return rules
+
+
+@register_rule(nn.Conv1d, nn.Conv2d)
+def _conv(m: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], out: Tensor):
+    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        if not (isinstance(m.padding, str) and m.padding == "valid" and m.groups == 1):
+            return None  # grouped, padded-by-name or non-zero padding: generic engine
+    x = args[0]
+    c = x.shape[0]
+    one_d = isinstance(m, nn.Conv1d)
+    pad = (0,) * len(m.kernel_size) if isinstance(m.padding, str) else m.padding
+    if one_d:
+        x = x.unsqueeze(2)
+        k, st, pd, dl = (1, *m.kernel_size), (1, *m.stride), (0, *pad), (1, *m.dilation)
+    else:
+        k, st, pd, dl = m.kernel_size, m.stride, pad, m.dilation
+    patches = F.unfold(x, k, dilation=dl, padding=pd, stride=st)  # [c, Cin*k, L]
+    h = patches.transpose(1, 2)
+    din = h.shape[2]
+
+    def g4(g: Tensor) -> Tensor:  # [c, O, Cout, *spatial] -> [c, O, L, Cout]
+        return g.reshape(c, g.shape[1], m.out_channels, -1).transpose(2, 3)
+
+    rules = {"weight": lambda g: Outer(g=g4(g), h=h, din=din)}
+    if m.bias is not None:
+        rules["bias"] = lambda g: Dense(g.reshape(c, g.shape[1], m.out_channels, -1).sum(3))
+    return rules
+
+
+@register_rule(nn.Embedding)
+def _embedding(m: nn.Embedding, args: tuple[Any, ...], out: Tensor):
+    if m.max_norm is not None or m.scale_grad_by_freq:
+        return None  # renormalises weights / rescales gradients: generic engine
+    idx = args[0]
+    c = idx.shape[0]
+    idx = idx.reshape(c, -1)
+    keep = None if m.padding_idx is None else (idx != m.padding_idx)
+
+    def form(g: Tensor) -> Outer:
+        g = g.reshape(c, g.shape[1], -1, m.embedding_dim)
+        if keep is not None:  # the padding row gets no gradient
+            g = g * keep[:, None, :, None].to(g.dtype)
+        return Outer(g=g, idx=idx, din=m.num_embeddings, transpose=True)
+
+    return {"weight": form}
+
+
+def _affine(c: int, xhat: Tensor, weight: Tensor | None, bias: Tensor | None):
+    """Elementwise affine ``y = xhat * weight + bias`` broadcast over positions.
+    ``xhat``: ``[c, S, d]`` with ``d`` = number of affine entries."""
+    d = xhat.shape[2]
+    rules: dict[str, Callable[[Tensor], Form]] = {}
+    if weight is not None:
+        rules["weight"] = lambda g: Dense(torch.einsum("iosd,isd->iod", _pos(g, c, d), xhat))
+    if bias is not None:
+        rules["bias"] = lambda g: Dense(_pos(g, c, d).sum(2))
+    return rules
+
+
+def _pos(g: Tensor, c: int, d: int) -> Tensor:
+    return g.reshape(c, g.shape[1], -1, d)
+
+
+@register_rule(nn.LayerNorm)
+def _layer_norm(m: nn.LayerNorm, args: tuple[Any, ...], out: Tensor):
+    x = args[0]
+    c = x.shape[0]
+    xhat = F.layer_norm(x, m.normalized_shape, eps=m.eps)
+    d = math.prod(m.normalized_shape)
+    return _affine(c, xhat.reshape(c, -1, d), m.weight, getattr(m, "bias", None))
+
+
+@register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, args: tuple[Any, ...], out: Tensor):
+    if m.training or m.running_mean is None or not m.affine:
+        return None
+    x = args[0]
+    c, C = x.shape[0], x.shape[1]
+    shape = (1, C) + (1,) * (x.dim() - 2)
+    xhat = (x - m.running_mean.reshape(shape)) / torch.sqrt(m.running_var.reshape(shape) + m.eps)
+    xhat = xhat.reshape(c, C, -1).transpose(1, 2)  # [c, positions, C]
+
+    def chan_last(fn: Callable[[Tensor], Form]) -> Callable[[Tensor], Form]:
+        return lambda g: fn(g.reshape(c, g.shape[1], C, -1).transpose(2, 3))
+
+    return {k: chan_last(v) for k, v in _affine(c, xhat, m.weight, m.bias).items()}
+
+
+# --------------------------------------------------------------------------- coverage
+def _ruled_params(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """``{param full name: (module name, local name)}`` for trainable parameters of ruled
+    modules, excluding parameters that appear under more than one name (tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    out: dict[str, tuple[str, str]] = {}
+    for mname, m in model.named_modules():
+        if type(m) not in RULES:
+            continue
+        for local, p in m.named_parameters(recurse=False):
+            full = f"{mname}.{local}" if mname else local
+            if p.requires_grad and len(owners[id(p)]) == 1:
+                out[full] = (mname, local)
+    return out
+
+
+def coverage(model: nn.Module) -> float:
+    """Fraction of trainable parameter entries that per-layer rules cover."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    named = dict(model.named_parameters())
+    covered = sum(named[n].numel() for n in _ruled_params(model))
+    return covered / total if total else 0.0
+
+
+# --------------------------------------------------------------------------- features
+def _capture(fm: FunctionalModel, xs: tuple[Tensor, ...], covered: dict[str, tuple[str, str]]):
+    """One forward with hooks on the ruled layers, one backward batched over outputs.
+
+    Returns ``(forms, out)``: ``forms[param name]`` a list of forms (one per call of its
+    layer) and the flattened output ``[c, O]`` (kept for the validation pass).
+    """
+    model = fm.model
+    modules = {mn for mn, _ in covered.values()}
+    calls: list[tuple[str, Any, Tensor]] = []
+    handles = []
+    for mname in modules:
+        m = model.get_submodule(mname)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, mname: str = mname) -> None:
+            if isinstance(out, Tensor) and out.requires_grad:
+                args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+                rules = RULES[type(mod)](mod, args, out)
+                if rules is not None:
+                    calls.append((mname, rules, out))
+
+        handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            out = fm.model(*xs)
+            out = fm.output_fn(out) if fm.output_fn is not None else out
+            out = out.reshape(out.shape[0], -1)
+    finally:
+        for h in handles:
+            h.remove()
+    c, n_out = out.shape
+    ys = [y for _, _, y in calls]
+    if ys:
+        basis = torch.eye(n_out, dtype=out.dtype, device=out.device)
+        cot = basis[:, None, :].expand(n_out, c, n_out)  # [O, c, O]: output o of every sample
+        try:
+            grads = torch.autograd.grad(
+                out, ys, cot, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+        except RuntimeError:  # an op without a batching rule: one backward per output
+            per = [
+                torch.autograd.grad(out, ys, cot[o], retain_graph=True, allow_unused=True)
+                for o in range(n_out)
+            ]
+            grads = [
+                None if per[0][k] is None else torch.stack([p[k] for p in per])
+                for k in range(len(ys))
+            ]
+    forms: dict[str, list[Form]] = {}
+    for (mname, rules, y), g in zip(calls, grads if ys else [], strict=True):
+        g = torch.zeros((n_out, *y.shape), dtype=y.dtype, device=y.device) if g is None else g
+        g = g.movedim(0, 1).detach()  # [c, O, *y.shape[1:]]
+        for local, make in rules.items():
+            full = f"{mname}.{local}" if mname else local
+            if full in covered:
+                forms.setdefault(full, []).append(make(g))
+    return forms, out
+
+
+def _merge(forms: list[Form]) -> Form:
+    """One form for a parameter whose layer ran several times (positions concatenate)."""
+    if len(forms) == 1:
+        return forms[0]
+    if all(isinstance(f, Dense) for f in forms):
+        return Dense(sum(f.J for f in forms))  # type: ignore[misc]
+    if all(isinstance(f, Outer) for f in forms):
+        f0 = forms[0]
+        assert isinstance(f0, Outer)
+        return Outer(
+            g=torch.cat([f.g for f in forms], 2),  # type: ignore[union-attr]
+            h=None if f0.h is None else torch.cat([f.h for f in forms], 1),  # type: ignore[union-attr]
+            idx=None if f0.idx is None else torch.cat([f.idx for f in forms], 1),  # type: ignore[union-attr]
+            din=f0.din,
+            transpose=f0.transpose,
+        )
+    raise TypeError("mixed forms")
+
+
+def _predicted_grad(form: Form, r: Tensor, shape: torch.Size) -> Tensor:
+    """``sum_{i,o} r[i, o] J_o(x_i)`` reshaped to the parameter: what autograd must match."""
+    if isinstance(form, Dense):
+        return torch.einsum("io,ion->n", r, form.J).reshape(shape)
+    gr = torch.einsum("io,iosd->isd", r, form.g)  # [c, S, dout]
+    if form.idx is not None:
+        W = torch.zeros(form.din, gr.shape[2], dtype=gr.dtype, device=gr.device)
+        W.index_add_(0, form.idx.reshape(-1), gr.reshape(-1, gr.shape[2]))
+        return W.reshape(shape)
+    assert form.h is not None
+    return torch.einsum("isd,ise->de", gr, form.h).reshape(shape)
+
+
+def _materialize(form: Outer) -> Dense:
+    c, no, S, dout = form.g.shape
+    if form.idx is not None:
+        onehot = F.one_hot(form.idx, form.din).to(form.g.dtype)  # [c, S, V]
+        J = torch.einsum("iosd,isv->iovd", form.g, onehot)  # table layout [V, dout]
+    else:
+        assert form.h is not None
+        J = torch.einsum("iosd,ise->iode", form.g, form.h)  # weight layout [dout, din]
+    return Dense(J.reshape(c, no, -1))
+
+
+def _outer_costs(f: Outer, c: int, trace: bool) -> tuple[float, float]:
+    """FLOPs of (pairwise, materialised) contraction of a ``c x c`` block."""
+    _, no, S, dout = f.g.shape
+    din = f.din
+    o2 = no if trace else no * no
+    a_cost = 0 if f.idx is not None else c * c * S * S * din
+    pairwise = 2.0 * (a_cost + c * c * S * S * dout * o2)
+    materialised = 2.0 * (c * no * S * dout * din + c * c * o2 * dout * din)
+    return pairwise, materialised
+
+
+def _pair_outer(a: Outer, b: Outer, trace: bool) -> Tensor:
+    c1, no, S1, dout = a.g.shape
+    c2, _, S2, _ = b.g.shape
+    if a.idx is not None:
+        A = (a.idx.reshape(c1, S1, 1, 1) == b.idx.reshape(1, 1, c2, S2)).to(a.g.dtype)
+    else:
+        A = (a.h.reshape(c1 * S1, -1) @ b.h.reshape(c2 * S2, -1).T).reshape(c1, S1, c2, S2)
+    if trace:
+        ga = a.g.permute(0, 2, 1, 3).reshape(c1 * S1, no * dout)
+        gb = b.g.permute(0, 2, 1, 3).reshape(c2 * S2, no * dout)
+        B = (ga @ gb.T).reshape(c1, S1, c2, S2)
+        return (A * B).sum((1, 3))
+    ga = a.g.permute(0, 2, 1, 3).reshape(c1 * S1 * no, dout)
+    gb = b.g.permute(0, 2, 1, 3).reshape(c2 * S2 * no, dout)
+    B = (ga @ gb.T).reshape(c1, S1, no, c2, S2, no)
+    return torch.einsum("isjt,isojtq->ijoq", A, B)
+
+
+def _pair(fa: list[Form], fb: list[Form], generic: tuple[list[Tensor], list[Tensor]], trace: bool):
+    out = None
+    for a, b in zip(fa, fb, strict=True):
+        if isinstance(a, Dense):
+            assert isinstance(b, Dense)
+            blk = _contract([a.J], [b.J], trace)
+        else:
+            assert isinstance(b, Outer)
+            blk = _pair_outer(a, b, trace)
+        out = blk if out is None else out + blk
+    if generic[0]:
+        blk = _contract(generic[0], generic[1], trace)
+        out = blk if out is None else out + blk
+    assert out is not None
+    return out
+
+
+@register_engine("structured")
+def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
+    """Per-layer structured NTK (see module docstring); exact for every model."""
+    covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
+    state: dict[str, Any] = {"checked": False, "generic": None}
+
+    def rows(xs: tuple[Tensor, ...]):
+        forms, out = _capture(fm, xs, covered)
+        if not state["checked"]:
+            state["checked"] = True
+            bad = set(covered) - set(forms)  # ruled layers that never ran as modules
+            merged = {n: _merge(f) for n, f in forms.items()}
+            if merged:
+                # Exactness guard: autograd's gradient of a random output combination must
+                # equal the rules' prediction, or the parameter is also used elsewhere.
+                r = torch.randn(out.shape, dtype=out.dtype, device=out.device)
+                names = sorted(merged)
+                named = dict(fm.model.named_parameters())
+                with torch.enable_grad():
+                    actual = torch.autograd.grad((out * r).sum(), [named[n] for n in names])
+                for n, act in zip(names, actual, strict=True):
+                    pred = _predicted_grad(merged[n], r, act.shape)
+                    tol = (
+                        1e-4
+                        if act.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                        else 1e-9
+                    )
+                    if float((pred - act).norm()) > tol * (float(act.norm()) + 1e-30):
+                        bad.add(n)
+            state["covered"] = [n for n in sorted(covered) if n not in bad]
+            rest = [n for n in fm.params if n not in state["covered"]]
+            state["generic"] = FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
+        del out
+        chosen = []
+        c = num_samples(xs)
+        for n in state["covered"]:
+            f = _merge(forms[n])
+            if isinstance(f, Outer):
+                pairwise, materialised = _outer_costs(f, max(c, chunk_size), trace)
+                if materialised < pairwise:
+                    f = _materialize(f)
+            chosen.append(f)
+        gfm = state["generic"]
+        gen = _jacobian_rows(gfm, xs, n_out) if gfm is not None else []
+        return chosen, gen
+
+    n_cols = num_samples(x1 if x2 is None else x2)
+
+    def cache_all(first: Any) -> bool:
+        # Keep every column block's features when all of them fit in half the budget.
+        per_block = _feature_bytes(first)
+        return per_block * math.ceil(n_cols / chunk_size) <= budget // 2
+
+    return blocked_kernel(
+        x1,
+        x2,
+        chunk_size,
+        trace=trace,
+        n_out=n_out,
+        like=next(iter(fm.params.values())),
+        row_fn=rows,
+        col_fn=rows,
+        pair_fn=lambda a, b: _pair(a[0], b[0], (a[1], b[1]), trace),
+        cache_cols=cache_all,
+    )
+
+
+def _feature_bytes(features: Any) -> int:
+    forms, gen = features
+    total = sum(t.numel() * t.element_size() for t in gen)
+    for f in forms:
+        ts = [f.J] if isinstance(f, Dense) else [f.g, f.h, f.idx]
+        total += sum(t.numel() * t.element_size() for t in ts if t is not None)
+    return total
+
+
+def _plan_chunk(fm, xs, *, n_out, trace, budget, n_samples):
+    """Largest block whose row and column features and pair intermediates fit ``budget``,
+    from the features of one sample."""
+    if n_samples <= 32:
+        return n_samples
+    covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
+    forms, out = _capture(fm, slice_inputs(xs, 0, 1), covered)
+    del out
+    merged = [_merge(f) for f in forms.values()]
+    per_sample = _feature_bytes((merged, []))
+    rest = fm.n_params - sum(fm.params[n].numel() for n in forms)
+    per_sample += n_out * rest * fm.dtype.itemsize * 3
+    pair = (
+        max(
+            [
+                f.g.shape[2] ** 2 * (1 if trace else n_out**2) * 2
+                for f in merged
+                if isinstance(f, Outer)
+            ],
+            default=1,
+        )
+        * fm.dtype.itemsize
+    )
+    c = n_samples
+    while c > 1 and 3 * c * per_sample + c * c * pair > budget:
+        c = (c + 1) // 2
+    return c
+
+
+structured.applicable = lambda fm: coverage(fm.model) >= 0.5  # type: ignore[attr-defined]
+structured.plan_chunk = _plan_chunk  # type: ignore[attr-defined]
