@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/quickstart.py
+	$(PY) examples/polynomial_regression.py --out runs/polynomial_regression
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
