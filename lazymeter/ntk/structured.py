@@ -26,6 +26,7 @@ outside its layer as well) is moved to the generic part.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -207,13 +208,29 @@ def coverage(model: nn.Module) -> float:
 
 
 # --------------------------------------------------------------------------- features
-def _capture(fm: FunctionalModel, xs: tuple[Tensor, ...], covered: dict[str, tuple[str, str]]):
-    """One forward with hooks on the ruled layers, one backward batched over outputs.
+#: How output gradients for ``O`` outputs are obtained: "replicate" runs one forward and
+#: one backward on the block repeated ``O`` times (plain kernels, ``O`` x activations);
+#: "vmap" runs one forward and a backward vmapped over the ``O`` cotangents.
+GRADIENT_MODE = "replicate"
+
+
+def _capture(
+    fm: FunctionalModel,
+    xs: tuple[Tensor, ...],
+    covered: dict[str, tuple[str, str]],
+    n_out: int,
+):
+    """One forward with hooks on the ruled layers, one backward for all ``O`` outputs.
 
     Returns ``(forms, out)``: ``forms[param name]`` a list of forms (one per call of its
     layer) and the flattened output ``[c, O]`` (kept for the validation pass).
     """
     model = fm.model
+    c = num_samples(xs)
+    rep = n_out if (n_out > 1 and GRADIENT_MODE == "replicate") else 1
+    if rep > 1:
+        xs = tuple(t.repeat(rep, *[1] * (t.dim() - 1)) for t in xs)
+    batch = c * rep
     modules = {mn for mn, _ in covered.values()}
     calls: list[tuple[str, Any, Tensor]] = []
     handles = []
@@ -221,9 +238,18 @@ def _capture(fm: FunctionalModel, xs: tuple[Tensor, ...], covered: dict[str, tup
         m = model.get_submodule(mname)
 
         def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, mname: str = mname) -> None:
-            if isinstance(out, Tensor) and out.requires_grad:
-                args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-                rules = RULES[type(mod)](mod, args, out)
+            # A layer applied to something without the batch dimension (a position table
+            # looked up once for all samples) has no per-sample rule: generic engine.
+            if (
+                isinstance(out, Tensor)
+                and out.requires_grad
+                and out.dim() > 0
+                and (out.shape[0] == batch)
+            ):
+                args = tuple(
+                    a[:c].detach() if isinstance(a, Tensor) and a.dim() > 0 else a for a in args
+                )
+                rules = RULES[type(mod)](mod, args, out[:c])
                 if rules is not None:
                     calls.append((mname, rules, out))
 
@@ -236,9 +262,22 @@ def _capture(fm: FunctionalModel, xs: tuple[Tensor, ...], covered: dict[str, tup
     finally:
         for h in handles:
             h.remove()
-    c, n_out = out.shape
     ys = [y for _, _, y in calls]
-    if ys:
+    if ys and rep > 1:
+        # Copy o of the block carries the cotangent of output o.
+        cot = torch.eye(n_out, dtype=out.dtype, device=out.device).repeat_interleave(c, 0)
+        flat = torch.autograd.grad(out, ys, cot, retain_graph=True, allow_unused=True)
+        grads = [None if g is None else g.reshape(n_out, c, *g.shape[1:]) for g in flat]
+        with torch.enable_grad():  # the validation pass differentiates this slice
+            out = out[:c]
+    elif ys and n_out == 1:
+        grads = [
+            None if g is None else g.unsqueeze(0)
+            for g in torch.autograd.grad(
+                out, ys, torch.ones_like(out), retain_graph=True, allow_unused=True
+            )
+        ]
+    elif ys:
         basis = torch.eye(n_out, dtype=out.dtype, device=out.device)
         cot = basis[:, None, :].expand(n_out, c, n_out)  # [O, c, O]: output o of every sample
         try:
@@ -254,9 +293,13 @@ def _capture(fm: FunctionalModel, xs: tuple[Tensor, ...], covered: dict[str, tup
                 None if per[0][k] is None else torch.stack([p[k] for p in per])
                 for k in range(len(ys))
             ]
+    if not ys:
+        with torch.enable_grad():
+            out = out[:c]
     forms: dict[str, list[Form]] = {}
     for (mname, rules, y), g in zip(calls, grads if ys else [], strict=True):
-        g = torch.zeros((n_out, *y.shape), dtype=y.dtype, device=y.device) if g is None else g
+        if g is None:
+            g = torch.zeros((n_out, c, *y.shape[1:]), dtype=y.dtype, device=y.device)
         g = g.movedim(0, 1).detach()  # [c, O, *y.shape[1:]]
         for local, make in rules.items():
             full = f"{mname}.{local}" if mname else local
@@ -354,14 +397,37 @@ def _pair(fa: list[Form], fb: list[Form], generic: tuple[list[Tensor], list[Tens
     return out
 
 
+# Parameters that passed the exactness guard, per model and call signature: the check
+# costs a backward pass, and a meter calls the engine with the same shapes many times.
+_VALIDATED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signature(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple:
+    return (
+        fm.model.training,
+        id(fm.output_fn),
+        tuple(sorted(fm.params)),
+        tuple((t.shape[1:], t.dtype, t.device) for t in xs),
+    )
+
+
 @register_engine("structured")
 def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
     """Per-layer structured NTK (see module docstring); exact for every model."""
     covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
     state: dict[str, Any] = {"checked": False, "generic": None}
+    key = _signature(fm, x1, trace)
+    known = _VALIDATED.get(fm.model, {}).get(key)
+    if known is not None:
+        state["checked"] = True
+        state["covered"] = known
+        rest = [n for n in fm.params if n not in known]
+        state["generic"] = FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
 
     def rows(xs: tuple[Tensor, ...]):
-        forms, out = _capture(fm, xs, covered)
+        forms, out = _capture(fm, xs, covered, n_out)
         if not state["checked"]:
             state["checked"] = True
             bad = set(covered) - set(forms)  # ruled layers that never ran as modules
@@ -384,6 +450,7 @@ def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
                     if float((pred - act).norm()) > tol * (float(act.norm()) + 1e-30):
                         bad.add(n)
             state["covered"] = [n for n in sorted(covered) if n not in bad]
+            _VALIDATED.setdefault(fm.model, {})[key] = state["covered"]
             rest = [n for n in fm.params if n not in state["covered"]]
             state["generic"] = FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
         del out
@@ -432,27 +499,28 @@ def _feature_bytes(features: Any) -> int:
 
 def _plan_chunk(fm, xs, *, n_out, trace, budget, n_samples):
     """Largest block whose row and column features and pair intermediates fit ``budget``,
-    from the features of one sample."""
+    from the features of one sample (and the route each layer will take)."""
     if n_samples <= 32:
         return n_samples
     covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
-    forms, out = _capture(fm, slice_inputs(xs, 0, 1), covered)
+    forms, out = _capture(fm, slice_inputs(xs, 0, 1), covered, n_out)
     del out
-    merged = [_merge(f) for f in forms.values()]
-    per_sample = _feature_bytes((merged, []))
-    rest = fm.n_params - sum(fm.params[n].numel() for n in forms)
-    per_sample += n_out * rest * fm.dtype.itemsize * 3
-    pair = (
-        max(
-            [
-                f.g.shape[2] ** 2 * (1 if trace else n_out**2) * 2
-                for f in merged
-                if isinstance(f, Outer)
-            ],
-            default=1,
-        )
-        * fm.dtype.itemsize
-    )
+    itemsize = fm.dtype.itemsize
+    o2 = 1 if trace else n_out**2
+    per_sample = 3 * n_out * itemsize * (fm.n_params - sum(fm.params[n].numel() for n in forms))
+    per_sample += n_out * fm.activation_bytes(xs)  # the block is replicated O times
+    pair = 0
+    c_guess = min(n_samples, 128)
+    for f in map(_merge, forms.values()):
+        if isinstance(f, Dense):
+            per_sample += f.J.numel() * itemsize
+            continue
+        pairwise, materialised = _outer_costs(f, c_guess, trace)
+        if materialised < pairwise:
+            per_sample += f.g.shape[1] * f.g.shape[3] * f.din * itemsize
+        else:
+            per_sample += (f.g.numel() + (0 if f.h is None else f.h.numel())) * itemsize
+            pair = max(pair, 2 * f.g.shape[2] ** 2 * o2 * itemsize)
     c = n_samples
     while c > 1 and 3 * c * per_sample + c * c * pair > budget:
         c = (c + 1) // 2
