@@ -75,6 +75,12 @@ def blocked_kernel(
     symmetric = x2 is None
     xc = x1 if symmetric else x2
     n1, n2 = num_samples(x1), num_samples(xc)
+    if n1 <= chunk_size and n2 <= chunk_size:  # one block: no assembly
+        r = row_fn(x1)
+        blk = pair_fn(r, r if symmetric and row_fn is col_fn else col_fn(xc))
+        if symmetric:
+            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
+        return blk
     shape = (n1, n2) if trace else (n1, n2, n_out, n_out)
     K = torch.zeros(shape, dtype=like.dtype, device=like.device)
     rows, cols = _blocks(n1, chunk_size), _blocks(n2, chunk_size)

@@ -52,6 +52,7 @@ class Outer:
     idx: Tensor | None = None
     din: int = 0
     transpose: bool = False  # parameter stored as [din, dout] (an embedding table)
+    bias: str | None = None  # the layer's bias, foldable into this form as an input of 1s
 
 
 @dataclass
@@ -89,7 +90,8 @@ def _linear(m: nn.Linear, args: tuple[Any, ...], out: Tensor):
     def g3(g: Tensor) -> Tensor:
         return g.reshape(c, g.shape[1], -1, m.out_features)
 
-    rules = {"weight": lambda g: Outer(g=g3(g), h=h, din=m.in_features)}
+    bias = "bias" if m.bias is not None else None
+    rules = {"weight": lambda g: Outer(g=g3(g), h=h, din=m.in_features, bias=bias)}
     if m.bias is not None:
         rules["bias"] = lambda g: Dense(g3(g).sum(2))
     return rules
@@ -116,7 +118,8 @@ def _conv(m: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], out: Tensor):
     def g4(g: Tensor) -> Tensor:  # [c, O, Cout, *spatial] -> [c, O, L, Cout]
         return g.reshape(c, g.shape[1], m.out_channels, -1).transpose(2, 3)
 
-    rules = {"weight": lambda g: Outer(g=g4(g), h=h, din=din)}
+    bias = "bias" if m.bias is not None else None
+    rules = {"weight": lambda g: Outer(g=g4(g), h=h, din=din, bias=bias)}
     if m.bias is not None:
         rules["bias"] = lambda g: Dense(g.reshape(c, g.shape[1], m.out_channels, -1).sum(3))
     return rules
@@ -211,7 +214,7 @@ def coverage(model: nn.Module) -> float:
 #: How output gradients for ``O`` outputs are obtained: "replicate" runs one forward and
 #: one backward on the block repeated ``O`` times (plain kernels, ``O`` x activations);
 #: "vmap" runs one forward and a backward vmapped over the ``O`` cotangents.
-GRADIENT_MODE = "replicate"
+GRADIENT_MODE = "vmap"
 
 
 def _capture(
@@ -323,6 +326,7 @@ def _merge(forms: list[Form]) -> Form:
             idx=None if f0.idx is None else torch.cat([f.idx for f in forms], 1),  # type: ignore[union-attr]
             din=f0.din,
             transpose=f0.transpose,
+            bias=f0.bias,
         )
     raise TypeError("mixed forms")
 
@@ -362,22 +366,63 @@ def _outer_costs(f: Outer, c: int, trace: bool) -> tuple[float, float]:
     return pairwise, materialised
 
 
-def _pair_outer(a: Outer, b: Outer, trace: bool) -> Tensor:
-    c1, no, S1, dout = a.g.shape
-    c2, _, S2, _ = b.g.shape
+@dataclass
+class Pairwise:
+    """An :class:`Outer` form laid out for pairwise contraction: ``gs [c, S, O, dout]``
+    contiguous, with positions whose output gradient is zero for the whole block dropped
+    (a last-position readout makes most positions of most layers irrelevant)."""
+
+    gs: Tensor
+    h: Tensor | None
+    idx: Tensor | None
+
+
+def _fold_bias(f: Outer) -> Outer:
+    """Weight and bias as one form: ``y = W h + b = [W, b] [h; 1]``, so the bias costs one
+    more input column instead of a contraction of its own."""
+    assert f.h is not None
+    ones = torch.ones((*f.h.shape[:-1], 1), dtype=f.h.dtype, device=f.h.device)
+    return Outer(g=f.g, h=torch.cat([f.h, ones], -1), din=f.din + 1)
+
+
+def _pairwise(f: Outer) -> Pairwise:
+    gs = f.g.permute(0, 2, 1, 3).contiguous()  # [c, S, O, dout]
+    h, idx = f.h, f.idx
+    if gs.shape[1] == 1:
+        return Pairwise(gs, h, idx)
+    live = gs.ne(0).any(3).any(2).any(0)  # [S]
+    if not bool(live.all()):
+        keep = live.nonzero().squeeze(1)
+        gs = gs[:, keep]
+        h = None if h is None else h[:, keep]
+        idx = None if idx is None else idx[:, keep]
+    return Pairwise(gs, h, idx)
+
+
+def _pair_outer(a: Pairwise, b: Pairwise, trace: bool) -> Tensor:
+    c1, S1, no, dout = a.gs.shape
+    c2, S2 = b.gs.shape[:2]
+    if S1 == 0 or S2 == 0:
+        shape = (c1, c2) if trace else (c1, c2, no, no)
+        return torch.zeros(shape, dtype=a.gs.dtype, device=a.gs.device)
     if a.idx is not None:
-        A = (a.idx.reshape(c1, S1, 1, 1) == b.idx.reshape(1, 1, c2, S2)).to(a.g.dtype)
+        A = (a.idx.reshape(c1, S1, 1, 1) == b.idx.reshape(1, 1, c2, S2)).to(a.gs.dtype)
     else:
         A = (a.h.reshape(c1 * S1, -1) @ b.h.reshape(c2 * S2, -1).T).reshape(c1, S1, c2, S2)
     if trace:
-        ga = a.g.permute(0, 2, 1, 3).reshape(c1 * S1, no * dout)
-        gb = b.g.permute(0, 2, 1, 3).reshape(c2 * S2, no * dout)
-        B = (ga @ gb.T).reshape(c1, S1, c2, S2)
+        B = (a.gs.reshape(c1 * S1, -1) @ b.gs.reshape(c2 * S2, -1).T).reshape(c1, S1, c2, S2)
+        if S1 == S2 == 1:  # (H H^T) * (G G^T): no position sums
+            return A.mul_(B).reshape(c1, c2)
         return (A * B).sum((1, 3))
-    ga = a.g.permute(0, 2, 1, 3).reshape(c1 * S1 * no, dout)
-    gb = b.g.permute(0, 2, 1, 3).reshape(c2 * S2 * no, dout)
-    B = (ga @ gb.T).reshape(c1, S1, no, c2, S2, no)
-    return torch.einsum("isjt,isojtq->ijoq", A, B)
+    out = None
+    for s in range(S1):  # one [c1 O, c2 O] product per position pair keeps memory at c^2 O^2
+        ga = a.gs[:, s].reshape(c1 * no, dout)
+        for t in range(S2):
+            B = (ga @ b.gs[:, t].reshape(c2 * no, dout).T).reshape(c1, no, c2, no)
+            term = A[:, s, :, t][:, None, :, None] * B
+            out = term if out is None else out + term
+    assert out is not None
+    return out.permute(0, 2, 1, 3)
 
 
 def _pair(fa: list[Form], fb: list[Form], generic: tuple[list[Tensor], list[Tensor]], trace: bool):
@@ -387,7 +432,7 @@ def _pair(fa: list[Form], fb: list[Form], generic: tuple[list[Tensor], list[Tens
             assert isinstance(b, Dense)
             blk = _contract([a.J], [b.J], trace)
         else:
-            assert isinstance(b, Outer)
+            assert isinstance(b, Pairwise)
             blk = _pair_outer(a, b, trace)
         out = blk if out is None else out + blk
     if generic[0]:
@@ -456,12 +501,23 @@ def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
         del out
         chosen = []
         c = num_samples(xs)
+        covered_now = set(state["covered"])
+        folded = set()
+        merged = {}
         for n in state["covered"]:
             f = _merge(forms[n])
+            if isinstance(f, Outer) and f.bias is not None and f.h is not None:
+                bias_name = n.rsplit(".", 1)[0] + "." + f.bias if "." in n else f.bias
+                if bias_name in covered_now:
+                    f = _fold_bias(f)
+                    folded.add(bias_name)
+            merged[n] = f
+        for n, f in merged.items():
+            if n in folded:
+                continue
             if isinstance(f, Outer):
                 pairwise, materialised = _outer_costs(f, max(c, chunk_size), trace)
-                if materialised < pairwise:
-                    f = _materialize(f)
+                f = _materialize(f) if materialised < pairwise else _pairwise(f)
             chosen.append(f)
         gfm = state["generic"]
         gen = _jacobian_rows(gfm, xs, n_out) if gfm is not None else []
@@ -470,9 +526,10 @@ def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
     n_cols = num_samples(x1 if x2 is None else x2)
 
     def cache_all(first: Any) -> bool:
-        # Keep every column block's features when all of them fit in half the budget.
+        # Keep every column block's features when all of them fit in the budget (the
+        # planned block size leaves room for one block's transient work besides).
         per_block = _feature_bytes(first)
-        return per_block * math.ceil(n_cols / chunk_size) <= budget // 2
+        return per_block * math.ceil(n_cols / chunk_size) <= budget
 
     return blocked_kernel(
         x1,
@@ -492,16 +549,33 @@ def _feature_bytes(features: Any) -> int:
     forms, gen = features
     total = sum(t.numel() * t.element_size() for t in gen)
     for f in forms:
-        ts = [f.J] if isinstance(f, Dense) else [f.g, f.h, f.idx]
+        if isinstance(f, Dense):
+            ts = [f.J]
+        else:
+            ts = [f.gs if isinstance(f, Pairwise) else f.g, f.h, f.idx]
         total += sum(t.numel() * t.element_size() for t in ts if t is not None)
     return total
 
 
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+
+
 def _plan_chunk(fm, xs, *, n_out, trace, budget, n_samples):
     """Largest block whose row and column features and pair intermediates fit ``budget``,
-    from the features of one sample (and the route each layer will take)."""
+    from the features of one sample (and the route each layer will take); remembered
+    per model and input signature."""
     if n_samples <= 32:
         return n_samples
+    key = (_signature(fm, xs, trace), trace, budget, n_samples)
+    known = _PLANS.get(fm.model, {}).get(key)
+    if known is not None:
+        return known
+    c = _plan(fm, xs, n_out=n_out, trace=trace, budget=budget, n_samples=n_samples)
+    _PLANS.setdefault(fm.model, {})[key] = c
+    return c
+
+
+def _plan(fm, xs, *, n_out, trace, budget, n_samples):
     covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
     forms, out = _capture(fm, slice_inputs(xs, 0, 1), covered, n_out)
     del out
@@ -520,7 +594,8 @@ def _plan_chunk(fm, xs, *, n_out, trace, budget, n_samples):
             per_sample += f.g.shape[1] * f.g.shape[3] * f.din * itemsize
         else:
             per_sample += (f.g.numel() + (0 if f.h is None else f.h.numel())) * itemsize
-            pair = max(pair, 2 * f.g.shape[2] ** 2 * o2 * itemsize)
+            S = f.g.shape[2]
+            pair = max(pair, (2 * S * S if trace else S * S + 3 * o2) * itemsize)
     c = n_samples
     while c > 1 and 3 * c * per_sample + c * c * pair > budget:
         c = (c + 1) // 2
