@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_map
 from . import metrics as M
 from .baselines import Linearized, kernel_regression
 from .ntk import empirical_ntk, select_method
+from .regime import RegimeThresholds, alignment_gain, classify
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import JsonlSink, TensorBoardSink
 
@@ -143,6 +144,10 @@ class LazyMeter(nn.Module):
             centring), for the user to train alongside with the same loss and learning rate
             (its own optimiser over ``meter.linearized.parameters()``) and log as
             ``lin_train_loss`` / ``lin_test_loss``. It is saved in ``state_dict``.
+        tb_figures: also log, at each measurement, TensorBoard figures of the kernel
+            spectrum (K_t against K_0) and of any ``decomp_*`` terms.
+        regime_thresholds: thresholds of the lazy/transitioning/rich read-out logged as
+            TensorBoard text at each measurement (:mod:`lazymeter.regime`).
     """
 
     def __init__(
@@ -169,6 +174,8 @@ class LazyMeter(nn.Module):
         seed: int = 0,
         scalar_every: int = 10,
         linearized: bool = False,
+        tb_figures: bool = False,
+        regime_thresholds: RegimeThresholds | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -190,6 +197,9 @@ class LazyMeter(nn.Module):
         self.ridge = ridge
         self.metric_fns = dict(metrics or {})
         self.schedule = make_schedule(schedule)
+        self.tb_figures = bool(tb_figures)
+        self.regime_thresholds = regime_thresholds or RegimeThresholds()
+        self._eigs: dict[str, Tensor] = {}
         if isinstance(scalar_every, bool) or not isinstance(scalar_every, int) or scalar_every < 1:
             raise ValueError(f"scalar_every: expected a positive int, got {scalar_every!r}")
         self.scalar_every = scalar_every
@@ -439,6 +449,11 @@ class LazyMeter(nn.Module):
             K, _targets(self.probe_y, self._num_classes), self.centering
         )
         out.update({f"spectrum_{k}": v for k, v in M.kernel_spectrum(K, self.spectrum_k).items()})
+        if self.tb_figures:
+            self._eigs = {
+                "K_t": torch.linalg.eigvalsh(K.double()).flip(0).cpu(),
+                "K_0": torch.linalg.eigvalsh(self.K0.double()).flip(0).cpu(),
+            }
         if self.test_x is not None:
             Kt = self._ntk(self.test_x)
             out["alignment_test"] = M.kernel_alignment(
@@ -525,8 +540,50 @@ class LazyMeter(nn.Module):
         self.history.append(row)
         if self._jsonl is not None:
             self._jsonl.write(row)
-        self._tb.write(row, int(row["step"]), flush=True)
+        step = int(row["step"])
+        self._tb.write(row, step, flush=False)
+        if self._tb.enabled:
+            self._tb.write_text(
+                "lazymeter/regime",
+                f"step {step}: **{classify(row, self.regime_thresholds)}** (drift "
+                f"{row.get('ntk_drift', math.nan):.3g}, movement "
+                f"{row.get('param_movement', math.nan):.3g}, alignment gain "
+                f"{alignment_gain(row):.3g})",
+                step,
+            )
+            if self.tb_figures:
+                self._write_figures(row, step)
+            if self._tb.writer is not None:
+                self._tb.writer.flush()
         return row
+
+    def _write_figures(self, row: dict[str, float], step: int) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        if self._eigs:
+            fig, ax = plt.subplots(figsize=(4, 3))
+            for name, lam in self._eigs.items():
+                ax.semilogy(lam.clamp_min(1e-30).numpy(), label=name)
+            ax.set_xlabel("index")
+            ax.set_ylabel("eigenvalue")
+            ax.legend()
+            fig.tight_layout()
+            self._tb.write_figure("lazymeter/figures/spectrum", fig, step)
+        terms = {
+            k[7:]: v for k, v in row.items() if k.startswith("decomp_") and k != "decomp_total"
+        }
+        if terms:
+            fig, ax = plt.subplots(figsize=(4, 3))
+            ax.bar(list(terms), list(terms.values()))
+            ax.set_yscale("log")
+            ax.set_title(f"decomposition at step {step}")
+            fig.tight_layout()
+            self._tb.write_figure("lazymeter/figures/decomposition", fig, step)
 
     def step(self, step: int | None = None, **scalars: float) -> dict[str, float] | None:
         """Record ``scalars`` (e.g. ``train_loss=..., test_loss=...``) at ``step``; measure
@@ -572,6 +629,9 @@ class LazyMeter(nn.Module):
         if step is None:
             step = 0 if self._step is None else self._step + 1
         return self.schedule.peek(step)
+
+    def _probe_size(self) -> int:
+        return 0 if self.probe_x is None else int(self.probe_x.shape[0])
 
     @property
     def last_step(self) -> int | None:
@@ -622,8 +682,17 @@ class LazyMeter(nn.Module):
         if self._step is not None:
             self._tb.purge_after(self._step)
 
-    def close(self) -> None:
-        """Flush and close the log files (the meter keeps working in memory)."""
+    def close(self, hparams: Mapping[str, Any] | None = None) -> None:
+        """Flush and close the log files (the meter keeps working in memory).
+
+        ``hparams`` (e.g. ``{"alpha": 1, "eps": 0.02, "lr": ..., "max_probe": 64}``) are
+        logged with the last measurement's values to TensorBoard's HPARAMS tab.
+        """
+        if hparams is not None and self.history:
+            self._tb.write_hparams(
+                {"alpha": self.alpha, "max_probe": self._probe_size(), **dict(hparams)},
+                {k: v for k, v in self.history[-1].items() if k != "step"},
+            )
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

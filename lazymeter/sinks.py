@@ -35,6 +35,33 @@ _PREFIXES = {
 }
 
 
+#: TensorBoard's CUSTOM SCALARS tab: losses on one chart, kernel diagnostics on another.
+CUSTOM_SCALARS = {
+    "lazymeter": {
+        "losses (network, linearised)": [
+            "Multiline",
+            [
+                "lazymeter/loss/train",
+                "lazymeter/loss/test",
+                "lazymeter/linearized/train_loss",
+                "lazymeter/linearized/test_loss",
+                "lazymeter/baseline/k0_test_mse",
+            ],
+        ],
+        "kernel (drift, alignment, CKA)": [
+            "Multiline",
+            [
+                "lazymeter/ntk/drift",
+                "lazymeter/ntk/alignment_train",
+                "lazymeter/ntk/alignment_test",
+                "lazymeter/ntk/cka_to_init",
+            ],
+        ],
+        "weights": ["Multiline", ["lazymeter/params/movement", "lazymeter/params/weight_norm"]],
+    }
+}
+
+
 def tag_for(key: str) -> str:
     """TensorBoard tag of a row key, e.g. ``train_loss -> lazymeter/loss/train``."""
     if key in _TAGS:
@@ -110,6 +137,7 @@ class TensorBoardSink:
         self._writer = writer
         self._owned = writer is None
         self._purge_step: int | None = None
+        self._layout_done = False
         self.enabled = writer is not None or log_dir is not None
 
     def purge_after(self, step: int) -> None:
@@ -136,7 +164,38 @@ class TensorBoardSink:
                 self.enabled = False
                 return None
             self._writer = SummaryWriter(self.log_dir, purge_step=self._purge_step)
+        if self._writer is not None and not self._layout_done:
+            self._layout_done = True
+            try:
+                self._writer.add_custom_scalars(CUSTOM_SCALARS)
+            except Exception:  # noqa: BLE001 - a writer without layouts still takes scalars
+                pass
         return self._writer
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        w = self.writer
+        if w is not None:
+            w.add_text(tag, text, step)
+
+    def write_figure(self, tag: str, figure: Any, step: int) -> None:
+        w = self.writer
+        if w is not None:
+            w.add_figure(tag, figure, step, close=True)
+
+    def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Hyperparameters with the run's final metrics (TensorBoard's HPARAMS tab)."""
+        w = self.writer
+        if w is None:
+            return
+        clean = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()
+        }
+        finals = {
+            f"hparam/{k}": float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        }
+        w.add_hparams(clean, finals, run_name=".")
 
     def write(self, row: dict[str, Any], step: int, flush: bool = False) -> None:
         w = self.writer

@@ -1,1 +1,34 @@
-"""The paper's data sets and models, shared by the examples, the benchmarks and the CLI."""
+"""The paper's data sets and models, shared by the examples, the benchmarks and the CLI.
+
+:data:`TASKS` names each task's module, its configuration dataclass and its ``train``
+function, so that ``lazymeter run TASK`` and the example scripts share one code path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    module: str
+    config: str
+    train: str
+    description: str
+
+    def load(self) -> tuple[type, Any]:
+        """``(config class, train function)``; imported on demand."""
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.config), getattr(mod, self.train)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "polynomial": TaskSpec(
+        "lazymeter.tasks.polynomial",
+        "PolynomialConfig",
+        "train",
+        "Figures 1/3/4: quadratic target (beta . x)^2 / 2, quadratic net, full-batch GD",
+    ),
+}

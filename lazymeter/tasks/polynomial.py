@@ -211,7 +211,18 @@ def train(
         if epoch % 200 == 0:
             bar.set_postfix(train=f"{scalars['train_loss']:.3g}", refresh=False)
     bar.close()
-    meter.close()
+    meter.close(
+        hparams={
+            "eps": cfg.eps,
+            "lr": lr,
+            "lr_scale": cfg.lr_scale,
+            "D": cfg.D,
+            "P": cfg.P,
+            "N": cfg.N,
+            "center": cfg.center,
+            "seed": cfg.seed,
+        }
+    )
     seconds = time.perf_counter() - t0
 
     hist = meter.history

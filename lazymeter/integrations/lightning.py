@@ -1,0 +1,136 @@
+"""LazyMeter as a Lightning callback.
+
+    from lazymeter.integrations.lightning import LazyMeterCallback
+
+    class Net(L.LightningModule):
+        def training_step(self, batch, i):
+            x, y = batch
+            out = self.lazymeter(x)          # alpha * (f(x) - f0(x)), set by the callback
+            return ((out - y) ** 2).mean()
+
+    trainer = L.Trainer(callbacks=[LazyMeterCallback(alpha=10, probe=(x, y), schedule="log")])
+
+The callback builds a :class:`~lazymeter.LazyMeter` around the LightningModule when fitting
+starts (on the module's device), exposes it as ``pl_module.lazymeter``, steps it after every
+optimiser step with the training loss, logs its measurements through the trainer's loggers
+(``lazymeter/...`` keys), logs the loss only every ``log_every_n_steps``, measures on global
+rank zero only, and saves/restores its state with the trainer's checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # pragma: no cover - exercised only without lightning
+    raise ImportError(
+        "lazymeter.integrations.lightning needs Lightning: pip install lightning"
+    ) from e
+
+from ..meter import LazyMeter
+from ..sinks import tag_for
+
+
+class LazyMeterCallback(pl.Callback):
+    """Lightning callback around :class:`~lazymeter.LazyMeter`.
+
+    Args:
+        alpha, probe, test_probe, schedule, center, output_fn: as for LazyMeter.
+        attribute: name under which the meter is set on the LightningModule.
+        **meter_kwargs: any other LazyMeter keyword (``max_probe``, ``features``, ...).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        probe: tuple[torch.Tensor, torch.Tensor] | None = None,
+        test_probe: tuple[torch.Tensor, torch.Tensor] | None = None,
+        schedule: Any = "log",
+        center: bool = True,
+        output_fn: Any = None,
+        attribute: str = "lazymeter",
+        **meter_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.kwargs = dict(
+            alpha=alpha, center=center, schedule=schedule, output_fn=output_fn, **meter_kwargs
+        )
+        self.probe, self.test_probe, self.attribute = probe, test_probe, attribute
+        self.meter: LazyMeter | None = None
+        self._pending: dict[str, Any] | None = None
+
+    @staticmethod
+    def _to(probe: Any, device: torch.device) -> Any:
+        return None if probe is None else tuple(t.to(device) for t in probe)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Before configure_optimizers, which may ask the meter for scaled_lr.
+        if stage != "fit":
+            return
+        if self.meter is None:
+            self.meter = LazyMeter(
+                pl_module,
+                probe=self._to(self.probe, pl_module.device),
+                test_probe=self._to(self.test_probe, pl_module.device),
+                **self.kwargs,
+            )
+        # Not registered as a submodule: the meter holds the module, not the other way round.
+        object.__setattr__(pl_module, self.attribute, self.meter)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.meter is not None
+        self.meter.to(pl_module.device)  # the strategy has placed the module by now
+        if self._pending is not None:
+            self.meter.load_state_dict(self._pending, strict=False)
+            self._pending = None
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.meter is None or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        if self.meter.last_step is not None and step <= self.meter.last_step:
+            return  # gradient accumulation: no optimiser step since the last call
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        scalars = {}
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            scalars["train_loss"] = float(loss.detach())
+        row = self.meter.step(step=step, **scalars)
+        metrics: dict[str, float] = {}
+        if scalars and step % max(trainer.log_every_n_steps, 1) == 0:
+            metrics.update({tag_for(k): v for k, v in scalars.items()})
+        if row is not None:
+            metrics.update(
+                {
+                    tag_for(k): v
+                    for k, v in row.items()
+                    if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)
+                }
+            )
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.meter is None:
+            return {}
+        # The module's own weights are in the checkpoint already.
+        return {k: v for k, v in self.meter.state_dict().items() if not k.startswith("model.")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.meter is None:
+            self._pending = dict(state_dict)
+        else:
+            self.meter.load_state_dict(state_dict, strict=False)

@@ -1,0 +1,84 @@
+"""LazyMeterCallback with a real Lightning Trainer on CPU."""
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+L = pytest.importorskip("lightning.pytorch", reason="Lightning is an optional dependency")
+
+from lazymeter.integrations.lightning import LazyMeterCallback  # noqa: E402
+
+
+class Net(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return ((self.lazymeter(x) - y) ** 2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lazymeter.scaled_lr(0.5))
+
+
+def data(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    return x, torch.sin(x.sum(1))
+
+
+def loader():
+    x, y = data()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+def trainer(tmp_path, max_steps, callback):
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[callback],
+        logger=L.loggers.CSVLogger(tmp_path, name="logs", version=0),
+        log_every_n_steps=4,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+
+
+def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    model = Net()
+    trainer(tmp_path, 12, cb).fit(model, loader())
+    steps = [r["step"] for r in cb.meter.history]
+    assert steps == [1, 5, 10]  # first optimiser step, then every 5 (global_step)
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
+    drift = [r for r in rows if r.get("lazymeter/ntk/drift")]
+    assert [int(r["step"]) for r in drift] == [1, 5, 10]
+    losses = [int(r["step"]) for r in rows if r.get("lazymeter/loss/train")]
+    # Every log_every_n_steps (4), plus along with each measurement.
+    assert losses == [1, 4, 5, 8, 10, 12]
+    # Only the meter's own state goes into the checkpoint (the weights are there anyway).
+    state = cb.state_dict()
+    assert state and not any(k.startswith("model.") for k in state)
+
+    # Resume: train 7 steps, checkpoint, continue in a new Trainer with a new callback.
+    ckpt = tmp_path / "mid.ckpt"
+    torch.manual_seed(0)
+    first_cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    first = trainer(tmp_path / "first", 7, first_cb)
+    first.fit(Net(), loader())
+    first.save_checkpoint(ckpt)
+    resumed_cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    trainer(tmp_path / "resume", 12, resumed_cb).fit(Net(), loader(), ckpt_path=ckpt)
+    assert [r["step"] for r in resumed_cb.meter.history] == [1, 5, 10]  # restored + continued
+    assert resumed_cb.meter.history[0] == first_cb.meter.history[0]
+    # The snapshot (theta0) came from the checkpoint, not from the new module's init.
+    assert torch.equal(resumed_cb.meter.snapshot.t0, first_cb.meter.snapshot.t0)
