@@ -79,7 +79,10 @@ def _overrides(ns: argparse.Namespace, fields: list[dataclasses.Field]) -> dict[
         raw = getattr(ns, f.name)
         if raw is not None:
             default = f.default if f.default is not dataclasses.MISSING else None
-            out[f.name] = [_parse_value(v, default) for v in str(raw).split(",")]
+            try:
+                out[f.name] = [_parse_value(v, default) for v in str(raw).split(",")]
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentTypeError(f"{_flag(f.name)}: {e}") from None
     return out
 
 
@@ -223,9 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(ns, k, v)
     elif rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"tasks": cmd_tasks, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}[
-        ns.command
-    ](ns)
+    command = {"tasks": cmd_tasks, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}
+    try:
+        return command[ns.command](ns)
+    except argparse.ArgumentTypeError as e:
+        print(f"lazymeter {ns.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

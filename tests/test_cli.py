@@ -1,0 +1,131 @@
+"""The `lazymeter` command, run reports and the regime read-out."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from lazymeter.cli import main
+from lazymeter.regime import RegimeThresholds, classify, grokking_onset
+from lazymeter.report import load_run, write_report
+
+SMALL = [
+    "--D",
+    "10",
+    "--P",
+    "40",
+    "--P-test",
+    "50",
+    "--N",
+    "20",
+    "--epochs",
+    "60",
+    "--lr-scale",
+    "2",
+    "--per-decade",
+    "4",
+    "--linearized",
+    "false",
+]
+
+
+def test_tasks_lists_each_task_with_its_defaults(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "polynomial:" in out and "--alpha" in out and "--lr-scale" in out
+
+
+def test_run_writes_a_run_directory_and_report_reads_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["run", "polynomial", *SMALL, "--alpha", "2", "--out", str(out), "--no-progress"]) == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["alpha"] == 2.0 and summary["config"]["D"] == 10
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep.html").read_text()
+    assert "data:image/png;base64," in page and "grokking_onset" in page
+    assert (tmp_path / "rep.png").stat().st_size > 10_000
+
+
+def test_sweep_runs_the_grid_in_processes_and_reports_overlaid_runs(tmp_path):
+    out = tmp_path / "sweep"
+    assert (
+        main(["sweep", "polynomial", *SMALL, "--alpha", "1,2", "--out", str(out), "--workers", "2"])
+        == 0
+    )
+    results = json.loads((out / "sweep.json").read_text())
+    assert [r["values"]["alpha"] for r in results] == [1.0, 2.0]
+    dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [d.name for d in dirs] == ["alpha=1.0", "alpha=2.0"]
+    png, page = write_report([str(d) for d in dirs], str(tmp_path / "overlay"))
+    text = open(page).read()
+    assert "alpha=1.0" in text and "alpha=2.0" in text
+
+
+def test_python_dash_m_is_the_same_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "lazymeter", "tasks"], capture_output=True, text=True, check=True
+    )
+    assert "polynomial" in done.stdout
+
+
+def test_report_errors_name_the_path_and_the_fix(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no history.jsonl"):
+        load_run(str(tmp_path / "empty"))
+
+
+def test_bad_flag_values_are_rejected(capsys):
+    assert main(["run", "polynomial", "--alpha", "abc"]) == 2
+    assert "--alpha: expected a float, got 'abc'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "nosuchtask"])
+
+
+def row(step, drift=0.0, move=0.0, align=1.0, align0=1.0, test=1.0):
+    return {
+        "step": step,
+        "ntk_drift": drift,
+        "param_movement": move,
+        "alignment_train": align,
+        "alignment0_train": align0,
+        "test_loss": test,
+    }
+
+
+@pytest.mark.parametrize(
+    ("r", "expected"),
+    [
+        (row(1, drift=0.01, move=0.2, align=1.01), "lazy"),
+        (row(1, drift=0.1), "transitioning"),
+        (row(1, move=0.8), "transitioning"),
+        (row(1, align=1.05), "transitioning"),
+        (row(1, drift=0.02, move=7.0, align=1.08), "rich"),  # Figure 1's end: movement decides
+        (row(1, drift=0.5), "rich"),
+        (row(1, align=1.3), "rich"),
+        ({"step": 1}, "lazy"),
+    ],
+)
+def test_regime_classification(r, expected):
+    assert classify(r) == expected
+
+
+def test_thresholds_are_arguments():
+    assert classify(row(1, drift=0.1), RegimeThresholds(lazy_drift=0.2)) == "lazy"
+
+
+def test_grokking_onset_waits_for_the_alignment_rise():
+    rows = [
+        row(1, test=1.0),
+        row(2, test=0.8),  # falls, but alignment has not risen yet
+        row(3, test=1.2, align=1.03),
+        row(4, test=1.15, align=1.05),
+        row(5, test=1.0, align=1.1),
+    ]  # 1.0 <= 0.9 * 1.2: onset
+    assert grokking_onset(rows) == 5
+    assert math.isnan(grokking_onset([row(1), row(2, test=0.1)]))
