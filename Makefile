@@ -7,13 +7,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)" \
 	  || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q -e ".[test,examples,tensorboard,dev]"
+	$(PY) -m pip install -q -e ".[test,examples,tensorboard,dev,lightning,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -26,8 +26,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check lazymeter tests examples benchmarks
 	$(VENV)/bin/ruff format --check lazymeter tests examples benchmarks
 
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: $(VENV)/.installed
-	$(PY) benchmarks/ntk_methods.py
+	$(PY) benchmarks/ntk_speed.py
+	$(PY) benchmarks/meter_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis runs
+	rm -rf $(VENV) .pytest_cache .hypothesis runs site

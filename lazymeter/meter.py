@@ -131,7 +131,8 @@ class LazyMeter(nn.Module):
         features: names of submodules whose outputs are compared (linear CKA) to init.
         metrics: extra ``fn(model) -> {name: float}`` evaluated at each measurement
             (e.g. a test-loss decomposition).
-        ntk_method, ntk_chunk_size: passed to :func:`lazymeter.empirical_ntk`.
+        ntk_method: ``method`` of :func:`lazymeter.empirical_ntk` (resolved once if "auto").
+        ntk_chunk_size: ``chunk_size`` of :func:`lazymeter.empirical_ntk`.
         centering: kernel-alignment centring (see :func:`lazymeter.kernel_alignment`).
         ridge: ridge of the lazy-baseline kernel regression.
         seed: seed of the probe subsample.

@@ -39,7 +39,12 @@ class LazyMeterCallback(pl.Callback):
     """Lightning callback around :class:`~lazymeter.LazyMeter`.
 
     Args:
-        alpha, probe, test_probe, schedule, center, output_fn: as for LazyMeter.
+        alpha: output scale, as for LazyMeter.
+        probe: ``(x, y)`` training points to measure on (moved to the module's device).
+        test_probe: ``(x, y)`` held-out points.
+        schedule: when to measure, in optimiser steps (``trainer.global_step``).
+        center: subtract the initial module's output.
+        output_fn: reduces the module's output to a Tensor.
         attribute: name under which the meter is set on the LightningModule.
         **meter_kwargs: any other LazyMeter keyword (``max_probe``, ``features``, ...).
     """
