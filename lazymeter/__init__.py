@@ -3,6 +3,7 @@
 Public API (DESIGN.md section 2).
 """
 
+from . import regime  # noqa: F401 - lm.regime.classify, without importing it by hand
 from .baselines import Linearized, kernel_regression
 from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
 from .grokking import GrokTime, time_to_grok

@@ -362,7 +362,8 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
     """Figure 5: one column per ``k``; top, train/test loss (log-log) with the linearised
     model and the K0-regression level; bottom, kernel-target alignment of ``K_t`` (train and
     test) with NTK drift and parameter movement on a log twin axis. Shaded lines mark the
-    steps where each loss falls below the threshold x its start."""
+    steps where each loss falls below the threshold x its start, dotted lines half its start
+    (train blue, test red)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,10 +378,10 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
         hist = run["history"]
         ax, ax2 = axes[0, j], axes[1, j]
         for key, style, label in (
-            ("train_loss", dict(color="C0", ls="--", lw=2), "train"),
-            ("test_loss", dict(color="C0", lw=2), "test"),
-            ("lin_train_loss", dict(color="k", ls="--", lw=1), "linearised train"),
-            ("lin_test_loss", dict(color="k", lw=1), "linearised test"),
+            ("lin_train_loss", dict(color="0.55", ls="--", lw=3.5), "linearised train"),
+            ("lin_test_loss", dict(color="0.55", lw=3.5), "linearised test"),
+            ("train_loss", dict(color="C0", ls="--", lw=1.6), "train"),
+            ("test_loss", dict(color="C3", lw=1.6), "test"),
         ):
             xs, ys = _col(hist, key)
             if xs:
@@ -388,11 +389,14 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
         k0 = run.get("k0_test_mse")
         if k0 is not None and math.isfinite(k0):
             ax.axhline(k0, color="C3", ls=":", label="K0 regression (test)")
-        grok = run["time_to_grok"]
-        for key, color in (("train_step", "C0"), ("test_step", "C3")):
-            v = grok.get(key)
-            if v is not None and math.isfinite(v) and v > 0:
-                ax.axvline(v, color=color, alpha=0.25, lw=3)
+        for crossing, style in (
+            (run["time_to_grok"], dict(alpha=0.25, lw=3)),
+            (run["time_to_half"], dict(alpha=0.6, lw=1, ls=":")),
+        ):
+            for key, color in (("train_step", "C0"), ("test_step", "C3")):
+                v = crossing.get(key)
+                if v is not None and math.isfinite(v) and v > 0:
+                    ax.axvline(v, color=color, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(
