@@ -452,8 +452,8 @@ class LazyMeter(nn.Module):
         out.update({f"spectrum_{k}": v for k, v in M.kernel_spectrum(K, self.spectrum_k).items()})
         if self.tb_figures:
             self._eigs = {
-                "K_t": torch.linalg.eigvalsh(K.double()).flip(0).cpu(),
-                "K_0": torch.linalg.eigvalsh(self.K0.double()).flip(0).cpu(),
+                "K_t": M.symmetric_eigvals(K.double()).flip(0).cpu(),
+                "K_0": M.symmetric_eigvals(self.K0.double()).flip(0).cpu(),
             }
         if self.test_x is not None:
             Kt = self._ntk(self.test_x)
