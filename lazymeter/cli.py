@@ -73,16 +73,27 @@ def _config(cfg_cls: type, fields: list[dataclasses.Field], values: dict[str, An
     return dataclasses.replace(base, **values)
 
 
-def _overrides(ns: argparse.Namespace, fields: list[dataclasses.Field]) -> dict[str, list[Any]]:
+def _overrides(
+    ns: argparse.Namespace, fields: list[dataclasses.Field], grid: bool
+) -> dict[str, list[Any]]:
+    """Parsed flag values: a list per field (several for a sweep grid). A field whose default
+    is a tuple (e.g. ``ks=(1, 70, 100)``) takes one comma-separated tuple."""
     out = {}
     for f in fields:
         raw = getattr(ns, f.name)
-        if raw is not None:
-            default = f.default if f.default is not dataclasses.MISSING else None
-            try:
+        if raw is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        try:
+            if isinstance(default, (tuple, list)):
+                item = default[0] if default else ""
+                out[f.name] = [tuple(_parse_value(v, item) for v in str(raw).split(","))]
+            elif grid:
                 out[f.name] = [_parse_value(v, default) for v in str(raw).split(",")]
-            except argparse.ArgumentTypeError as e:
-                raise argparse.ArgumentTypeError(f"{_flag(f.name)}: {e}") from None
+            else:
+                out[f.name] = [_parse_value(str(raw), default)]
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{_flag(f.name)}: {e}") from None
     return out
 
 
@@ -102,7 +113,7 @@ def cmd_tasks(ns: argparse.Namespace) -> int:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     cfg_cls, train, fields = _config_fields(ns.task)
-    values = {k: v[0] for k, v in _overrides(ns, fields).items()}
+    values = {k: v[0] for k, v in _overrides(ns, fields, grid=False).items()}
     cfg = _config(cfg_cls, fields, values, ns.full)
     out = ns.out or os.path.join("runs", ns.task)
     summary = train(cfg, out, progress=not ns.no_progress)
@@ -129,7 +140,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     import multiprocessing as mp
 
     cfg_cls, _, fields = _config_fields(ns.task)
-    grid = _overrides(ns, fields)
+    grid = _overrides(ns, fields, grid=True)
     if not grid:
         print(
             "sweep: give at least one flag with comma-separated values, e.g. --alpha 0.5,1,2",

@@ -31,4 +31,10 @@ TASKS: dict[str, TaskSpec] = {
         "train",
         "Figures 1/3/4: quadratic target (beta . x)^2 / 2, quadratic net, full-batch GD",
     ),
+    "eigenlabels": TaskSpec(
+        "lazymeter.tasks.eigenlabels",
+        "EigenLabelsConfig",
+        "train",
+        "Figure 5: labels = k-th eigenvector of the initial NTK (aligned ... misaligned)",
+    ),
 }

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,7 @@ class ModularMLPConfig:
     steps: int = 5000
     optimizer: str = "sgd"
     momentum: float = 0.9
-    adam_lr: float = 0.01
+    adam_lr: float = 0.003
     weight_decay: float = 0.0
     seed: int = 0
     per_decade: int = 24
@@ -239,6 +240,15 @@ def _train(
                     "test_acc": acc(out_test, lab_test),
                 }
             meter.step(step=step, **scalars)
+            if not math.isfinite(scalars["train_loss"]):
+                # Past the stability edge of GD (it moves as the weights grow): stop here.
+                warnings.warn(
+                    f"modular_mlp: the train loss diverged at step {step}; lower lr_scale "
+                    f"(now {cfg.lr_scale:g}) and raise steps to keep lr * steps",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                break
             bar.set_postfix(
                 train_acc=f"{scalars['train_acc']:.2f}",
                 test_acc=f"{scalars['test_acc']:.2f}",
@@ -342,11 +352,12 @@ def plot_figure(
         if cfg.get("optimizer") == "adamw"
         else f"step (lr-equivalent, lr = {cfg.get('lr', 100):g}/scale$^2$)"
     )
-    ncols = 4 if sweep else 3
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.3))
-    ax_a, ax_b = axes[0], axes[1]
-    ax_c = axes[2] if sweep else None
-    ax_d = axes[-1]
+    if sweep:
+        fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
+        (ax_a, ax_b), (ax_c, ax_d) = axes
+    else:
+        fig, (ax_a, ax_b, ax_d) = plt.subplots(1, 3, figsize=(15.6, 4.3))
+        ax_c = None
 
     for key, color, label in (("train_acc", "C0", "train acc"), ("test_acc", "C3", "test acc")):
         ax_a.plot(*_col(hist, key), color=color, label=label)
@@ -382,24 +393,35 @@ def plot_figure(
     ax_b.set_title("(b) loss")
 
     if ax_c is not None and sweep:
+        grok = []
         for i, (s, h) in enumerate(sorted(sweep.items())):
             ax_c.plot(*_col(h, "test_acc"), color=f"C{i}", label=f"scale={s:g}")
             ax_c.plot(*_col(h, "train_acc"), color=f"C{i}", ls="--", lw=0.9, alpha=0.7)
-            t = accuracy_crossings(h)["test_step"]
+            cross = accuracy_crossings(h)
+            grok.append((s, cross["train_step"], cross["test_step"]))
+            t = cross["test_step"]
             if math.isfinite(t) and t > 0:
                 ax_c.plot([t], [0.9], "o", color=f"C{i}", ms=5)
+        # Inset: time to ~90% accuracy against the scale (NaN: never within the budget).
+        ins = ax_c.inset_axes([0.25, 0.3, 0.33, 0.36])
+        sc, tr, te = zip(*grok, strict=True)
+        ins.plot(sc, [v / 1000 for v in tr], "o--", color="C0", ms=3, lw=1, label="train")
+        ins.plot(sc, [v / 1000 for v in te], "o-", color="C3", ms=3, lw=1, label="test")
+        ins.set_ylim(bottom=0)
+        ins.set_xlabel("scale", fontsize=7, labelpad=1)
+        ins.set_ylabel("step to ~90% acc (k)", fontsize=7, labelpad=1)
+        ins.tick_params(labelsize=6)
+        ins.legend(fontsize=6, loc="upper left")
         ax_c.set_xscale("log")
         ax_c.set_ylim(-0.03, 1.03)
         ax_c.set_xlabel(xlabel)
         ax_c.set_ylabel("accuracy (test -, train --)")
-        ax_c.legend(fontsize=8, loc="upper left")
+        ax_c.legend(fontsize=8, loc="upper left", ncols=2)
         ax_c.set_title("(c) larger scale (lazier) groks later")
 
     for key, label in (
         ("ntk_drift", "NTK drift ||K-K0||/||K0||"),
         ("param_movement", "||theta-theta0||/||theta0||"),
-        ("alignment_test", "alignment (test)"),
-        ("alignment_train", "alignment (train)"),
     ):
         xs, ys = _col(hist, key)
         if xs:
@@ -407,7 +429,17 @@ def plot_figure(
     ax_d.set_xscale("log")
     ax_d.set_yscale("log")
     ax_d.set_xlabel(xlabel)
-    ax_d.legend(fontsize=8, loc="upper left")
+    twin_d = ax_d.twinx()  # alignment moves by tens of percent: a linear axis shows it
+    for key, color, label in (
+        ("alignment_train", "C2", "alignment (train)"),
+        ("alignment_test", "C3", "alignment (test)"),
+    ):
+        xs, ys = _col(hist, key)
+        if xs:
+            twin_d.plot(xs, ys, color=color, lw=1.2, label=label)
+    twin_d.set_ylabel("centred kernel-target alignment")
+    ld, lt = ax_d.get_legend_handles_labels(), twin_d.get_legend_handles_labels()
+    ax_d.legend(ld[0] + lt[0], ld[1] + lt[1], fontsize=8, loc="upper left")
     ax_d.set_title("(d) lazy vs rich diagnostics")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
