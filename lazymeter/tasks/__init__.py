@@ -31,6 +31,12 @@ TASKS: dict[str, TaskSpec] = {
         "train",
         "Figures 1/3/4: quadratic target (beta . x)^2 / 2, quadratic net, full-batch GD",
     ),
+    "modular_mlp": TaskSpec(
+        "lazymeter.tasks.modular_mlp",
+        "ModularMLPConfig",
+        "train",
+        "Figure 2: (a + b) mod p with a quadratic two-layer MLP; the scale is alpha",
+    ),
     "eigenlabels": TaskSpec(
         "lazymeter.tasks.eigenlabels",
         "EigenLabelsConfig",

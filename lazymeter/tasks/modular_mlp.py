@@ -278,7 +278,9 @@ def _train(
         "final_test_loss": last["test_loss"],
         "final_train_acc": last["train_acc"],
         "final_test_acc": last["test_acc"],
-        "max_test_loss": max(r["test_loss"] for r in hist),
+        "max_test_loss": max(
+            (r["test_loss"] for r in hist if math.isfinite(r["test_loss"])), default=math.nan
+        ),
         "initial_weight_norm": hist[0]["weight_norm"],
         "final_weight_norm": last["weight_norm"],
         "final_param_movement": last["param_movement"],
