@@ -23,7 +23,11 @@ Paper settings (``TransformerModularConfig.paper()``): p=113, d_model=128, 4 hea
 d_mlp=512, base lr 1e-3 (Nanda et al.'s), 200k full-batch epochs (a GPU job). The default is a
 CPU-sized version that still groks: p=31, d_model=32 (4 heads of 8), d_mlp=128, base lr 3e-2
 (the smaller net tolerates a larger step, and grokking time scales roughly as
-``1 / (lr * wd)``), 2000 epochs.
+``1 / (lr * wd)``), 2000 epochs. There, with alpha = 1, 1.5, 2, 4, the train accuracy passes
+90% by step ~100 for all, the test accuracy at step 340 and 890 for alpha = 1 and 1.5, not
+within the budget for alpha = 2 (0.77 at the end), and the alpha = 4 run ends at the test
+accuracy of kernel regression with the initial NTK (0.37): the lazy limit
+(``examples/transformer_modular.py``).
 """
 
 from __future__ import annotations
