@@ -129,3 +129,17 @@ def test_grokking_onset_waits_for_the_alignment_rise():
     ]  # 1.0 <= 0.9 * 1.2: onset
     assert grokking_onset(rows) == 5
     assert math.isnan(grokking_onset([row(1), row(2, test=0.1)]))
+
+
+def test_every_registered_task_loads_a_config_dataclass_and_train_function():
+    import dataclasses
+
+    from lazymeter.tasks import TASKS
+
+    assert {"polynomial", "modular_mlp", "transformer_modular", "mnist", "eigenlabels"} <= set(
+        TASKS
+    )
+    for spec in TASKS.values():
+        cfg_cls, train = spec.load()
+        assert dataclasses.is_dataclass(cfg_cls) and callable(train)
+        cfg_cls()  # the defaults construct

@@ -37,6 +37,24 @@ TASKS: dict[str, TaskSpec] = {
         "train",
         "Figure 2: (a + b) mod p with a quadratic two-layer MLP; the scale is alpha",
     ),
+    "transformer_modular": TaskSpec(
+        "lazymeter.tasks.transformer_modular",
+        "TransformerModularConfig",
+        "train",
+        "Nanda et al.'s one-layer transformer on (a + b) mod p, centred logits x alpha",
+    ),
+    "student_teacher": TaskSpec(
+        "lazymeter.tasks.student_teacher",
+        "StudentTeacherConfig",
+        "train_student",
+        "teacher MLP targets, large-init student: accuracy thresholds move, losses do not",
+    ),
+    "mnist": TaskSpec(
+        "lazymeter.tasks.mnist",
+        "MnistConfig",
+        "train",
+        "MLP on 1000 MNIST images (or sklearn digits), lazy start via alpha",
+    ),
     "eigenlabels": TaskSpec(
         "lazymeter.tasks.eigenlabels",
         "EigenLabelsConfig",
