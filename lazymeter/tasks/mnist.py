@@ -1,26 +1,35 @@
-"""MNIST (or scikit-learn's 8x8 digits): delayed generalisation after a lazy, large-scale start.
+"""MNIST (or scikit-learn's 8x8 digits): delayed generalisation after a large-initialisation start.
 
-The Omnigrok setting (Liu et al. 2022, Figure 3; revisited by Kumar et al. 2024 as a lazy-to-rich
-transition): a ReLU MLP (input-200-200-10) on 1000 training images, MSE on one-hot labels,
-every parameter of the default PyTorch init multiplied by an initialisation scale, AdamW with
-weight decay. The comparison knob is the initialisation scale ``s`` (and, optionally,
-LazyMeter's output scale ``alpha``); each run is wrapped in :class:`lazymeter.LazyMeter`, which
-sets the learning rate (``meter.scaled_lr``), logs the curves and measures the lazy baseline
-(kernel regression with the initial NTK ``K0``: ``k0_test_acc`` / ``k0_test_mse``).
+Setting (the MNIST experiment of Omnigrok, Liu et al. 2022, Fig. 3, on a CPU budget): a
+ReLU MLP input-200-200-10 on 1000 training images, MSE on one-hot labels, PyTorch's default init
+with every parameter multiplied by an initialisation scale ``s``, full-batch AdamW with weight
+decay. Each run is wrapped in :class:`lazymeter.LazyMeter` (output scale ``alpha``, centring
+off by default), which sets the learning rate (``meter.scaled_lr``), logs the curves and the
+lazy/rich diagnostics, and computes the lazy baseline: kernel regression with the initial NTK
+``K0`` (of the residual ``y - f0``, plus ``f0``, when uncentred): ``k0_test_acc``/``k0_test_mse``.
 
-What it shows. With ``s = 8`` the initial network output is large (std ~25 against one-hot
-targets) and the network is lazy: it fits the training set while the random initial function
-is still there on the test images, so the test accuracy sits near the lazy baseline (the
-``K0`` regression of the residual ``y - f0``, plus ``f0``: about 30% on digits) long after the
-train accuracy is high; weight decay then shrinks the weights, the effective output scale
-falls, the network turns rich and the test accuracy rises. With ``s = 1`` (rich, small initial
-function) train and test accuracy rise together. The default adds a *centred* control at
-``s = 8`` (``LazyMeter(center=True)`` subtracts the initial function): just as lazy, but its
-lazy baseline is the plain ``K0`` regression, which on digits is already ~99% accurate, and it
-generalises at once. So the delay needs both a lazy start and a lazy solution that generalises
-badly (the paper's condition of an initial kernel misaligned with the task; here the
-misalignment is the initial function). Without weight decay the ``s = 8`` run stays at
-train 100% / test ~40% within this budget (nothing makes it rich), as Omnigrok reports.
+What the default shows (digits, seed 0, ``s`` = 1 vs 8). At ``s = 8`` the initial output is
+large (std ~27 against one-hot targets) and the lazy baseline is poor (30% test accuracy):
+kernel regression fits the training labels but leaves the random initial function on unseen
+images. The run fits the training set first (train accuracy 80% at step ~800, 99% at ~1600)
+while its test accuracy trails (45% and 65% at those steps) and reaches 80% only at ~3200 and
+96% at 8000, as weight decay shrinks the weights (norm 94 -> 62). At ``s = 1`` both cross 80%
+at step 16. LazyMeter's diagnostics say what the ``s = 8`` escape is not: the NTK keeps its
+shape (CKA to ``K0`` stays ~0.92, kernel-target alignment stays at its initial 0.52-0.56), so
+it is not the NTK aligning with the task (at ``s = 1`` the alignment rises from 0.57 to ~0.8);
+the output moves away from the lazy solution's leftover initial function while the weight norm
+falls. Weight decay speeds this up but is not needed for it: without it the ``s = 8`` test
+accuracy still rises, more slowly (43% when train crosses 80% at step 1000, 78% at step 8000,
+the weight norm growing from 94 to 108).
+
+The paper's own knob, a centred output scale alpha with full-batch GD (``optimizer="sgd"``,
+``center=True``, ``alphas=(1, 100)``, ``init_scales=(1,)``), shows no delay on the digits: the
+centred lazy baseline is already 98.6% accurate (the initial NTK of a ReLU MLP is aligned with
+digit labels), so the lazy run tracks it, train and test crossing 80% together at step 4 for
+both alphas; after 2000 steps only the levels differ (alpha=1: 98.9% test, test MSE 0.0068,
+below the ``K0`` line 0.0109; alpha=100: 96.2% and 0.021, still descending towards it). The
+paper's condition (1), an initial kernel misaligned with the task, is what the large
+uncentred initial function supplies here.
 
 Data: the standard IDX files (``train-images-idx3-ubyte`` etc., optionally ``.gz``) in
 ``data_dir`` or torchvision's ``data_dir/MNIST/raw/``; when they are absent, scikit-learn's
@@ -35,6 +44,8 @@ import math
 import os
 import struct
 import time
+import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -86,10 +97,8 @@ def read_idx(path: str | os.PathLike[str], magic: int | None = None) -> np.ndarr
         else:
             with open(path, "rb") as f:
                 data = f.read()
-    except (OSError, EOFError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: cannot be read as an IDX file ({e})") from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: cannot be read as a gzip-compressed IDX file ({e})") from e
     if len(data) < 4:
         raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     found = struct.unpack(">I", data[:4])[0]
@@ -267,13 +276,16 @@ def make_mlp(
 class MnistConfig:
     """The runs of the MNIST/digits experiment. Defaults: the delayed generalisation on a CPU
     budget (full-batch AdamW at a higher lr and weight decay than Omnigrok's, so that it
-    happens within 4000 steps); :meth:`paper` gives Omnigrok's MNIST schedule.
+    happens within 8000 steps); :meth:`paper` gives Omnigrok's MNIST schedule.
 
-    One run per ``(alpha, init_scale)`` pair (``center`` for all of them), plus, with
-    ``control``, a centred run at the largest init scale and alpha. The learning rate is
-    ``meter.scaled_lr(lr)`` (``lr / alpha`` for AdamW, ``lr / alpha^2`` for SGD; ``lr=None``
-    with SGD: half the gradient-descent stability edge estimated from the initial NTK).
-    ``acc_threshold=None``: 0.9 on MNIST, 0.8 on the digits.
+    One run per ``(init_scale, alpha)`` pair, all centred or all not (``center``). The
+    learning rate is ``meter.scaled_lr(lr)``: ``lr / alpha`` for AdamW, ``lr / alpha^2`` for
+    SGD (full-batch GD); ``lr=None``: 1e-2 for AdamW, half the GD stability edge estimated
+    from the initial NTK for SGD. ``weight_decay=None``: 0.01 for AdamW (decoupled), 0 for
+    SGD. ``acc_threshold=None``: 0.9 on MNIST, 0.8 on the digits.
+
+    Weight decay pulls the parameters to 0, so with ``center=True`` it pulls the output towards
+    ``-alpha f(x; theta0)``, a random function: centred runs should use ``weight_decay=0``.
     """
 
     data_dir: str | None = "data"
@@ -284,13 +296,12 @@ class MnistConfig:
     alphas: Sequence[float] = (1.0,)
     init_scales: Sequence[float] = (1.0, 8.0)
     center: bool = False
-    control: bool = True
     optimizer: str = "adamw"  # "adamw" | "sgd"
-    lr: float | None = 3e-3
-    weight_decay: float = 0.1
-    steps: int = 4000
+    lr: float | None = None
+    weight_decay: float | None = None
+    steps: int = 8000
     batch_size: int | None = None  # None: full batch
-    per_decade: int = 16
+    per_decade: int = 10
     max_probe: int = 64
     max_baseline: int = 2048
     acc_threshold: float | None = None
@@ -311,11 +322,6 @@ class MnistConfig:
             for s in self.init_scales
             for a in self.alphas
         ]
-        if self.control and not self.center:
-            runs.append(
-                dict(alpha=float(max(self.alphas)), init_scale=float(max(self.init_scales)))
-            )
-            runs[-1]["center"] = True
         for r in runs:
             r["name"] = f"alpha{r['alpha']:g}_init{r['init_scale']:g}" + (
                 "_centred" if r["center"] else ""
@@ -332,6 +338,14 @@ def first_step_at_least(steps: Sequence[float], values: Sequence[float], level: 
         if v is not None and math.isfinite(v) and v >= level:
             return float(s)
     return math.nan
+
+
+def accuracy_threshold(cfg: MnistConfig, data: ImageData) -> float:
+    """``cfg.acc_threshold``, or by default 0.9 on MNIST and 0.8 on the easier-to-fit but
+    lower-resolution digits (where a lazy run's test accuracy sits far below either)."""
+    if cfg.acc_threshold is not None:
+        return cfg.acc_threshold
+    return 0.9 if data.dataset == "mnist" else 0.8
 
 
 def gd_stability_lr(model: nn.Module, x: Tensor, n_classes: int, max_points: int = 256) -> float:
@@ -386,17 +400,24 @@ def train_run(
         max_baseline=cfg.max_baseline,
     )
     if cfg.optimizer == "adamw":
-        lr0 = 3e-3 if cfg.lr is None else cfg.lr
+        lr0 = 1e-2 if cfg.lr is None else cfg.lr
         lr = meter.scaled_lr(lr0, "adam")
-        opt: torch.optim.Optimizer = torch.optim.AdamW(
-            meter.parameters(), lr=lr, weight_decay=cfg.weight_decay
-        )
+        wd = 0.01 if cfg.weight_decay is None else cfg.weight_decay
+        opt: torch.optim.Optimizer = torch.optim.AdamW(meter.parameters(), lr=lr, weight_decay=wd)
     elif cfg.optimizer == "sgd":
         lr0 = 0.5 * gd_stability_lr(model, data.x, data.n_classes) if cfg.lr is None else cfg.lr
         lr = meter.scaled_lr(lr0)
-        opt = torch.optim.SGD(meter.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        wd = 0.0 if cfg.weight_decay is None else cfg.weight_decay
+        opt = torch.optim.SGD(meter.parameters(), lr=lr, weight_decay=wd)
     else:
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {cfg.optimizer!r}")
+    if run["center"] and wd > 0:
+        warnings.warn(
+            f"weight_decay: {wd:g} with a centred run pulls the output towards the random "
+            "function -alpha * f(x; theta0); use weight_decay=0 with center=True",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     C = data.n_classes
     onehot = torch.nn.functional.one_hot(data.y, C).to(data.x.dtype)
@@ -452,8 +473,7 @@ def train_run(
 
     hist = meter.history
     steps = [r["step"] for r in hist]
-    thr = cfg.acc_threshold
-    assert thr is not None
+    thr = accuracy_threshold(cfg, data)
     train_step = first_step_at_least(steps, [r["train_acc"] for r in hist], thr)
     test_step = first_step_at_least(steps, [r["test_acc"] for r in hist], thr)
     at_train = [r["test_acc"] for r in hist if r["step"] == train_step]
@@ -464,6 +484,7 @@ def train_run(
     return {
         **{k: run[k] for k in ("name", "alpha", "init_scale", "center")},
         "lr": lr,
+        "weight_decay": wd,
         "k0_test_acc": meter.baseline.get("k0_test_acc"),
         "k0_test_mse": meter.baseline.get("k0_test_mse"),
         "train_acc_step": train_step,
@@ -503,8 +524,7 @@ def train(
     """
     t0 = time.perf_counter()
     data = load_data(cfg.data_dir, cfg.n_train, cfg.n_test, seed=cfg.seed, device=cfg.device)
-    mnist = data.dataset == "mnist"
-    thr = cfg.acc_threshold if cfg.acc_threshold is not None else (0.9 if mnist else 0.8)
+    thr = accuracy_threshold(cfg, data)
     cfg = replace(cfg, acc_threshold=thr)
     results = []
     for run in cfg.run_list():
@@ -544,8 +564,10 @@ def _curve(hist: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], li
 
 def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: str) -> None:
     """Accuracy (train dashed, test solid, the lazy ``K0`` baseline dotted), MSE (log-log,
-    ``K0`` test MSE dotted) and the lazy/rich diagnostics (parameter movement, NTK drift,
-    weight norm relative to init) per run, against steps on a log axis."""
+    ``K0`` test MSE dotted) and the lazy/rich diagnostics (weight norm relative to init,
+    parameter movement, CKA of the NTK to ``K0``, kernel-target alignment) per run, against
+    steps on a log axis. (NTK drift is left out: it mixes the kernel's shape with its scale,
+    which weight decay changes.)"""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -574,7 +596,8 @@ def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path:
         xs, ys = _curve(r["history"], "weight_norm")
         ax_diag.plot(xs, [y / w0 for y in ys], color=c, lw=2)
         ax_diag.plot(*_curve(r["history"], "param_movement"), color=c, ls="--", lw=1.2)
-        ax_diag.plot(*_curve(r["history"], "ntk_drift"), color=c, ls=":", lw=1.2)
+        ax_diag.plot(*_curve(r["history"], "ntk_cka"), color=c, ls="-.", lw=1.2)
+        ax_diag.plot(*_curve(r["history"], "alignment_test"), color=c, ls=":", lw=1.5)
     ax_acc.axhline(thr, color="gray", lw=0.8)
     ax_acc.set_ylim(0, 1.02)
     ax_acc.set_ylabel("accuracy")
@@ -590,7 +613,7 @@ def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path:
     ax_diag.set_yscale("log")
     ax_diag.set_title(
         "||theta|| / ||theta0|| (solid), ||theta - theta0|| / ||theta0|| (dashed),\n"
-        "NTK drift ||K - K0|| / ||K0|| (dotted)",
+        "CKA(K, K0) (dash-dot), NTK-label alignment on test (dotted)",
         fontsize=9,
     )
     for ax in (ax_acc, ax_loss, ax_diag):
