@@ -47,9 +47,8 @@ import argparse
 import math
 from dataclasses import replace
 
-import torch
-
 from lazymeter.tasks.student_teacher import ScaleConfig, ScaleGrid, run_scale_grid
+from lazymeter.threads import torch_threads
 
 FULL = ScaleGrid(
     sigmas=[0.25, 0.5, 1.0, 2.0, 4.0],
@@ -100,13 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
         grid.activations = [v.strip() for v in a.activations.split(",") if v.strip()]
     if a.steps is not None:
         base.steps = a.steps
-    threads = torch.get_num_threads()
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    try:
+    with torch_threads(a.threads):  # restored after: main() may run inside a larger process
         summary = run_scale_grid(base, grid, a.out, progress=not a.no_progress)
-    finally:
-        torch.set_num_threads(threads)  # restore: main() may run inside a larger process
     print(f"final movement ||theta-theta0||/||theta0|| after {base.steps} GD steps:")
     for act, cs in summary["collapse_movement"].items():
         print(f" {act}:")

@@ -39,9 +39,8 @@ import argparse
 import json
 import math
 
-import torch
-
 from lazymeter.tasks.mnist import MnistConfig, train
+from lazymeter.threads import torch_threads
 
 
 def _fmt(v: float | None, spec: str = "g", missing: str = "never") -> str:
@@ -99,15 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
 
-    # One thread: this MLP's ops take ~1 ms, too short for intra-op threads to pay off, and on
-    # a busy machine oversubscribed threads made each step 20-30x slower. Restored afterwards.
-    threads = torch.get_num_threads()
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    try:
+    with torch_threads(a.threads):
         summary = train(cfg, a.out, progress=not a.no_progress)
-    finally:
-        torch.set_num_threads(threads)
     print(f"dataset: {summary['dataset']} ({summary['n_train']} train, {summary['n_test']} test)")
     thr = summary["acc_threshold"]
     for r in summary["runs"]:

@@ -28,9 +28,8 @@ import argparse
 import json
 import math
 
-import torch
-
 from lazymeter.tasks.eigenlabels import EigenLabelsConfig, train
+from lazymeter.threads import torch_threads
 
 
 def _fmt(v: float | None) -> str:
@@ -78,12 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.smoke:
         cfg.D, cfg.P, cfg.epochs, cfg.lr_scale, cfg.per_decade = 10, 12, 60, 2.0, 6
         cfg.ks = (1, 12, 20)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
+    with torch_threads(a.threads):
         summary = train(cfg, a.out, progress=not a.no_progress)
-    finally:
-        torch.set_num_threads(threads)  # main() may run inside a larger process (tests)
 
     print(json.dumps({"alpha": summary["alpha"], "seconds": round(summary["seconds"], 1)}))
     print(f"steps in {summary['epochs_unit']}; crossings: loss <= {cfg.threshold:g} x its start")

@@ -41,9 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from lazymeter.tasks.student_teacher import StudentTeacherConfig, train_student
+from lazymeter.threads import torch_threads
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,13 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.lr, cfg.per_decade, cfg.max_probe = 1e-2, 8, 16
     if a.steps is not None:
         cfg.steps = a.steps
-    threads = torch.get_num_threads()
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    try:
+    with torch_threads(a.threads):
         summary = train_student(cfg, a.out, progress=not a.no_progress)
-    finally:
-        torch.set_num_threads(threads)  # restore: main() may run inside a larger process
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     print(f"test accuracy reaches {cfg.level:g} (train in brackets) at step:")
     for c in summary["crossings"]:

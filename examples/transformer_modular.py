@@ -35,9 +35,8 @@ import argparse
 import math
 import os
 
-import torch
-
 from lazymeter.tasks.transformer_modular import TransformerModularConfig, sweep
+from lazymeter.threads import torch_threads
 
 DEFAULT_ALPHAS = [1.0, 1.5, 2.0, 4.0]
 SMOKE = dict(
@@ -112,14 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"(/alpha{'^2' if r.lr_scaling == 'alpha2' else ''}) wd={r.weight_decay:g}, {r.steps} "
         f"full-batch epochs; alphas {alphas}; {workers} worker(s)"
     )
-    # One thread: this model's ops are tiny, and intra-op threads cost more than they save
-    # (10x slower on a busy 2-core machine). Workers always run one thread each.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
+    # Workers always run one thread each; this is the parent's own count.
+    with torch_threads(a.threads):
         result = sweep(cfg, alphas, a.out, workers=workers, progress=not a.no_progress)
-    finally:
-        torch.set_num_threads(threads)
 
     thr = r.acc_threshold
     print(

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .threads import torch_threads
+
 Params = nn.Module | Mapping[str, Tensor] | Iterable[Tensor]
 
 _CENTERINGS = ("double", "rows", "none")
@@ -221,14 +223,9 @@ def symmetric_eigvals(K: Tensor) -> Tensor:
     gains nothing there and, on a loaded machine, its thread hand-offs turned a 100 x 100
     solve from ~3 ms into ~0.6 s. The thread count is restored afterwards.
     """
-    if K.device.type != "cpu" or K.shape[-1] > 1024 or torch.get_num_threads() == 1:
+    small_cpu = K.device.type == "cpu" and K.shape[-1] <= 1024
+    with torch_threads(1 if small_cpu else None):
         return torch.linalg.eigvalsh(K)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.eigvalsh(K)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def kernel_spectrum(K: Tensor, k: int = 5) -> dict[str, float]:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .polynomial import QuadraticNet, _progress
+from .polynomial import QuadraticNet, fit_full_batch
 
 _NORMALIZE = ("variance", "norm")
 
@@ -218,38 +218,19 @@ def _train_one(
         linearized=cfg.linearized,
     )
     lr = meter.scaled_lr(cfg.lr_scale * cfg.N / 2)
-    opt = torch.optim.SGD(meter.parameters(), lr=lr)
-    lin_opt = torch.optim.SGD(meter.linearized.parameters(), lr=lr) if cfg.linearized else None
-    mse = lambda out, target: ((out - target) ** 2).mean()  # noqa: E731
-    bar = _progress(cfg.epochs, progress, f"k={k}")
-    for epoch in range(cfg.epochs + 1):
-        step = round(epoch * cfg.lr_scale)
-        loss = mse(meter(x), yy)
-        scalars = {"train_loss": loss.item()}
-        lin_loss = None
-        if lin_opt is not None:
-            lin_loss = mse(meter.linearized(x), yy)
-            scalars["lin_train_loss"] = lin_loss.item()
-        if meter.will_measure(step):
-            # The state before this epoch's update, matching the train loss above.
-            with torch.no_grad():
-                scalars["test_loss"] = mse(meter(xt), yt).item()
-                if lin_opt is not None:
-                    scalars["lin_test_loss"] = mse(meter.linearized(xt), yt).item()
-        meter.step(step=step, **scalars)
-        if epoch == cfg.epochs:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if lin_opt is not None and lin_loss is not None:
-            lin_opt.zero_grad()
-            lin_loss.backward()
-            lin_opt.step()
-        bar.update(1)
-        if epoch % 500 == 0:
-            bar.set_postfix(train=f"{scalars['train_loss']:.3g}", refresh=False)
-    bar.close()
+    fit_full_batch(
+        meter,
+        x,
+        yy,
+        xt,
+        yt,
+        epochs=cfg.epochs,
+        lr=lr,
+        lr_scale=cfg.lr_scale,
+        linearized=cfg.linearized,
+        progress=progress,
+        desc=f"k={k}",
+    )
     meter.close()
 
     hist = meter.history

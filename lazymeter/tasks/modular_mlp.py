@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..threads import torch_threads
 from .modular import ModularSplit, modular_addition
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
@@ -176,13 +177,8 @@ def train(
     """
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {cfg.optimizer!r}")
-    threads = torch.get_num_threads()
-    if cfg.threads and torch.device(cfg.device).type == "cpu":
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads if torch.device(cfg.device).type == "cpu" else None):
         return _train(cfg, out_dir, progress, figure, split)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(

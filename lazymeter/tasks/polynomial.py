@@ -176,41 +176,20 @@ def train(
             f"this D/P/N (lr_scale must stay below {max_scale:.3g}; about D/2 here); lower "
             "lr_scale and raise epochs to keep lr * epochs"
         )
-    opt = torch.optim.SGD(meter.parameters(), lr=lr)
-    lin_opt = torch.optim.SGD(meter.linearized.parameters(), lr=lr) if cfg.linearized else None
-    mse = lambda out, y: ((out - y) ** 2).mean()  # noqa: E731
-    bar = _progress(cfg.epochs, progress, f"alpha={cfg.alpha:g} eps={cfg.eps:g}")
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs + 1):
-        step = round(epoch * cfg.lr_scale)
-        loss = mse(meter(data.x), data.y)
-        scalars = {"train_loss": loss.item()}
-        lin_loss = None
-        if lin_opt is not None:
-            lin_loss = mse(meter.linearized(data.x), data.y)
-            scalars["lin_train_loss"] = lin_loss.item()
-        if meter.will_measure(step):
-            # The state before this epoch's update, matching the train loss above.
-            with torch.no_grad():
-                scalars["test_loss"] = mse(meter(data.x_test), data.y_test).item()
-                if lin_opt is not None:
-                    scalars["lin_test_loss"] = mse(
-                        meter.linearized(data.x_test), data.y_test
-                    ).item()
-        meter.step(step=step, **scalars)
-        if epoch == cfg.epochs:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if lin_opt is not None and lin_loss is not None:
-            lin_opt.zero_grad()
-            lin_loss.backward()
-            lin_opt.step()
-        bar.update(1)
-        if epoch % 200 == 0:
-            bar.set_postfix(train=f"{scalars['train_loss']:.3g}", refresh=False)
-    bar.close()
+    fit_full_batch(
+        meter,
+        data.x,
+        data.y,
+        data.x_test,
+        data.y_test,
+        epochs=cfg.epochs,
+        lr=lr,
+        lr_scale=cfg.lr_scale,
+        linearized=cfg.linearized,
+        progress=progress,
+        desc=f"alpha={cfg.alpha:g} eps={cfg.eps:g}",
+    )
     meter.close(
         hparams={
             "eps": cfg.eps,
@@ -255,6 +234,61 @@ def train(
             plot_run(hist, summary, os.path.join(out_dir, "figure.png"))
     summary["history"] = hist
     return summary
+
+
+def fit_full_batch(
+    meter,  # noqa: ANN001 - a lazymeter.LazyMeter (imported lazily: tasks load before it)
+    x: Tensor,
+    y: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    lr_scale: float,
+    linearized: bool = False,
+    progress: bool = True,
+    desc: str = "",
+) -> None:
+    """Full-batch GD on the MSE of ``meter(x)`` (and of ``meter.linearized`` when
+    ``linearized``, with its own optimiser at the same ``lr``) for ``epochs`` steps.
+
+    Steps are reported to the meter as lr-equivalent epochs ``round(epoch * lr_scale)``; the
+    test losses are computed only when the meter will measure, on the state before that
+    epoch's update (matching the train loss of the same row).
+    """
+    opt = torch.optim.SGD(meter.parameters(), lr=lr)
+    lin = meter.linearized if linearized else None
+    lin_opt = torch.optim.SGD(lin.parameters(), lr=lr) if lin is not None else None
+    mse = lambda out, target: ((out - target) ** 2).mean()  # noqa: E731
+    bar = _progress(epochs, progress, desc)
+    for epoch in range(epochs + 1):
+        step = round(epoch * lr_scale)
+        loss = mse(meter(x), y)
+        scalars = {"train_loss": loss.item()}
+        lin_loss = None
+        if lin is not None:
+            lin_loss = mse(lin(x), y)
+            scalars["lin_train_loss"] = lin_loss.item()
+        if meter.will_measure(step):
+            with torch.no_grad():
+                scalars["test_loss"] = mse(meter(x_test), y_test).item()
+                if lin is not None:
+                    scalars["lin_test_loss"] = mse(lin(x_test), y_test).item()
+        meter.step(step=step, **scalars)
+        if epoch == epochs:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if lin_opt is not None and lin_loss is not None:
+            lin_opt.zero_grad()
+            lin_loss.backward()
+            lin_opt.step()
+        bar.update(1)
+        if epoch % 200 == 0:
+            bar.set_postfix(train=f"{scalars['train_loss']:.3g}", refresh=False)
+    bar.close()
 
 
 def _progress(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or a stand-in
