@@ -2,9 +2,13 @@
 
 from .api import (
     DEFAULT_MEMORY_BUDGET,
+    MEMORY_BUDGET_ENV,
     auto_chunk_size,
     choose_method,
+    default_memory_budget,
     empirical_ntk,
+    kernel_dtype,
+    parse_bytes,
     select_method,
 )
 from .engines import ENGINES, register_engine
@@ -13,6 +17,10 @@ from .structured import RULES, coverage, register_rule
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "MEMORY_BUDGET_ENV",
+    "default_memory_budget",
+    "kernel_dtype",
+    "parse_bytes",
     "ENGINES",
     "FunctionalModel",
     "RULES",

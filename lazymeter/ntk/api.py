@@ -3,17 +3,66 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .engines import ENGINES
-from .functional import FunctionalModel, OutputFn, as_inputs, num_samples
+from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, num_samples
 
 #: Bytes that the per-sample Jacobian blocks of one call may occupy when
-#: ``chunk_size`` is None (override per call with ``memory_budget=``).
+#: ``chunk_size`` is None (override per call with ``memory_budget=``, or for the
+#: whole process with the environment variable :data:`MEMORY_BUDGET_ENV`).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+#: Environment variable holding the default memory budget, e.g. ``2GiB``, ``512MiB``,
+#: ``1.5e9`` (bytes); read at each call, so it can be set after import.
+MEMORY_BUDGET_ENV = "LAZYMETER_MEMORY_BUDGET"
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6}
+_UNITS.update({"mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tib": 2**40})
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GiB" -> 2147483648``; accepts a plain number of bytes or a B/KiB/MiB/GiB/TiB
+    (or kB/MB/GB) suffix, case-insensitive."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"memory budget: cannot read {text!r}; write bytes or a size like '512MiB' or '2GiB'"
+        )
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"memory budget: must be positive, got {text!r}")
+    return value
+
+
+def default_memory_budget() -> int:
+    """The budget used when ``memory_budget=None``: ``$LAZYMETER_MEMORY_BUDGET`` if set,
+    else :data:`DEFAULT_MEMORY_BUDGET`."""
+    env = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if not env:
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        return parse_bytes(env)
+    except ValueError as e:
+        raise ValueError(f"{MEMORY_BUDGET_ENV}: {e}") from None
+
+
+def kernel_dtype(model_dtype: torch.dtype, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a kernel is computed and accumulated in: ``dtype`` when given, float32
+    for half-precision (float16/bfloat16) models, else the model's parameter dtype."""
+    if dtype is not None:
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype: expected a floating torch.dtype or None, got {dtype!r}")
+        return dtype
+    if model_dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return model_dtype
+
 
 # Live copies per Jacobian entry: the two blocks being contracted plus the
 # cotangent/gradient buffers of the vmapped backward pass.
@@ -51,6 +100,10 @@ def choose_method(
     return "jacobian" if jac <= ntvp else "ntvp"
 
 
+def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:
+    return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in xs)
+
+
 def select_method(
     model: nn.Module,
     x1: Any,
@@ -76,7 +129,8 @@ def empirical_ntk(
     method: str = "auto",
     trace_outputs: bool = True,
     chunk_size: int | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Empirical neural tangent kernel of ``model`` between two input sets.
 
@@ -100,19 +154,37 @@ def empirical_ntk(
         trace_outputs: sum over outputs (``[P1, P2]``) or keep them (``[P1, P2, O, O]``).
         chunk_size: samples per block; None picks the largest block whose
             ``[chunk, O, n_params]`` Jacobians fit in ``memory_budget``.
-        memory_budget: bytes for Jacobian blocks (default :data:`DEFAULT_MEMORY_BUDGET`).
+        memory_budget: bytes (or a size such as ``"2GiB"``) for the Jacobian blocks and
+            per-layer features of one call; default ``$LAZYMETER_MEMORY_BUDGET``, else
+            :data:`DEFAULT_MEMORY_BUDGET` (512 MiB). Every engine sizes its blocks to it.
+        dtype: precision of the Jacobians and of their sums. Default: float32 for
+            float16/bfloat16 models (a half-precision sum over millions of parameters
+            loses most of its digits), else the model's dtype; ``torch.float64`` on
+            request. A model of another dtype is evaluated through a cast copy of its
+            parameters and buffers (kept between calls, refreshed each call), at the
+            model's current parameter values; floating inputs are cast alike.
 
     Returns:
-        ``K`` on the model's device, in the model's parameter dtype.
+        ``K`` on the model's device, in ``dtype`` (see above).
     """
     fm = FunctionalModel(model, output_fn)
-    xs1 = as_inputs(x1, "x1", fm.device)
-    xs2 = None if x2 is None else as_inputs(x2, "x2", fm.device)
+    target = kernel_dtype(fm.dtype, dtype)
+    if target != fm.dtype:
+        fm = FunctionalModel(cast_copy(model, target), output_fn)
+    xs1 = _cast_inputs(as_inputs(x1, "x1", fm.device), target)
+    xs2 = None if x2 is None else _cast_inputs(as_inputs(x2, "x2", fm.device), target)
     if method != "auto" and method not in ENGINES:
         raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    if memory_budget is None:
+        budget = default_memory_budget()
+    elif isinstance(memory_budget, str):
+        budget = parse_bytes(memory_budget)
+    elif isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)):
+        raise TypeError(f"memory_budget: expected bytes or a size string, got {memory_budget!r}")
+    else:
+        budget = int(memory_budget)
     if budget <= 0:
         raise ValueError(f"memory_budget: expected a positive number of bytes, got {memory_budget}")
 

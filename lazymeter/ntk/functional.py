@@ -9,6 +9,8 @@ buffer update, no ``.grad`` written).
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -161,3 +163,30 @@ class FunctionalModel:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self.batched(params, slice_inputs(xs, 0, 1))
         return total
+
+
+_CASTS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` with floating parameters and buffers in ``dtype``, holding the
+    model's current values, modes and ``requires_grad`` flags.
+
+    The copy is made once per (model, dtype) and refreshed in place on later calls, so
+    per-model caches (structured plans, exactness checks) stay valid between calls.
+    """
+    shadow = _CASTS.get(model)
+    if shadow is None or next(iter(shadow.parameters())).dtype != dtype:
+        with torch.no_grad():
+            shadow = copy.deepcopy(model)
+            shadow.to(dtype)
+        _CASTS[model] = shadow
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(model.named_parameters(), shadow.named_parameters(), strict=True):
+            q.copy_(p)
+            q.requires_grad_(p.requires_grad)
+        for (_, b), (_, c) in zip(model.named_buffers(), shadow.named_buffers(), strict=True):
+            c.copy_(b)
+    for m, c in zip(model.modules(), shadow.modules(), strict=True):
+        c.training = m.training
+    return shadow
