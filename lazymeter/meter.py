@@ -10,6 +10,7 @@ change the model's parameters, gradients, mode or the global RNG stream.
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import os
@@ -24,7 +25,8 @@ from torch.utils._pytree import tree_map
 
 from . import metrics as M
 from .baselines import Linearized, kernel_regression
-from .ntk import empirical_ntk, select_method
+from .distributed import WRONG_ORDER, Dist, make_dist, unwrap, world_size
+from .ntk import empirical_ntk, kernel_dtype, select_method
 from .regime import RegimeThresholds, alignment_gain, classify
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import JsonlSink, TensorBoardSink
@@ -33,6 +35,8 @@ Probe = tuple[Tensor, Tensor]
 MetricFn = Callable[[nn.Module], Mapping[str, float]]
 
 _STATE_VERSION = 1
+
+logger = logging.getLogger("lazymeter")
 
 
 def _as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
@@ -48,16 +52,26 @@ def _as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
             f"{name}: x and y must have the same number of samples in dimension 0; got "
             f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
-    if x.shape[0] < 2:
-        raise ValueError(f"{name}: needs at least 2 samples for centred kernel metrics")
-    if x.device != device or y.device != device:
+    if x.shape[0] < 3:
         raise ValueError(
-            f"{name}: is on {x.device} but the model is on {device}; "
-            f"move it with .to({str(device)!r})"
+            f"{name}: needs at least 3 samples (got {x.shape[0]}): centring leaves a 1x1 kernel "
+            "zero and a 2x2 one rank 1, so every kernel comparison would be undefined or +-1"
         )
+    if x.device.type == "meta" or y.device.type == "meta":
+        raise ValueError(f"{name}: is on the meta device, which holds no values; pass real tensors")
     for t, part in ((x, "x"), (y, "y")):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: {part} contains NaN or Inf")
+    if x.device != device or y.device != device:
+        # Moved once here (not at every measurement); said in the log, as it costs memory.
+        logger.warning(
+            "lazymeter: %s is on %s but the model is on %s; moved it there once (pass it on "
+            "the model's device to skip the copy)",
+            name,
+            x.device,
+            device,
+        )
+        x, y = x.to(device), y.to(device)
     return x, y
 
 
@@ -149,6 +163,19 @@ class LazyMeter(nn.Module):
             spectrum (K_t against K_0) and of any ``decomp_*`` terms.
         regime_thresholds: thresholds of the lazy/transitioning/rich read-out logged as
             TensorBoard text at each measurement (:mod:`lazymeter.regime`).
+        memory_budget: bytes (or ``"2GiB"``) for the NTK engines' blocks (see
+            :func:`lazymeter.empirical_ntk`; default ``$LAZYMETER_MEMORY_BUDGET`` or 512 MiB).
+        distributed: for ``LazyMeter(DistributedDataParallel(model))`` under
+            ``torch.distributed``: ``"auto"`` (= ``"rank0"``), ``"rank0"`` (rank 0 measures and
+            broadcasts the row) or ``"shard"`` (each rank computes its rows of the kernels;
+            they are all-gathered). Either way every rank holds the same snapshot (rank 0's),
+            the same probes (rank 0's), the same history (rank 0's scalars), and only rank 0
+            writes files; every rank must call :meth:`step` at the same steps. None: no
+            collectives (independent meters, e.g. when only rank 0 steps the meter).
+
+    Precision: kernels of float16/bfloat16 models are computed and accumulated in float32
+    (see :func:`lazymeter.empirical_ntk`); probes on another device than the model are
+    moved to it once, at construction, with a warning in the ``lazymeter`` logger.
     """
 
     def __init__(
@@ -177,6 +204,8 @@ class LazyMeter(nn.Module):
         linearized: bool = False,
         tb_figures: bool = False,
         regime_thresholds: RegimeThresholds | None = None,
+        memory_budget: int | str | None = None,
+        distributed: str | None = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -186,13 +215,17 @@ class LazyMeter(nn.Module):
         if not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha: must be finite and > 0, got {alpha}")
         for name, v in (("max_probe", max_probe), ("max_baseline", max_baseline)):
-            if not isinstance(v, int) or v < 2:
-                raise ValueError(f"{name}: expected an int >= 2, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 3:
+                raise ValueError(f"{name}: expected an int >= 3, got {v!r}")
         self.model = model
         self.alpha = float(alpha)
         self.center = bool(center)
         self.output_fn = output_fn
-        self.ntk_kwargs = {"method": ntk_method, "chunk_size": ntk_chunk_size}
+        self.ntk_kwargs = {
+            "method": ntk_method,
+            "chunk_size": ntk_chunk_size,
+            "memory_budget": memory_budget,
+        }
         self.centering = centering
         self.spectrum_k = spectrum_k
         self.ridge = ridge
@@ -204,12 +237,15 @@ class LazyMeter(nn.Module):
         if isinstance(scalar_every, bool) or not isinstance(scalar_every, int) or scalar_every < 1:
             raise ValueError(f"scalar_every: expected a positive int, got {scalar_every!r}")
         self.scalar_every = scalar_every
-        self.snapshot = _Snapshot(model)
+        net = unwrap(model)
+        self._distributed = distributed
+        self._dist: Dist | None = make_dist(model, distributed, self._device())
+        self.snapshot = _Snapshot(net)
+        if self._dist is not None:
+            self._dist.broadcast_(list(self.snapshot.buffers()))  # rank 0's init, everywhere
         # Not a registered submodule: optimisers over meter.parameters() must not see it.
-        self._linearized = [Linearized(model, alpha, center, output_fn)] if linearized else []
-        self._dropouts = [
-            m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
-        ]
+        self._linearized = [Linearized(net, alpha, center, output_fn)] if linearized else []
+        self._dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         self.history: list[dict[str, float]] = []
         self.baseline: dict[str, float] = {}
         self._reference: dict[str, float] = {}
@@ -227,7 +263,7 @@ class LazyMeter(nn.Module):
         self.features = list(features or [])
         for name in self.features:
             try:
-                model.get_submodule(name)
+                net.get_submodule(name)
             except AttributeError:
                 raise ValueError(
                     f"features: the model has no submodule {name!r}; pick names from "
@@ -239,25 +275,44 @@ class LazyMeter(nn.Module):
             self.register_buffer(name, None)
         self._features0: dict[str, Tensor] = {}
         if full is not None:
-            self.probe_x, self.probe_y = _subsample(full, max_probe, seed)
+            probe, test = _subsample(full, max_probe, seed), None
+            base, base_test = _subsample(full, max_baseline, seed), None
             if full_test is not None:
-                self.test_x, self.test_y = _subsample(full_test, max_probe, seed + 1)
-            self._num_classes = None
-            if not self.probe_y.is_floating_point():
+                test = _subsample(full_test, max_probe, seed + 1)
+                base_test = _subsample(full_test, max_baseline, seed + 1)
+            num_classes = None
+            if not full[1].is_floating_point():
                 ys = [full[1]] + ([full_test[1]] if full_test is not None else [])
-                self._num_classes = int(max(int(t.max()) for t in ys)) + 1
+                num_classes = int(max(int(t.max()) for t in ys)) + 1
+            if self._dist is not None:
+                # Rank 0's data everywhere: a rank's own shard would give other metrics.
+                if self._dist.strategy == "shard":
+                    probe, test, num_classes, base, base_test = self._dist.share(
+                        (probe, test, num_classes, base, base_test)
+                    )
+                else:  # rank 0 alone computes the reference from its own baseline sets
+                    probe, test, num_classes = self._dist.share((probe, test, num_classes))
+            self.probe_x, self.probe_y = probe
+            if test is not None:
+                self.test_x, self.test_y = test
+            self._num_classes = num_classes
             if ntk_method == "auto":
                 # Resolved once: every measurement has the same shapes.
                 try:
                     self.ntk_kwargs["method"] = select_method(
-                        model, self.probe_x, output_fn=output_fn
+                        net, self.probe_x, output_fn=output_fn
                     )
                 except ValueError:
                     pass  # reported (once) by the first NTK computation below
-            with self._measuring():
-                self._init_reference(full, full_test, max_baseline, seed)
+            if self._computes:
+                with self._measuring():
+                    self._init_reference(base, base_test)
+            if self._dist is not None and self._dist.strategy == "rank0":
+                self._receive_reference()
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self._jsonl = None
+        if self._dist is not None and not self._dist.main:
+            self.log_dir, writer = None, None  # one writer per run: rank 0
         if self.log_dir is not None:
             path = os.path.join(self.log_dir, "history.jsonl")
             if os.path.exists(path) and os.path.getsize(path) > 0:
@@ -275,9 +330,28 @@ class LazyMeter(nn.Module):
             self._jsonl = JsonlSink(path)
         self._tb = TensorBoardSink(self.log_dir, writer)
 
+    @property
+    def net(self) -> nn.Module:
+        """The user's model without a ``DistributedDataParallel`` wrapper: what is measured."""
+        return unwrap(self.model)
+
+    @property
+    def _computes(self) -> bool:
+        """Whether this process computes measurements (all but non-zero ranks under rank0)."""
+        d = self._dist
+        return d is None or d.strategy == "shard" or d.main
+
+    def _receive_reference(self) -> None:
+        assert self._dist is not None
+        ref = (self.K0, self.K0_test, self._reference, self.baseline, self._features0)
+        ref = self._dist.share((*ref, "ntk" in self._warned))
+        self.K0, self.K0_test, self._reference, self.baseline, self._features0, failed = ref
+        if failed:
+            self._warned.add("ntk")
+
     # ------------------------------------------------------------------ the wrapped model
     def _device(self) -> torch.device:
-        for t in self.model.parameters():
+        for t in unwrap(self.model).parameters():
             return t.device
         return torch.device("cpu")
 
@@ -332,7 +406,7 @@ class LazyMeter(nn.Module):
                 if k == key and len(refs) == len(args) and all(map(operator.is_, refs, args)):
                     return out0
         with torch.no_grad():
-            out0 = self._reduce(functional_call(self.model, self.snapshot.as_dict(), args, kwargs))
+            out0 = self._reduce(functional_call(self.net, self.snapshot.as_dict(), args, kwargs))
         if key is not None:
             # Holding the inputs keeps their ids from being reused by other tensors.
             self._cache = [(key, (args, out0))] + self._cache[:3]
@@ -362,10 +436,20 @@ class LazyMeter(nn.Module):
         return torch.random.fork_rng(devices=devices)
 
     def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
-        return empirical_ntk(self.model, x, x2, output_fn=self.output_fn, **self.ntk_kwargs)
+        net, kw = self.net, {"output_fn": self.output_fn, **self.ntk_kwargs}
+        d = self._dist
+        if d is None or d.strategy != "shard":
+            return empirical_ntk(net, x, x2, **kw)
+        cols = x if x2 is None else x2
+        like = next(iter(self._trainable().values()))
+        like = like.new_empty(0, dtype=kernel_dtype(like.dtype))
+        K = d.sharded_kernel(
+            lambda a, b: empirical_ntk(net, x[a:b], cols, **kw), len(x), len(cols), like
+        )
+        return (K + K.T) / 2 if x2 is None else K
 
     def _trainable(self) -> dict[str, Tensor]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return {n: p for n, p in self.net.named_parameters() if p.requires_grad}
 
     def _initial_trainable(self) -> dict[str, Tensor]:
         snap = self.snapshot.as_dict()
@@ -374,25 +458,26 @@ class LazyMeter(nn.Module):
     def _activations(self, x: Tensor) -> dict[str, Tensor]:
         """Outputs of the named feature layers on ``x`` (buffers copied: BN stats untouched)."""
         acts: dict[str, Tensor] = {}
+        net = self.net
         hooks = [
-            self.model.get_submodule(n).register_forward_hook(
+            net.get_submodule(n).register_forward_hook(
                 lambda m, i, o, n=n: acts.__setitem__(n, o if isinstance(o, Tensor) else o[0])
             )
             for n in self.features
         ]
         try:
             state = {
-                **dict(self.model.named_parameters()),
-                **{k: b.clone() for k, b in self.model.named_buffers()},
+                **dict(net.named_parameters()),
+                **{k: b.clone() for k, b in net.named_buffers()},
             }
             with torch.no_grad():
-                functional_call(self.model, state, (x,))
+                functional_call(net, state, (x,))
         finally:
             for h in hooks:
                 h.remove()
         return {n: a.detach().reshape(a.shape[0], -1) for n, a in acts.items()}
 
-    def _init_reference(self, full: Probe, full_test: Probe | None, max_baseline: int, seed: int):
+    def _init_reference(self, base: Probe, base_test: Probe | None) -> None:
         if self.features:
             self._features0 = self._activations(self.probe_x)
         try:
@@ -415,17 +500,16 @@ class LazyMeter(nn.Module):
             self._reference["alignment0_test"] = M.kernel_alignment(
                 self.K0_test, yt, self.centering
             )
-        if full_test is not None:
-            self._lazy_baseline(full, full_test, max_baseline, seed)
+        if base_test is not None:
+            self._lazy_baseline(base, base_test)
 
-    def _lazy_baseline(self, full: Probe, full_test: Probe, max_baseline: int, seed: int) -> None:
+    def _lazy_baseline(self, base: Probe, base_test: Probe) -> None:
         """Test MSE of kernel regression with K0: the network's limit as alpha -> infinity.
 
         Centred, the initial function is 0 and the lazy limit predicts
         ``K0(x, X) K0^-1 y``; uncentred, it fits the residual ``y - f0`` and adds ``f0``.
         """
-        (x, y) = _subsample(full, max_baseline, seed)
-        (xt, yt) = _subsample(full_test, max_baseline, seed + 1)
+        (x, y), (xt, yt) = base, base_test
         Y, Yt = _targets(y, self._num_classes), _targets(yt, self._num_classes)
         f0, f0t = 0.0, 0.0
         if not self.center:
@@ -506,7 +590,7 @@ class LazyMeter(nn.Module):
         return groups
 
     def _user_metric(self, name: str, fn: MetricFn) -> dict[str, float]:
-        out = {k: float(v) for k, v in fn(self.model).items()}
+        out = {k: float(v) for k, v in fn(self.net).items()}
         self._metric_keys[name] = list(out)
         return out
 
@@ -520,14 +604,19 @@ class LazyMeter(nn.Module):
         row: dict[str, float] = {"step": -1 if self._step is None else self._step}
         row.update(self._scalars)
         failures = []
-        with self._measuring(), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # degenerate metrics -> NaN, quietly
-            for name, fn, keys in self._metric_groups():
-                try:
-                    row.update(fn())
-                except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
-                    row.update(dict.fromkeys(keys, math.nan))
-                    failures.append((name, e))
+        if self._computes:
+            with self._measuring(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
+                for name, fn, keys in self._metric_groups():
+                    try:
+                        row.update(fn())
+                    except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
+                        row.update(dict.fromkeys(keys, math.nan))
+                        failures.append((name, e))
+        if self._dist is not None:
+            row = self._dist.share(row)  # one history on every rank: rank 0's
+            if not self._dist.main:
+                failures = []  # rank 0 warns for the run
         for name, e in failures:
             if name not in self._warned:
                 self._warned.add(name)
@@ -590,15 +679,25 @@ class LazyMeter(nn.Module):
         """Record ``scalars`` (e.g. ``train_loss=..., test_loss=...``) at ``step``; measure
         if the schedule says so. ``step`` defaults to the previous step + 1 (0 first) and
         must increase. Returns the measurement row when one was taken, else None."""
+        if self._dist is None and self._distributed is not None and world_size() > 1:
+            # The meter was built before init_process_group, or is inside DDP(LazyMeter(..)).
+            raise TypeError(WRONG_ORDER.format(world=world_size()))
         if step is None:
             step = 0 if self._step is None else self._step + 1
         elif isinstance(step, bool) or not isinstance(step, int):
             raise TypeError(f"step: expected an int, got {type(step).__name__}")
         if self._step is not None and step <= self._step:
-            raise ValueError(
-                f"step: went backwards ({step} after {self._step}); steps must increase "
-                "(after loading a checkpoint, continue from meter.last_step + 1)"
-            )
+            # Mid-run: never stop training; skip the call, say so once.
+            if "step" not in self._warned:
+                self._warned.add("step")
+                warnings.warn(
+                    f"lazymeter: step went backwards ({step} after {self._step}); ignoring "
+                    f"meter.step calls until the step passes {self._step} (warned once; after "
+                    "loading a checkpoint, continue from meter.last_step + 1)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return None
         values = {}
         for k, v in scalars.items():
             try:

@@ -387,8 +387,8 @@ X, Y, XT, YT = make_data()
         ({"probe": (X[:1], Y[:1]), "test_probe": None}, ValueError, "probe"),
         ({"probe": X, "test_probe": None}, TypeError, "probe"),
         ({"test_probe": (XT[:3], YT[:2])}, ValueError, "test_probe"),
-        ({"probe": (X.to("meta"), Y.to("meta"))}, ValueError, r"probe.*move it"),
-        ({"test_probe": (XT.to("meta"), YT.to("meta"))}, ValueError, r"test_probe.*move it"),
+        ({"probe": (X.to("meta"), Y.to("meta"))}, ValueError, r"probe.*meta device"),
+        ({"test_probe": (XT.to("meta"), YT.to("meta"))}, ValueError, r"test_probe.*meta device"),
         ({"probe": None}, ValueError, "test_probe"),
         ({"features": ["0", "nope"]}, ValueError, "features"),
         ({"max_probe": 1}, ValueError, "max_probe"),
@@ -401,16 +401,19 @@ def test_constructor_rejects_bad_input_naming_the_argument(kwargs, error, match)
         _build(**kwargs)
 
 
-def test_step_numbers_must_increase():
-    meter = _build(schedule=10)
-    meter.step(step=5)
-    with pytest.raises(ValueError, match="step"):
-        meter.step(step=3)
-    with pytest.raises(ValueError, match="step"):
-        meter.step(step=5)
-    assert meter.last_step == 5  # a rejected call changes nothing
-    meter.step(step=6)
-    assert meter.last_step == 6
+def test_step_going_backwards_is_skipped_with_one_warning_and_training_goes_on():
+    meter = _build(schedule=1)
+    meter.step(step=5, train_loss=1.0)
+    with pytest.warns(RuntimeWarning, match="step went backwards \\(3 after 5\\)"):
+        assert meter.step(step=3, train_loss=9.0) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert meter.step(step=5, train_loss=9.0) is None
+    assert meter.last_step == 5  # a skipped call changes nothing
+    assert [r["step"] for r in meter.history] == [5]
+    row = meter.step(step=6, train_loss=2.0)
+    assert meter.last_step == 6 and row["train_loss"] == 2.0
+    assert [r["step"] for r in meter.history] == [5, 6]
 
 
 @pytest.mark.parametrize("bad", [2.0, "3", torch.tensor(3)])

@@ -64,6 +64,8 @@ class LazyMeterCallback(pl.Callback):
         self.kwargs = dict(
             alpha=alpha, center=center, schedule=schedule, output_fn=output_fn, **meter_kwargs
         )
+        # Only global rank zero steps the meter, so it must not wait for the other ranks.
+        self.kwargs.setdefault("distributed", None)
         self.probe, self.test_probe, self.attribute = probe, test_probe, attribute
         self.meter: LazyMeter | None = None
         self._pending: dict[str, Any] | None = None

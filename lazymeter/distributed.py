@@ -1,0 +1,133 @@
+"""``torch.distributed`` support for the meter: unwrap DDP, share rank 0's state, shard kernels.
+
+Supported order: ``LazyMeter(DistributedDataParallel(model))``. The meter trains
+through the DDP wrapper (so gradients are all-reduced) and measures on the
+wrapped module. Every rank must call ``meter.step`` at the same steps (the
+schedule is a pure function of the step, so a shared loop does this), because a
+measurement is a collective. Two strategies:
+
+* ``"rank0"``: rank 0 computes the measurement, then broadcasts the row; the
+  other ranks wait in the broadcast. Wall time = one process's measurement.
+* ``"shard"``: each rank computes the kernel rows of its share of the probe
+  (``K[rows_r, :]``), the blocks are all-gathered, every rank then computes the
+  same scalars from the same kernel, and rank 0's row is broadcast.
+
+This module knows nothing about the meter; it only moves tensors and objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+#: Strategies of :class:`Dist` (see the module docstring).
+STRATEGIES = ("rank0", "shard")
+
+WRONG_ORDER = (
+    "torch.distributed is initialised with {world} processes but the model given to LazyMeter "
+    "is not wrapped in DistributedDataParallel. Wrap the model first and the meter around it: "
+    "meter = LazyMeter(DistributedDataParallel(model), ...), not "
+    "DistributedDataParallel(LazyMeter(model)); pass distributed=None for independent "
+    "single-process meters on each rank"
+)
+
+
+def is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def world_size() -> int:
+    """Processes in the default group (1 without ``torch.distributed``)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@dataclass
+class Dist:
+    """The default process group as the meter needs it: rank, size, and three collectives."""
+
+    rank: int
+    world: int
+    strategy: str
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (picklable; tensors travel via CPU and come back
+        on ``self.device``, so NCCL ranks with different GPUs unpickle safely)."""
+        cpu = tree_map(lambda t: t.cpu() if isinstance(t, Tensor) else t, obj)
+        box = [cpu if self.main else None]
+        dist.broadcast_object_list(box, src=0)
+        return tree_map(lambda t: t.to(self.device) if isinstance(t, Tensor) else t, box[0])
+
+    def broadcast_(self, tensors: list[Tensor]) -> None:
+        """Overwrite ``tensors`` in place with rank 0's values (same shapes on every rank)."""
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+    def rows(self, n: int) -> tuple[int, int]:
+        """This rank's share ``[start, stop)`` of ``n`` rows (balanced, possibly empty)."""
+        per = math.ceil(n / self.world)
+        return min(self.rank * per, n), min((self.rank + 1) * per, n)
+
+    def sharded_kernel(
+        self, block: Callable[[int, int], Tensor], n_rows: int, n_cols: int, like: Tensor
+    ) -> Tensor:
+        """Assemble ``K [n_rows, n_cols]`` from per-rank row blocks ``block(start, stop)``.
+
+        A rank whose block fails contributes NaN (so no rank is left waiting in the
+        all-gather) and re-raises after it; the others see NaN and record NaN metrics.
+        """
+        per = math.ceil(n_rows / self.world)
+        start, stop = self.rows(n_rows)
+        mine = torch.full((per, n_cols), math.nan, dtype=like.dtype, device=like.device)
+        error: Exception | None = None
+        if stop > start:
+            try:
+                mine[: stop - start] = block(start, stop)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the collective
+                error = e
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine)
+        if error is not None:
+            raise error
+        return torch.cat(parts)[:n_rows]
+
+
+def make_dist(model: nn.Module, distributed: str | None, device: torch.device) -> Dist | None:
+    """The :class:`Dist` for a meter around ``model``, or None for a single-process meter.
+
+    ``distributed``: ``"auto"`` (a DDP-wrapped model in a group of >1 processes gets the
+    ``"rank0"`` strategy; an unwrapped model there is an error, the usual symptom of
+    ``DDP(LazyMeter(model))``), ``"rank0"``, ``"shard"``, or None (no collectives).
+    """
+    if distributed is None:
+        return None
+    if distributed != "auto" and distributed not in STRATEGIES:
+        raise ValueError(
+            f"distributed: expected 'auto', {', '.join(map(repr, STRATEGIES))} or None, "
+            f"got {distributed!r}"
+        )
+    world = world_size()
+    if world == 1:
+        return None
+    if not is_ddp(model):
+        raise TypeError(WRONG_ORDER.format(world=world))
+    strategy = "rank0" if distributed == "auto" else distributed
+    return Dist(dist.get_rank(), world, strategy, device)
