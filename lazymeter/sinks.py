@@ -82,46 +82,164 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _line(row: dict[str, Any]) -> bytes:
+    """One measurement as one line of strict (ASCII) JSON, newline included."""
+    return (json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n").encode("ascii")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One write() for the whole line: on a local file system it lands whole, so a kill
+    # (SIGKILL, OOM) between measurements never leaves part of a line. The loop only
+    # matters for a short write (a full disk, a signal on a network file system).
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename in ``path``'s directory durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class JsonlSink:
     """Appends one JSON object per measurement to ``path``, flushed and fsynced each time,
-    so a crash loses nothing already measured. Non-finite values are written as ``null``."""
+    so a crash loses nothing already measured. Non-finite values are written as ``null``.
+
+    Crash safety: each line goes out in a single ``os.write`` on an ``O_APPEND`` file
+    descriptor (no user-space buffer), followed by ``fsync``; a process killed at any
+    point leaves every earlier line whole and at most one torn last line (and in practice
+    none: a kill cannot interrupt a small write to a local file). Opening a file that ends
+    in a torn line first repairs it, so that appended rows never follow a broken line: a
+    last line that is whole JSON but lost only its newline gets the newline back, any
+    other partial line is cut off with a ``RuntimeWarning``.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        _repair_torn_tail(self.path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        self._fd = os.open(self.path, flags, 0o666)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._fd is None:
+            raise ValueError(f"JsonlSink({self.path!r}) is closed")
+        _write_all(self._fd, _line(row))
+        os.fsync(self._fd)
 
     def rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Replace the file with ``rows`` (atomically), e.g. after resuming from a checkpoint."""
-        self._file.close()
+        """Replace the file with ``rows`` (atomically), e.g. after resuming from a checkpoint.
+
+        The rows go to ``<path>.tmp``, which is fsynced and then renamed over ``path``: a
+        crash at any point leaves either the old file or the new one, never a mix.
+        """
+        self.close()
         tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            with open(tmp, "wb") as f:
+                for row in rows:
+                    f.write(_line(row))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        _fsync_dir(self.path)
+        self._open()
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _repair_torn_tail(path: str) -> None:
+    """If ``path`` ends in a partial line (no newline), make it end at a line boundary."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()
+    except FileNotFoundError:
+        return
+    keep = data.rfind(b"\n") + 1
+    tail = data[keep:]
+    try:
+        whole = isinstance(json.loads(tail), dict)
+    except ValueError:
+        whole = False
+    if whole:  # a complete row that only lost its newline
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    line_no = data.count(b"\n") + 1
+    warnings.warn(
+        f"lazymeter: {path} ended in a torn line (line {line_no}, "
+        f"{len(tail)} bytes, cut by a crash mid-write); removed it before appending",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file (``null`` read back as NaN); a torn last line is skipped."""
+    """Rows of a JSON-lines file (``null`` read back as NaN); blank lines are ignored.
+
+    A crash can only tear the *last* line (see :class:`JsonlSink`): an unreadable last
+    line is skipped with a ``RuntimeWarning`` naming the file and the line. An unreadable
+    line followed by a readable one cannot come from a crash, so the file is corrupt
+    (e.g. two writers, or rows appended after a torn line by another program): that
+    raises ``ValueError`` naming the file and the line, rather than silently leaving a
+    gap in the history.
+    """
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash mid-write
-            rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+    for j, (n, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            if j == len(numbered) - 1:
+                warnings.warn(
+                    f"lazymeter: {path}: skipped line {n}, a torn last line (cut by a crash "
+                    "mid-write?)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                break
+            raise ValueError(
+                f"{path}: line {n} is not a JSON object ({e}) but more rows follow it; only "
+                "the last line can be torn by a crash, so this file is corrupt"
+            ) from None
+        rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
     return rows
 
 
