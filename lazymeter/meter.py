@@ -10,12 +10,13 @@ change the model's parameters, gradients, mode or the global RNG stream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import operator
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch.utils._pytree import tree_map
 from . import metrics as M
 from .baselines import Linearized, kernel_regression
 from .distributed import WRONG_ORDER, Dist, make_dist, unwrap, world_size
-from .ntk import empirical_ntk, kernel_dtype, select_method
+from .ntk import FunctionalModel, empirical_ntk, kernel_dtype, select_method
 from .regime import RegimeThresholds, alignment_gain, classify
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import JsonlSink, TensorBoardSink
@@ -73,6 +74,21 @@ def _as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
         )
         x, y = x.to(device), y.to(device)
     return x, y
+
+
+def _check_writable(log_dir: str) -> None:
+    """A clear error at construction, instead of a crash at the first measurement."""
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, f".lazymeter-write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"log_dir: cannot write to {log_dir!r} ({e.strerror or e}); pass a writable "
+            "directory, or log_dir=None to keep the history in memory only"
+        ) from None
 
 
 def _subsample(probe: Probe, k: int, seed: int) -> Probe:
@@ -238,6 +254,11 @@ class LazyMeter(nn.Module):
             raise ValueError(f"scalar_every: expected a positive int, got {scalar_every!r}")
         self.scalar_every = scalar_every
         net = unwrap(model)
+        if not any(p.requires_grad for p in net.parameters()):
+            raise ValueError(
+                "model: has no parameters with requires_grad=True, so there is nothing to "
+                "train or measure; unfreeze the parameters to be trained"
+            )
         self._distributed = distributed
         self._dist: Dist | None = make_dist(model, distributed, self._device())
         self.snapshot = _Snapshot(net)
@@ -296,6 +317,17 @@ class LazyMeter(nn.Module):
             if test is not None:
                 self.test_x, self.test_y = test
             self._num_classes = num_classes
+            labels = {"probe": probe[1], **({"test_probe": test[1]} if test else {})}
+            for name, py in labels.items():
+                t = _targets(py, num_classes)
+                if bool((t == t[:1]).all()):
+                    raise ValueError(
+                        f"{name}: the labels y have zero variance over the {len(py)} probe "
+                        "points, so kernel-target alignment is undefined; use a probe whose "
+                        "labels differ (for classes, several classes)"
+                    )
+            self._check_outputs(self.probe_x)
+            self._n_out = FunctionalModel(net, output_fn).num_outputs((self.probe_x,))
             if ntk_method == "auto":
                 # Resolved once: every measurement has the same shapes.
                 try:
@@ -309,11 +341,18 @@ class LazyMeter(nn.Module):
                     self._init_reference(base, base_test)
             if self._dist is not None and self._dist.strategy == "rank0":
                 self._receive_reference()
+            if self.K0 is not None and not bool((self.K0 != 0).any()):
+                raise ValueError(
+                    "model: its NTK on the probe is exactly zero at initialisation: the output "
+                    "does not depend differentiably on the trainable parameters (a round(), "
+                    "sign() or other zero-gradient op inside forward?)"
+                )
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self._jsonl = None
         if self._dist is not None and not self._dist.main:
             self.log_dir, writer = None, None  # one writer per run: rank 0
         if self.log_dir is not None:
+            _check_writable(self.log_dir)
             path = os.path.join(self.log_dir, "history.jsonl")
             if os.path.exists(path) and os.path.getsize(path) > 0:
                 # A new meter starts a new history; an earlier run's rows are kept aside
@@ -431,9 +470,61 @@ class LazyMeter(nn.Module):
         return tree_map(scale, out) if out0 is None else tree_map(scale, out, out0)
 
     # ------------------------------------------------------------------ measurements
-    def _measuring(self) -> Any:
+    @contextlib.contextmanager
+    def _measuring(self) -> Iterator[None]:
+        """Measure deterministically without a trace: the RNG is forked, and dropout layers
+        are switched off (kernels of a random sub-network are noise) and restored after."""
         devices = [self._device()] if self._device().type == "cuda" else []
-        return torch.random.fork_rng(devices=devices)
+        active = [m for m in self._dropouts if m.training]
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for m in active:
+                    m.training = False
+                yield
+        finally:
+            for m in active:
+                m.training = True
+
+    def _check_outputs(self, x: Tensor) -> None:
+        """Clear errors at construction for a model whose output the NTK cannot use."""
+        net = self.net
+        state = {
+            **dict(net.named_parameters()),
+            **{k: b.clone() for k, b in net.named_buffers()},  # BatchNorm stats untouched
+        }
+        shapes = []
+        with self._measuring(), torch.no_grad():
+            for n in (2, 3):
+                out = self._reduce(functional_call(net, state, (x[:n],)))
+                if not isinstance(out, Tensor):
+                    raise TypeError(
+                        f"model: returned {type(out).__name__}, not a Tensor; pass output_fn "
+                        "that picks the tensor to measure (e.g. output_fn=lambda o: o['logits'])"
+                    )
+                if not out.is_floating_point():
+                    raise TypeError(
+                        f"model: returned a {out.dtype} tensor; the NTK needs a floating-point "
+                        "output (an argmax or round in forward? return the logits)"
+                    )
+                if out.dim() == 0 or out.shape[0] != n:
+                    raise ValueError(
+                        f"model: the output must keep the batch dimension first; got shape "
+                        f"{tuple(out.shape)} for {n} samples (use output_fn to reduce it)"
+                    )
+                if not bool(torch.isfinite(out).all()):
+                    raise ValueError("model: the initial output on the probe has NaN or Inf")
+                shapes.append(tuple(out.shape[1:]))
+            with torch.enable_grad():
+                if not self._reduce(functional_call(net, state, (x[:2],))).requires_grad:
+                    raise ValueError(
+                        "model: its output does not depend differentiably on the trainable "
+                        "parameters (a detach() or torch.no_grad() inside forward?)"
+                    )
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"model: the per-sample output shape depends on the batch ({shapes[0]} for 2 "
+                f"samples, {shapes[1]} for 3); the NTK needs per-sample outputs"
+            )
 
     def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
         net, kw = self.net, {"output_fn": self.output_fn, **self.ntk_kwargs}
@@ -482,7 +573,9 @@ class LazyMeter(nn.Module):
             self._features0 = self._activations(self.probe_x)
         try:
             self.K0 = self._ntk(self.probe_x)
-        except ValueError as e:
+            if not bool((self.K0 != 0).any()):
+                return  # rejected by the constructor, on every rank (after sharing)
+        except (ValueError, RuntimeError, NotImplementedError) as e:
             # E.g. BatchNorm in training mode: no per-sample NTK. Training must go on.
             self._warned.add("ntk")
             warnings.warn(
@@ -528,6 +621,12 @@ class LazyMeter(nn.Module):
     def _kernel_metrics(self) -> dict[str, float]:
         if self.K0 is None:
             raise RuntimeError("no initial NTK K0 (it could not be computed at construction)")
+        n_out = FunctionalModel(self.net, self.output_fn).num_outputs((self.probe_x,))
+        if n_out != self._n_out:
+            raise ValueError(
+                f"model: outputs per sample changed from {self._n_out} at construction to "
+                f"{n_out}; its kernels are no longer comparable to K0"
+            )
         K = self._ntk(self.probe_x)
         out = {"ntk_drift": M.ntk_drift(K, self.K0), "ntk_cka": M.cka(K, self.K0)}
         out["alignment_train"] = M.kernel_alignment(
@@ -629,7 +728,17 @@ class LazyMeter(nn.Module):
         row.update(self.baseline)
         self.history.append(row)
         if self._jsonl is not None:
-            self._jsonl.write(row)
+            try:
+                self._jsonl.write(row)
+            except OSError as e:  # disk full, directory gone: the in-memory history goes on
+                if "jsonl" not in self._warned:
+                    self._warned.add("jsonl")
+                    warnings.warn(
+                        f"lazymeter: could not write {self._jsonl.path} ({e}); measurements "
+                        "are kept in meter.history (warned once)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         step = int(row["step"])
         self._tb.write(row, step, flush=False)
         if self._tb.enabled:
@@ -740,6 +849,9 @@ class LazyMeter(nn.Module):
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
+        if self._tb.writer_if_open is not None:
+            # A checkpoint is a promise that what came before it is on disk.
+            self._tb.writer_if_open.flush()
         return {
             "version": _STATE_VERSION,
             "alpha": self.alpha,

@@ -267,6 +267,11 @@ class TensorBoardSink:
             self._purge_step = step + 1
 
     @property
+    def writer_if_open(self) -> Any:
+        """The writer if one exists already (never creates one)."""
+        return self._writer
+
+    @property
     def writer(self) -> Any:
         if self._writer is None and self.enabled:
             try:
@@ -282,6 +287,8 @@ class TensorBoardSink:
                 self.enabled = False
                 return None
             self._writer = SummaryWriter(self.log_dir, purge_step=self._purge_step)
+            if self._purge_step is None:
+                self._mark_start()
         if self._writer is not None and not self._layout_done:
             self._layout_done = True
             try:
@@ -289,6 +296,18 @@ class TensorBoardSink:
             except Exception:  # noqa: BLE001 - a writer without layouts still takes scalars
                 pass
         return self._writer
+
+    def _mark_start(self) -> None:
+        """Record a session start at step 0 in a fresh writer's file. TensorBoard ignores
+        the first START of a run, so without it the purge a resumed writer records (after
+        a crash) would be ignored too, and the crashed run's later steps would show twice."""
+        try:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+            event = Event(step=0, session_log=SessionLog(status=SessionLog.START))
+            self._writer._get_file_writer().add_event(event)
+        except Exception:  # noqa: BLE001 - only a display nicety; scalars are unaffected
+            pass
 
     def write_text(self, tag: str, text: str, step: int) -> None:
         w = self.writer

@@ -189,6 +189,7 @@ def test_auto_picks_a_registered_engine():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("method", sorted(ENGINES))
 def test_cuda_kernel_matches_cpu_kernel(method):
     model, x1, x2, _ = ARCHITECTURES["mlp"]()

@@ -1,0 +1,116 @@
+"""Half-precision models: kernels are computed and accumulated in float32 (float64 on request)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import lazymeter as lm
+from lazymeter.ntk import kernel_dtype
+
+HALF = [torch.float16, torch.bfloat16]
+METHODS = ["jacobian", "ntvp", "structured"]
+
+
+def model_and_inputs(dtype: torch.dtype) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+    x = torch.randn(9, 5)
+    return model.to(dtype), x.to(dtype)
+
+
+def naive_ntk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """sum_o <dF_o(x_i)/dtheta, dF_o(x_j)/dtheta> by a loop over autograd.grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for xi in x:
+        out = model(xi[None])[0]
+        grads = [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(o, params, retain_graph=True)])
+            for o in out
+        ]
+        rows.append(torch.stack(grads))  # [O, n]
+    J = torch.stack(rows)  # [P, O, n]
+    return torch.einsum("ion,jon->ij", J, J)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_kernel_is_float32_and_equals_the_float32_evaluation(dtype, method):
+    model, x = model_and_inputs(dtype)
+    K = lm.empirical_ntk(model, x, method=method)
+    assert K.dtype == torch.float32
+    # The kernel of the model at its (half-precision) parameter values, in float32 arithmetic.
+    ref = naive_ntk(copy.deepcopy(model).float(), x.float())
+    torch.testing.assert_close(K, ref, rtol=1e-5, atol=1e-6)
+    assert model[0].weight.dtype == dtype  # the user's model is untouched
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_float64_kernel_on_request_equals_the_float64_evaluation(dtype, method):
+    model, x = model_and_inputs(dtype)
+    K = lm.empirical_ntk(model, x, method=method, dtype=torch.float64)
+    assert K.dtype == torch.float64
+    ref = naive_ntk(copy.deepcopy(model).double(), x.double())
+    torch.testing.assert_close(K, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cast_copy_follows_the_models_current_values_mode_and_frozen_flags():
+    model, x = model_and_inputs(torch.bfloat16)
+    K1 = lm.empirical_ntk(model, x, method="jacobian")
+    with torch.no_grad():
+        model[0].weight.mul_(2)
+    K2 = lm.empirical_ntk(model, x, method="jacobian")
+    assert not torch.equal(K1, K2)
+    model[0].requires_grad_(False)
+    K3 = lm.empirical_ntk(model, x, method="jacobian")
+    ref = naive_ntk(copy.deepcopy(model).float(), x.float())
+    torch.testing.assert_close(K3, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_dtype_rules_and_bad_dtype():
+    assert kernel_dtype(torch.float16) == torch.float32
+    assert kernel_dtype(torch.bfloat16) == torch.float32
+    assert kernel_dtype(torch.float32) == torch.float32
+    assert kernel_dtype(torch.float64) == torch.float64
+    assert kernel_dtype(torch.float16, torch.float64) == torch.float64
+    model, x = model_and_inputs(torch.float32)
+    with pytest.raises(TypeError, match="dtype: expected a floating torch.dtype"):
+        lm.empirical_ntk(model, x, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_meter_on_a_half_precision_model_measures_in_float32(dtype):
+    model, x = model_and_inputs(dtype)
+    y = torch.sin(x.float().sum(1, keepdim=True)).to(dtype)
+    meter = lm.LazyMeter(model, alpha=2.0, probe=(x, y), test_probe=(x, y), schedule=1)
+    assert meter.K0.dtype == torch.float32
+    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.1))
+    for _ in range(3):
+        loss = ((meter(x).float() - y.float()) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        meter.step(train_loss=loss.item())
+    row = meter.history[-1]
+    for k in ("ntk_drift", "ntk_cka", "alignment_train", "param_movement", "k0_test_mse"):
+        assert math.isfinite(row[k]), k
+    ref = naive_ntk(copy.deepcopy(model).float(), x.float())
+    K0 = meter.K0
+    drift = float((ref - K0).norm() / K0.norm())
+    assert math.isclose(row["ntk_drift"], drift, rel_tol=1e-4, abs_tol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+def test_meter_moves_cpu_probes_to_a_cuda_model_once():
+    model, x = model_and_inputs(torch.float32)
+    y = x.sum(1, keepdim=True)
+    meter = lm.LazyMeter(model.cuda(), probe=(x, y), test_probe=(x, y))
+    assert meter.probe_x.device.type == "cuda" and meter.K0.device.type == "cuda"
+    assert math.isfinite(meter.measure()["ntk_drift"])
