@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +22,7 @@ def kernel_regression(
         K_train: ``[P, P]`` symmetric PSD Gram matrix of the training inputs.
         y_train: ``[P]`` or ``[P, C]`` targets.
         K_test_train: ``[Q, P]`` kernel between test and training inputs.
-        ridge: non-negative ridge ``lambda``.
+        ridge: finite non-negative ridge ``lambda``.
 
     Returns:
         ``[Q]`` or ``[Q, C]`` predictions, in the promoted dtype of the inputs
@@ -28,15 +30,28 @@ def kernel_regression(
         (a singular or indefinite kernel, e.g. ``P`` larger than the parameter
         count with ``ridge=0``) it falls back to the minimum-norm least-squares
         solution (pseudo-inverse) with a ``RuntimeWarning``.
+
+    Raises:
+        TypeError: a non-tensor or complex input, a non-numeric ``ridge``.
+        ValueError: NaN/Inf entries, wrong shapes, ``P = 0``, a negative or infinite
+            ``ridge``, or predictions that overflow the output dtype (e.g. float16).
+            Integer/bool inputs are accepted (output in the default float dtype).
     """
     for name, t in (("K_train", K_train), ("y_train", y_train), ("K_test_train", K_test_train)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(
+                f"{name}: expected a torch.Tensor, got {type(t).__name__}; "
+                f"convert it with torch.as_tensor({name})"
+            )
+        if t.is_complex():
+            raise TypeError(f"{name}: complex tensors are not supported; pass {name}.real")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
     if K_train.dim() != 2 or K_train.shape[0] != K_train.shape[1]:
         raise ValueError(f"K_train: expected a square [P, P] matrix, got {tuple(K_train.shape)}")
     P = K_train.shape[0]
+    if P == 0:
+        raise ValueError("K_train: is empty (P = 0); pass at least one training sample")
     if y_train.dim() not in (1, 2) or y_train.shape[0] != P:
         raise ValueError(f"y_train: expected shape [{P}] or [{P}, C], got {tuple(y_train.shape)}")
     if K_test_train.dim() != 2 or K_test_train.shape[1] != P:
@@ -44,8 +59,13 @@ def kernel_regression(
             f"K_test_train: expected shape [Q, {P}] (test rows, train columns), "
             f"got {tuple(K_test_train.shape)}"
         )
-    if not ridge >= 0:
-        raise ValueError(f"ridge: expected a non-negative number, got {ridge}")
+    if isinstance(ridge, Tensor) and ridge.numel() == 1 and not ridge.is_complex():
+        ridge = float(ridge)
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real):
+        raise TypeError(f"ridge: expected a non-negative number, got {type(ridge).__name__}")
+    ridge = float(ridge)
+    if not 0 <= ridge < math.inf:
+        raise ValueError(f"ridge: expected a finite non-negative number, got {ridge}")
     out_dtype = torch.promote_types(
         torch.promote_types(K_train.dtype, y_train.dtype), K_test_train.dtype
     )
@@ -73,7 +93,13 @@ def kernel_regression(
         )
         coef = torch.linalg.pinv(A, hermitian=True) @ rhs
     pred = K_test_train.to(f64) @ coef
-    return (pred[:, 0] if y.dim() == 1 else pred).to(out_dtype)
+    out = (pred[:, 0] if y.dim() == 1 else pred).to(out_dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            f"K_train: the predictions overflow {out_dtype} (an ill-conditioned kernel or huge "
+            "targets); pass float64 tensors or a ridge > 0"
+        )
+    return out
 
 
 class Linearized(nn.Module):

@@ -3,14 +3,25 @@
 Notation (DESIGN.md section 3): ``H = I - 11^T/P`` the centring matrix,
 ``<A, B> = sum_ij A_ij B_ij``, ``||.||_F`` the Frobenius norm. Scalars are
 computed in float64 (inputs are promoted, never downcast) and returned as
-Python floats. A metric whose denominator is zero (a constant target, a zero
-kernel) is NaN with a ``RuntimeWarning``.
+Python floats.
+
+Input contract (the same for every function here): tensors must be real
+``torch.Tensor``s (a list or array is a ``TypeError``: wrap it with
+``torch.as_tensor``; a complex tensor is a ``TypeError``); integer, bool and
+half-precision tensors are accepted and computed in float64; NaN or Inf
+entries, an empty tensor or a wrong shape are a ``ValueError``. A metric
+whose formula is undefined (0/0: a constant target, a constant or zero
+kernel, a zero reference) raises a ``ValueError`` naming the argument; the
+:class:`~lazymeter.LazyMeter` records such a measurement as NaN with one
+warning, so training goes on. Every returned number is finite. Inputs are
+rescaled by a power of two (exact) before the norms, so entries near the
+float64 range neither overflow nor underflow.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+import numbers
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -23,15 +34,39 @@ Params = nn.Module | Mapping[str, Tensor] | Iterable[Tensor]
 _CENTERINGS = ("double", "rows", "none")
 
 
-def _as_tensor(x: object, name: str) -> Tensor:
+def _check_tensor(x: object, name: str) -> Tensor:
+    """``x`` itself if it is a real tensor; ``TypeError`` naming ``name`` otherwise."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    x = x.detach()
-    if not (x.is_floating_point() or x.is_complex()):
-        x = x.to(torch.float64)
+        raise TypeError(
+            f"{name}: expected a torch.Tensor, got {type(x).__name__}; "
+            f"convert it with torch.as_tensor({name})"
+        )
+    if x.is_complex():
+        raise TypeError(
+            f"{name}: complex tensors have no real-valued metric; pass {name}.real "
+            f"(or {name}.abs())"
+        )
+    return x
+
+
+def _check_finite(x: Tensor, name: str) -> None:
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf; a kernel or label with them has no metric")
-    return x.to(torch.promote_types(x.dtype, torch.float64))
+        raise ValueError(
+            f"{name}: contains NaN or Inf; a kernel, label or parameter with them has no metric "
+            "(check the model for divergence)"
+        )
+
+
+def _as_tensor(x: object, name: str) -> Tensor:
+    """Detached float64 copy (or view) of a finite real tensor."""
+    x = _check_tensor(x, name).detach().to(torch.float64)
+    _check_finite(x, name)
+    return x
+
+
+def _nonempty(x: Tensor, name: str, what: str) -> None:
+    if x.numel() == 0:
+        raise ValueError(f"{name}: is empty (shape {tuple(x.shape)}); pass {what}")
 
 
 def _square(K: object, name: str) -> Tensor:
@@ -42,6 +77,7 @@ def _square(K: object, name: str) -> Tensor:
             "for an untraced [P, P, O, O] NTK sum the output axes first "
             "(K.diagonal(0, 2, 3).sum(-1))"
         )
+    _nonempty(K, name, "a kernel over at least one sample")
     return K
 
 
@@ -55,7 +91,26 @@ def _labels(y: object, P: int, name: str) -> Tensor:
         raise ValueError(
             f"{name}: has {y.shape[0]} rows but the kernel is {P} x {P}; they must match"
         )
+    _nonempty(y, name, "at least one label column")
     return y
+
+
+def _exponent(*xs: Tensor) -> int:
+    """``e`` with ``max |x| < 2^e`` over all ``xs`` (0 if all are zero or empty)."""
+    m = max((float(x.abs().max()) for x in xs if x.numel()), default=0.0)
+    return math.frexp(m)[1] if m > 0 else 0
+
+
+def _times_pow2(x: Tensor, e: int) -> Tensor:
+    """``x * 2^e``, exact; in two half steps so that no factor overflows (e.g. ``2^1074``)."""
+    h = e // 2
+    return x * 2.0**h * 2.0 ** (e - h)
+
+
+def _unit(*xs: Tensor) -> tuple[Tensor, ...]:
+    """``xs`` divided by one common power of two (exact), so that ``max |x|`` is in [1/2, 1)."""
+    e = _exponent(*xs)
+    return tuple(_times_pow2(x, -e) for x in xs)
 
 
 _EPS = float(torch.finfo(torch.float64).eps)
@@ -68,80 +123,167 @@ def _negligible(centred: Tensor, raw: Tensor) -> bool:
     )
 
 
-def _ratio(num: Tensor, den: Tensor, what: str, degenerate: bool = False) -> float:
-    if degenerate or float(den) == 0.0:
-        warnings.warn(
-            f"{what} is undefined (zero norm); recorded as NaN", RuntimeWarning, stacklevel=3
-        )
-        return math.nan
-    return float(num / den)
+def _finite(value: Tensor | float, what: str) -> float:
+    out = float(value)
+    if not math.isfinite(out):  # defensive: the checks above should make this unreachable
+        raise ValueError(f"{what}: the result is {out}; rescale the inputs")
+    return out
+
+
+def _cosine(num: Tensor, den: Tensor, what: str) -> float:
+    """``num / den`` clipped to [-1, 1] (a cosine; only rounding can leave that interval)."""
+    if float(den) == 0.0:
+        raise ValueError(f"{what}: undefined (zero norm in the denominator)")
+    return min(1.0, max(-1.0, _finite(num / den, what)))
 
 
 def center_kernel(K: Tensor) -> Tensor:
-    """Double-centred kernel ``H K H`` (row and column means removed), ``[P, P]``."""
+    """Double-centred kernel ``H K H`` (row and column means removed), ``[P, P]``.
+
+    ``K`` is a real square tensor without NaN/Inf (``ValueError``/``TypeError``
+    otherwise). The result has ``K``'s dtype, except that half-precision inputs give
+    float32 and integer/bool inputs float64; it stays differentiable in ``K``.
+    """
+    K = _check_tensor(K, "K")
+    if K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"K: expected a square [P, P] Gram matrix, got shape {tuple(K.shape)}")
+    _nonempty(K, "K", "a kernel over at least one sample")
+    if not K.is_floating_point():
+        K = K.to(torch.float64)
+    elif K.dtype in (torch.float16, torch.bfloat16):
+        K = K.to(torch.float32)
+    _check_finite(K, "K")
+    # Centre K / 2^e (exact) and scale back: the means cannot overflow.
+    e = _exponent(K.detach())
+    U = _times_pow2(K, -e)
+    Kc = _times_pow2(U - U.mean(0, keepdim=True) - U.mean(1, keepdim=True) + U.mean(), e)
+    if not bool(torch.isfinite(Kc).all()):
+        raise ValueError(
+            f"K: the centred kernel overflows {K.dtype} (entries near its largest value); "
+            "pass K.double()"
+        )
+    return Kc
+
+
+def _centre(K: Tensor) -> Tensor:
     return K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()
+
+
+def _constant_kernel(name: str, metric: str, what: str = "H K H") -> str:
+    return (
+        f"{name}: the centred kernel {what} is zero (a constant kernel, or a single sample), "
+        f"so {metric} is undefined (0/0); pass a kernel that varies across at least 2 samples"
+    )
 
 
 def kernel_alignment(K: Tensor, y: Tensor, centering: str = "double") -> float:
     """Kernel-target alignment of ``K [P, P]`` with labels ``y [P]`` or ``[P, C]``.
 
     * ``"double"`` (centred KTA, Cortes et al. 2012; equals ``cka(K, y y^T)``):
-      ``<HKH, H y y^T H> / (||HKH||_F ||H y y^T H||_F)``, in [0, 1].
+      ``<HKH, H y y^T H> / (||HKH||_F ||H y y^T H||_F)``, in [0, 1] for a PSD ``K``.
     * ``"rows"`` (the paper's code): ``Kc = K - mean_rows(K)``, ``yc = y - mean(y)``,
       ``<Kc, yc yc^T> / (||Kc||_F ||yc^T yc||_F)`` (for ``C = 1`` the last norm is
       ``||yc||^2``).
     * ``"none"``: ``<K, y y^T> / (||K||_F ||y y^T||_F)``.
 
-    Invariant to scaling ``K`` and ``y`` by positive constants. Never forms
-    ``y y^T``: ``<A, y y^T> = tr(y^T A y)`` and ``||y y^T||_F = ||y^T y||_F``.
+    Always in [-1, 1] (a cosine). Invariant to scaling ``K`` and ``y`` by positive
+    constants. Never forms ``y y^T``: ``<A, y y^T> = tr(y^T A y)`` and
+    ``||y y^T||_F = ||y^T y||_F``.
+
+    Undefined, hence a ``ValueError`` naming the argument: a kernel whose centred form
+    is zero (a constant kernel, ``P = 1``; for ``"none"`` the zero kernel) and labels
+    with zero variance (constant labels, ``P = 1``; for ``"none"`` all-zero labels).
     """
+    if not isinstance(centering, str):
+        raise TypeError(f"centering: expected one of {_CENTERINGS}, got {type(centering).__name__}")
     if centering not in _CENTERINGS:
         raise ValueError(f"centering: expected one of {_CENTERINGS}, got {centering!r}")
     K = _square(K, "K")
     Y = _labels(y, K.shape[0], "y")
+    (K,), (Y,) = _unit(K), _unit(Y)
     if centering == "double":
-        Kc, Yc = center_kernel(K), Y - Y.mean(0)
+        Kc, Yc = _centre(K), Y - Y.mean(0)
     elif centering == "rows":
         Kc, Yc = K - K.mean(0, keepdim=True), Y - Y.mean(0)
     else:
         Kc, Yc = K, Y
+    if _negligible(Kc, K):
+        if centering == "none":
+            raise ValueError(
+                "K: is zero, so kernel_alignment is undefined (0/0); pass a non-zero kernel"
+            )
+        what = "H K H" if centering == "double" else "K - mean_rows(K)"
+        raise ValueError(_constant_kernel("K", "kernel_alignment", what))
+    if _negligible(Yc, Y):
+        if centering == "none":
+            raise ValueError(
+                "y: is all zeros, so kernel_alignment is undefined (0/0); pass non-zero labels"
+            )
+        raise ValueError(
+            "y: has zero variance (constant labels, or a single sample), so the centred "
+            "kernel_alignment is undefined (0/0); pass labels that vary across samples "
+            "(or centering='none')"
+        )
     num = (Yc * (Kc @ Yc)).sum()
     den = torch.linalg.matrix_norm(Kc) * torch.linalg.matrix_norm(Yc.T @ Yc)
-    return _ratio(num, den, "kernel_alignment", _negligible(Kc, K) or _negligible(Yc, Y))
+    return _cosine(num, den, "kernel_alignment")
 
 
 def cka(K1: Tensor, K2: Tensor) -> float:
     """Centred kernel alignment of two Gram matrices ``[P, P]``.
 
     ``cka(K1, K2) = <HK1H, HK2H> / (||HK1H||_F ||HK2H||_F)``; symmetric, in
-    [0, 1] for PSD kernels, 1 when ``K1 = c K2`` (``c > 0``).
+    [-1, 1] (in [0, 1] for PSD kernels), 1 when ``K1 = c K2`` (``c > 0``).
+    Undefined when a centred kernel is zero (a constant kernel, ``P = 1``):
+    ``ValueError`` naming ``K1`` or ``K2``.
     """
     K1, K2 = _square(K1, "K1"), _square(K2, "K2")
     if K1.shape != K2.shape:
-        raise ValueError(f"K2: shape {tuple(K2.shape)} differs from K1's {tuple(K1.shape)}")
-    A, B = center_kernel(K1), center_kernel(K2)
+        raise ValueError(
+            f"K2: shape {tuple(K2.shape)} differs from K1's {tuple(K1.shape)}; both kernels "
+            "must be over the same samples"
+        )
+    (K1,), (K2,) = _unit(K1), _unit(K2)
+    A, B = _centre(K1), _centre(K2)
+    for name, C, K in (("K1", A, K1), ("K2", B, K2)):
+        if _negligible(C, K):
+            raise ValueError(_constant_kernel(name, "cka", f"H {name} H"))
     den = torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)
-    return _ratio((A * B).sum(), den, "cka", _negligible(A, K1) or _negligible(B, K2))
+    return _cosine((A * B).sum(), den, "cka")
 
 
 def linear_cka(X1: Tensor, X2: Tensor) -> float:
     """Linear CKA of feature matrices ``X1 [P, d1]`` and ``X2 [P, d2]``.
 
     ``linear_cka(X1, X2) = cka(X1 X1^T, X2 X2^T)
-    = ||X1c^T X2c||_F^2 / (||X1c^T X1c||_F ||X2c^T X2c||_F)`` with ``Xc = H X``.
+    = ||X1c^T X2c||_F^2 / (||X1c^T X1c||_F ||X2c^T X2c||_F)`` with ``Xc = H X``, in [0, 1].
     Uses the feature-space form (``d x d`` matrices) when it is cheaper than
     the ``P x P`` Gram form. Trailing dimensions beyond the first are flattened.
+    Undefined when a centred feature matrix is zero (features constant across samples,
+    ``P = 1``): ``ValueError`` naming ``X1`` or ``X2``.
     """
     X1, X2 = _as_tensor(X1, "X1"), _as_tensor(X2, "X2")
     for name, X in (("X1", X1), ("X2", X2)):
         if X.dim() < 2:
-            raise ValueError(f"{name}: expected features of shape [P, d], got {tuple(X.shape)}")
+            raise ValueError(
+                f"{name}: expected features of shape [P, d], got {tuple(X.shape)}; for one "
+                f"feature per sample pass {name}[:, None]"
+            )
     if X1.shape[0] != X2.shape[0]:
         raise ValueError(f"X2: has {X2.shape[0]} samples but X1 has {X1.shape[0]}; they must match")
+    for name, X in (("X1", X1), ("X2", X2)):
+        _nonempty(X, name, "features of at least one sample and one dimension")
     X1, X2 = X1.flatten(1), X2.flatten(1)
+    (X1,), (X2,) = _unit(X1), _unit(X2)
     P, d1, d2 = X1.shape[0], X1.shape[1], X2.shape[1]
     A, B = X1 - X1.mean(0), X2 - X2.mean(0)
-    degenerate = _negligible(A, X1) or _negligible(B, X2)
+    for name, C, X in (("X1", A, X1), ("X2", B, X2)):
+        if _negligible(C, X):
+            raise ValueError(
+                f"{name}: the centred features are zero (every feature is constant across "
+                "samples, or a single sample), so linear_cka is undefined (0/0); pass features "
+                "that vary across at least 2 samples"
+            )
     if d1 * d2 + d1 * d1 + d2 * d2 <= P * (d1 + d2 + P):
         num = torch.linalg.matrix_norm(A.T @ B) ** 2
         den = torch.linalg.matrix_norm(A.T @ A) * torch.linalg.matrix_norm(B.T @ B)
@@ -150,33 +292,60 @@ def linear_cka(X1: Tensor, X2: Tensor) -> float:
         GA, GB = A @ A.T, B @ B.T
         num = (GA * GB).sum()
         den = torch.linalg.matrix_norm(GA) * torch.linalg.matrix_norm(GB)
-    return _ratio(num, den, "linear_cka", degenerate)
+    return _cosine(num, den, "linear_cka")
 
 
 def ntk_drift(K: Tensor, K0: Tensor) -> float:
-    """Relative kernel change ``||K - K0||_F / ||K0||_F`` (any equal shapes, e.g. untraced)."""
+    """Relative kernel change ``||K - K0||_F / ||K0||_F`` (any equal shapes, e.g. untraced).
+
+    ``>= 0``; undefined for a zero ``K0`` (``ValueError`` naming ``K0``).
+    """
     K, K0 = _as_tensor(K, "K"), _as_tensor(K0, "K0")
     if K.shape != K0.shape:
-        raise ValueError(f"K: shape {tuple(K.shape)} differs from K0's {tuple(K0.shape)}")
-    return _ratio(torch.linalg.vector_norm(K - K0), torch.linalg.vector_norm(K0), "ntk_drift")
+        raise ValueError(
+            f"K: shape {tuple(K.shape)} differs from K0's {tuple(K0.shape)}; both must be "
+            "measured on the same probe inputs"
+        )
+    _nonempty(K0, "K0", "a kernel over at least one sample")
+    K, K0 = _unit(K, K0)
+    den = torch.linalg.vector_norm(K0)
+    if float(den) == 0.0:
+        raise ValueError(
+            "K0: is zero (or negligible next to K), so the drift relative to it is undefined; "
+            "pass a non-zero initial kernel"
+        )
+    return _finite(torch.linalg.vector_norm(K - K0) / den, "ntk_drift")
 
 
-def _named(p: Params, name: str) -> dict[str, Tensor]:
+def _named(p: object, name: str) -> dict[str, Tensor]:
     if isinstance(p, nn.Module):
         out = dict(p.named_parameters())
     elif isinstance(p, Mapping):
         out = dict(p)
     elif isinstance(p, Tensor):
         out = {"0": p}
-    else:
+    elif isinstance(p, Iterable) and not isinstance(p, (str, bytes)):
         out = {str(i): t for i, t in enumerate(p)}
+    else:
+        raise TypeError(
+            f"{name}: expected a module, a dict of tensors or an iterable of tensors, "
+            f"got {type(p).__name__}"
+        )
     if not out or not all(isinstance(t, Tensor) for t in out.values()):
-        raise TypeError(f"{name}: expected a module, a dict of tensors or tensors, got none usable")
+        raise TypeError(
+            f"{name}: expected a module, a dict of tensors or tensors, got none usable "
+            f"({'empty' if not out else 'an entry that is not a torch.Tensor'})"
+        )
     return out
 
 
-def _flat(tensors: Iterable[Tensor]) -> Tensor:
-    return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+def _flat(tensors: Iterable[Tensor], name: str) -> Tensor:
+    tensors = [_check_tensor(t, name).detach() for t in tensors]
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+    _check_finite(flat, name)
+    return flat
 
 
 def parameter_movement(theta: Params, theta0: Params) -> float:
@@ -185,6 +354,8 @@ def parameter_movement(theta: Params, theta0: Params) -> float:
     ``theta`` is a module (its parameters with ``requires_grad=True``), a dict
     or a list of tensors; ``theta0`` supplies the same entries by name (e.g. a
     frozen copy of the module, or a ``state_dict``) or, failing that, by position.
+    ``>= 0``. Undefined (``ValueError``) for an all-zero ``theta0``, for no trainable
+    entries, and for NaN/Inf parameters.
     """
     now = _named(theta, "theta")
     if isinstance(theta, nn.Module):
@@ -199,48 +370,87 @@ def parameter_movement(theta: Params, theta0: Params) -> float:
             f"theta0: has {len(ref)} tensors named differently from theta's {len(now)}; pass "
             "a copy of the same model (or its state_dict)"
         )
-    a, b = _flat(now.values()), _flat(ref_list)
+    a, b = _flat(now.values(), "theta"), _flat(ref_list, "theta0")
     if a.shape != b.shape:
         raise ValueError(
             f"theta: has {a.numel()} entries but theta0 has {b.numel()}; they must match"
         )
-    diff = torch.linalg.vector_norm(a - b.to(a.device))
-    return _ratio(diff, torch.linalg.vector_norm(b), "parameter_movement")
+    if a.numel() == 0:
+        raise ValueError("theta: has no (trainable) entries; pass a model with parameters")
+    a, b = _unit(a, b.to(a.device))
+    den = torch.linalg.vector_norm(b)
+    if float(den) == 0.0:
+        raise ValueError(
+            "theta0: is all zeros (or negligible next to theta), so the movement relative to "
+            "it is undefined; compare weight_norm(theta) instead"
+        )
+    return _finite(torch.linalg.vector_norm(a - b) / den, "parameter_movement")
 
 
 def weight_norm(theta: Params) -> float:
-    """Euclidean norm ``||theta||`` of all entries (a module: its trainable parameters)."""
+    """Euclidean norm ``||theta||`` of all entries (a module: its trainable parameters).
+
+    0.0 for a module without trainable parameters; ``ValueError`` for NaN/Inf entries.
+    """
     named = _named(theta, "theta")
     if isinstance(theta, nn.Module):
         named = {k: v for k, v in named.items() if v.requires_grad}
-    return float(torch.linalg.vector_norm(_flat(named.values()))) if named else 0.0
+    x = _flat(named.values(), "theta")
+    e = _exponent(x)
+    norm = _times_pow2(torch.linalg.vector_norm(_times_pow2(x, -e)), e)
+    return _finite(norm, "theta: the norm overflows float64")
 
 
 def symmetric_eigvals(K: Tensor) -> Tensor:
-    """Ascending eigenvalues of a symmetric matrix (``torch.linalg.eigvalsh``).
+    """Ascending eigenvalues of a symmetric matrix ``[..., P, P]`` (``torch.linalg.eigvalsh``).
+
+    Only the lower triangle is read. The result has ``K``'s dtype, except that
+    half-precision inputs are solved in float32 and integer/bool inputs in float64.
+    NaN/Inf entries, a non-square ``K`` or a solver failure give a ``ValueError``.
 
     Small matrices (P <= 1024) on the CPU are solved on one thread: multi-threaded LAPACK
     gains nothing there and, on a loaded machine, its thread hand-offs turned a 100 x 100
     solve from ~3 ms into ~0.6 s. The thread count is restored afterwards.
     """
+    K = _check_tensor(K, "K")
+    if K.dim() < 2 or K.shape[-1] != K.shape[-2]:
+        raise ValueError(f"K: expected a square [..., P, P] matrix, got shape {tuple(K.shape)}")
+    if not K.is_floating_point():
+        K = K.to(torch.float64)
+    elif K.dtype in (torch.float16, torch.bfloat16):
+        K = K.to(torch.float32)
+    _check_finite(K, "K")
     small_cpu = K.device.type == "cpu" and K.shape[-1] <= 1024
-    with torch_threads(1 if small_cpu else None):
-        return torch.linalg.eigvalsh(K)
+    try:
+        with torch_threads(1 if small_cpu else None):
+            lam = torch.linalg.eigvalsh(K)
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(
+            f"K: the symmetric eigensolver did not converge ({err}); pass K.double()"
+        ) from None
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(f"K: its eigenvalues overflow {K.dtype}; pass K.double()")
+    return lam
 
 
 def kernel_spectrum(K: Tensor, k: int = 5) -> dict[str, float]:
-    """Eigen-summary of a symmetric kernel ``[P, P]``.
+    """Eigen-summary of a symmetric kernel ``[P, P]`` (symmetrised as ``(K + K^T) / 2``).
 
     Returns ``{"trace", "effective_rank", "eig_1", ..., "eig_k"}`` with
-    eigenvalues in descending order and effective rank
-    ``(sum lambda)^2 / sum lambda^2`` (1 for rank one, P for a multiple of I).
+    eigenvalues in descending order (``min(k, P)`` of them) and effective rank
+    ``(sum lambda)^2 / sum lambda^2`` (1 for rank one, P for a multiple of I, 0 for
+    the zero kernel). ``k`` is a positive int (``TypeError``/``ValueError`` otherwise).
     """
     K = _square(K, "K")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k: expected an int number of eigenvalues, got {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k: expected a positive number of eigenvalues, got {k}")
     lam = symmetric_eigvals((K + K.T) / 2).flip(0)
-    out = {"trace": float(lam.sum())}
-    out["effective_rank"] = _ratio(lam.sum() ** 2, (lam**2).sum(), "effective_rank")
-    for i in range(min(k, lam.numel())):
+    out = {"trace": _finite(lam.sum(), "K: its trace overflows float64")}
+    (u,) = _unit(lam)  # effective rank is scale-free: no overflow in lambda^2
+    s2 = (u**2).sum()
+    out["effective_rank"] = _finite(u.sum() ** 2 / s2, "effective_rank") if s2 > 0 else 0.0
+    for i in range(min(int(k), lam.numel())):
         out[f"eig_{i + 1}"] = float(lam[i])
     return out

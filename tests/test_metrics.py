@@ -472,10 +472,9 @@ def test_parameter_functions_reject_containers_without_tensors():
         lm.parameter_movement([t([1.0])], [1.0, 2.0])
 
 
-def test_parameter_movement_from_zero_initialisation_is_nan_with_warning():
-    with pytest.warns(RuntimeWarning, match="parameter_movement"):
-        out = lm.parameter_movement([t([1.0, 2.0])], [t([0.0, 0.0])])
-    assert math.isnan(out)
+def test_parameter_movement_from_zero_initialisation_is_undefined():
+    with pytest.raises(ValueError, match=r"^theta0:.*zeros"):
+        lm.parameter_movement([t([1.0, 2.0])], [t([0.0, 0.0])])
 
 
 # --------------------------------------------------------------------------- kernel_spectrum
@@ -525,10 +524,9 @@ def test_effective_rank_of_rank_one_matrix_is_one():
     assert out["trace"] == pytest.approx(25.0)
 
 
-def test_kernel_spectrum_of_zero_kernel_has_nan_effective_rank_with_warning():
-    with pytest.warns(RuntimeWarning, match="effective_rank"):
-        out = lm.kernel_spectrum(torch.zeros(3, 3, dtype=torch.float64))
-    assert math.isnan(out["effective_rank"])
+def test_kernel_spectrum_of_zero_kernel_has_zero_effective_rank():
+    out = lm.kernel_spectrum(torch.zeros(3, 3, dtype=torch.float64))
+    assert out["effective_rank"] == 0.0  # the rank of the zero matrix
     assert out["trace"] == 0.0
 
 
@@ -633,65 +631,57 @@ def test_kernel_spectrum_rejects_non_square_kernel():
 
 
 @pytest.mark.parametrize("centering", ["double", "rows"])
-def test_alignment_with_constant_labels_is_nan_with_warning(centering):
+def test_alignment_with_constant_labels_is_undefined(centering):
     y = torch.full((6,), 3.0, dtype=torch.float64)
     K = t(random_psd(np.random.default_rng(18), 6, 3))
-    with pytest.warns(RuntimeWarning, match="kernel_alignment"):
-        out = lm.kernel_alignment(K, y, centering)
-    assert math.isnan(out)
+    with pytest.raises(ValueError, match=r"^y:.*zero variance"):
+        lm.kernel_alignment(K, y, centering)
 
 
 @pytest.mark.parametrize("centering", ["double", "rows"])
-def test_alignment_with_constant_non_dyadic_labels_is_nan_with_warning(centering):
+def test_alignment_with_constant_non_dyadic_labels_is_undefined(centering):
     # A constant target is constant whatever its value: 0.1 * ones(7) has mean 0.1 up to
-    # one rounding, so y - mean(y) is rounding noise (~1e-17), not a signal. DESIGN.md
-    # section 5 asks for NaN with a warning, as for any other constant target.
+    # one rounding, so y - mean(y) is rounding noise (~1e-17), not a signal. The function
+    # raises ValueError as for any other constant target (the meter records NaN).
     y = torch.full((7,), 0.1, dtype=torch.float64)
     K = t(random_psd(np.random.default_rng(19), 7, 3))
-    with pytest.warns(RuntimeWarning, match="kernel_alignment"):
-        out = lm.kernel_alignment(K, y, centering)
-    assert math.isnan(out)
+    with pytest.raises(ValueError, match=r"^y:"):
+        lm.kernel_alignment(K, y, centering)
 
 
-def test_cka_with_constant_non_dyadic_kernel_is_nan_with_warning():
+def test_cka_with_constant_non_dyadic_kernel_is_undefined():
     # Same contract as above for a kernel: H (0.1 * 11^T) H = 0 exactly, so CKA is undefined.
     K1 = t(random_psd(np.random.default_rng(21), 6, 3))
-    with pytest.warns(RuntimeWarning, match="cka"):
-        out = lm.cka(K1, torch.full((6, 6), 0.1, dtype=torch.float64))
-    assert math.isnan(out)
+    with pytest.raises(ValueError, match=r"^K2:.*cka is undefined"):
+        lm.cka(K1, torch.full((6, 6), 0.1, dtype=torch.float64))
 
 
-def test_uncentred_alignment_with_zero_labels_is_nan_with_warning():
-    with pytest.warns(RuntimeWarning, match="kernel_alignment"):
-        out = lm.kernel_alignment(torch.eye(4, dtype=torch.float64), torch.zeros(4), "none")
-    assert math.isnan(out)
+def test_uncentred_alignment_with_zero_labels_is_undefined():
+    with pytest.raises(ValueError, match=r"^y:.*zeros"):
+        lm.kernel_alignment(torch.eye(4, dtype=torch.float64), torch.zeros(4), "none")
 
 
-def test_alignment_with_constant_kernel_is_nan_with_warning():
-    with pytest.warns(RuntimeWarning, match="kernel_alignment"):
-        out = lm.kernel_alignment(torch.ones(4, 4, dtype=torch.float64), t([1.0, 2.0, 0.0, 5.0]))
-    assert math.isnan(out)
+def test_alignment_with_constant_kernel_is_undefined():
+    with pytest.raises(ValueError, match=r"^K:.*kernel_alignment is undefined"):
+        lm.kernel_alignment(torch.ones(4, 4, dtype=torch.float64), t([1.0, 2.0, 0.0, 5.0]))
 
 
-def test_cka_with_constant_kernel_is_nan_with_warning():
-    with pytest.warns(RuntimeWarning, match="cka"):
-        out = lm.cka(torch.eye(4, dtype=torch.float64), torch.full((4, 4), 2.0))
-    assert math.isnan(out)
+def test_cka_with_constant_kernel_is_undefined():
+    with pytest.raises(ValueError, match=r"^K2:"):
+        lm.cka(torch.eye(4, dtype=torch.float64), torch.full((4, 4), 2.0))
 
 
 @pytest.mark.parametrize("P", [20, 3])  # both computation regimes
-def test_linear_cka_with_constant_features_is_nan_with_warning(P):
+def test_linear_cka_with_constant_features_is_undefined(P):
     X1 = t(np.arange(float(P * 4)).reshape(P, 4))
     X2 = torch.full((P, 4), 2.0, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning):
-        out = lm.linear_cka(X1, X2)
-    assert math.isnan(out)
+    with pytest.raises(ValueError, match=r"^X2:.*constant"):
+        lm.linear_cka(X1, X2)
 
 
-def test_ntk_drift_from_zero_kernel_is_nan_with_warning():
-    with pytest.warns(RuntimeWarning, match="ntk_drift"):
-        out = lm.ntk_drift(torch.eye(3, dtype=torch.float64), torch.zeros(3, 3))
-    assert math.isnan(out)
+def test_ntk_drift_from_zero_kernel_is_undefined():
+    with pytest.raises(ValueError, match=r"^K0:.*zero"):
+        lm.ntk_drift(torch.eye(3, dtype=torch.float64), torch.zeros(3, 3))
 
 
 def test_well_defined_metrics_do_not_warn():
