@@ -64,6 +64,7 @@ def blocked_kernel(
     col_fn: Callable[[tuple[Tensor, ...]], Any],
     pair_fn: Callable[[Any, Any], Tensor],
     cache_cols: bool | Callable[[Any], bool],
+    panel: int | Callable[[Any], int] = 1,
 ) -> Tensor:
     """Fill ``K`` block by block: ``K[rows_i, cols_j] = pair_fn(row_fn(x1_i), col_fn(x2_j))``.
 
@@ -71,6 +72,13 @@ def blocked_kernel(
     the rest mirrored and the diagonal blocks symmetrised, so that ``K == K^T`` exactly
     (``K[i,j,o,q] == K[j,i,q,o]`` untraced). ``row_fn`` and ``col_fn`` may
     return the same kind of object (then a diagonal block reuses it).
+
+    Memory: ``cache_cols`` (or its verdict on the first row block's features) keeps every
+    column block's features; otherwise ``panel`` row blocks (a number, or a function of
+    the first row block's features) are held at once and each column block is computed
+    once per panel and dropped, so column work is repeated ``ceil(row blocks / panel)``
+    times instead of once per row block. Each block is the same ``pair_fn`` of the same
+    slices either way, so the result does not depend on ``panel``.
     """
     symmetric = x2 is None
     xc = x1 if symmetric else x2
@@ -85,34 +93,46 @@ def blocked_kernel(
     K = torch.zeros(shape, dtype=like.dtype, device=like.device)
     rows, cols = _blocks(n1, chunk_size), _blocks(n2, chunk_size)
     cache: dict[int, Any] = {}
-    decided = isinstance(cache_cols, bool)
+    shared = symmetric and row_fn is col_fn  # a row block's features serve as its column's
 
-    def col(j: int) -> Any:
-        if j in cache:
-            return cache[j]
-        c = col_fn(slice_inputs(xc, *cols[j]))
-        if cache_cols:
-            cache[j] = c
-        return c
+    def put(i: int, j: int, r: Any, c: Any) -> None:
+        (a0, a1), (b0, b1) = rows[i], cols[j]
+        blk = pair_fn(r, c)
+        if symmetric and j == i:
+            # Off-diagonal blocks are mirrored exactly; only these need symmetrising.
+            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
+        K[a0:a1, b0:b1] = blk
+        if symmetric and j > i:
+            K[b0:b1, a0:a1] = blk.transpose(0, 1) if trace else blk.permute(1, 0, 3, 2)
 
-    for i, (a0, a1) in enumerate(rows):
-        r = row_fn(slice_inputs(x1, a0, a1))
-        if not decided:  # decided from the first block's features
-            cache_cols, decided = bool(cache_cols(r)), True  # type: ignore[operator]
-        if symmetric and row_fn is col_fn and cache_cols:
-            cache[i] = r
-        for j, (b0, b1) in enumerate(cols):
-            if symmetric and j < i:
-                continue
-            c = r if (symmetric and j == i and row_fn is col_fn) else col(j)
-            blk = pair_fn(r, c)
-            if symmetric and j == i:
-                # Off-diagonal blocks are mirrored exactly; only these need symmetrising.
-                blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
-            K[a0:a1, b0:b1] = blk
-            if symmetric and j > i:
-                K[b0:b1, a0:a1] = blk.transpose(0, 1) if trace else blk.permute(1, 0, 3, 2)
-        del r
+    first = row_fn(slice_inputs(x1, *rows[0]))
+    if not isinstance(cache_cols, bool):  # decided from the first block's features
+        cache_cols = bool(cache_cols(first))
+    if not isinstance(panel, int):
+        panel = int(panel(first))
+    panel = max(1, min(int(panel), len(rows)))
+
+    for g0 in range(0, len(rows), panel):
+        held: dict[int, Any] = {}
+        for i in range(g0, min(g0 + panel, len(rows))):
+            held[i] = first if i == 0 else row_fn(slice_inputs(x1, *rows[i]))
+            if shared and cache_cols:
+                cache[i] = held[i]
+        first = None
+        for j in range(g0 if symmetric else 0, len(cols)):
+            if shared and j in held:
+                c = held[j]
+            elif j in cache:
+                c = cache[j]
+            else:
+                c = col_fn(slice_inputs(xc, *cols[j]))
+                if cache_cols:
+                    cache[j] = c
+            for i, r in held.items():
+                if not (symmetric and j < i):
+                    put(i, j, r, c)
+            del c
+        del held
     return K
 
 

@@ -524,12 +524,22 @@ def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
         return chosen, gen
 
     n_cols = num_samples(x1 if x2 is None else x2)
+    n_blocks = math.ceil(n_cols / chunk_size)
+
+    def work() -> int:
+        # Transient work of one block (its row and column features, their production, the
+        # pair products) as the plan counts it; features kept across blocks come on top.
+        return _block_work(fm, x1, n_out=n_out, trace=trace, c=chunk_size)
 
     def cache_all(first: Any) -> bool:
-        # Keep every column block's features when all of them fit in the budget (the
-        # planned block size leaves room for one block's transient work besides).
-        per_block = _feature_bytes(first)
-        return per_block * math.ceil(n_cols / chunk_size) <= budget
+        # Keep every column block's features when all of them fit beside one block's work.
+        return _feature_bytes(first) * n_blocks + work() <= budget
+
+    def panel(first: Any) -> int:
+        # Otherwise hold, besides the one row block that work() counts, as many more row
+        # blocks as fit the rest of the budget: each column block is then computed once
+        # per panel of row blocks instead of once per row block.
+        return 1 + max(0, (budget - work()) // max(_feature_bytes(first), 1))
 
     return blocked_kernel(
         x1,
@@ -542,6 +552,7 @@ def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
         col_fn=rows,
         pair_fn=lambda a, b: _pair(a[0], b[0], (a[1], b[1]), trace),
         cache_cols=cache_all,
+        panel=panel,
     )
 
 
@@ -575,29 +586,70 @@ def _plan_chunk(fm, xs, *, n_out, trace, budget, n_samples):
     return c
 
 
-def _plan(fm, xs, *, n_out, trace, budget, n_samples):
+_COSTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _costs(fm, xs, *, n_out, trace) -> tuple[int, int, int]:
+    """``(features, work, pair)`` bytes from the features of one sample: the features a
+    block keeps per sample, the transient work per sample of producing them (generic
+    Jacobians, ``O`` copies of the activations), and the pair intermediates per pair of
+    samples. Remembered per model and input signature."""
+    key = (_signature(fm, xs, trace), trace, n_out)
+    known = _COSTS.get(fm.model, {}).get(key)
+    if known is not None:
+        return known
     covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
     forms, out = _capture(fm, slice_inputs(xs, 0, 1), covered, n_out)
     del out
     itemsize = fm.dtype.itemsize
     o2 = 1 if trace else n_out**2
-    per_sample = 3 * n_out * itemsize * (fm.n_params - sum(fm.params[n].numel() for n in forms))
-    per_sample += n_out * fm.activation_bytes(xs)  # the block is replicated O times
+    n_generic = fm.n_params - sum(fm.params[n].numel() for n in forms)
+    features = n_out * itemsize * n_generic
+    work = 2 * n_out * itemsize * n_generic
+    work += n_out * fm.activation_bytes(xs)  # the block is replicated O times
     pair = 0
-    c_guess = min(n_samples, 128)
+    c_guess = 128
     for f in map(_merge, forms.values()):
         if isinstance(f, Dense):
-            per_sample += f.J.numel() * itemsize
+            features += f.J.numel() * itemsize
             continue
         pairwise, materialised = _outer_costs(f, c_guess, trace)
         if materialised < pairwise:
-            per_sample += f.g.shape[1] * f.g.shape[3] * f.din * itemsize
+            features += f.g.shape[1] * f.g.shape[3] * f.din * itemsize
         else:
-            per_sample += (f.g.numel() + (0 if f.h is None else f.h.numel())) * itemsize
+            features += (f.g.numel() + (0 if f.h is None else f.h.numel())) * itemsize
             S = f.g.shape[2]
             pair = max(pair, (2 * S * S if trace else S * S + 3 * o2) * itemsize)
+    _COSTS.setdefault(fm.model, {})[key] = (features, work, pair)
+    return features, work, pair
+
+
+def _block_work(fm, xs, *, n_out, trace, c) -> int:
+    """Bytes of one ``c``-sample block's transient work: its row and column features and
+    their production, plus the pair intermediates (the plan's model of a block)."""
+    features, work, pair = _costs(fm, xs, n_out=n_out, trace=trace)
+    return 3 * c * (features + work) + c * c * pair
+
+
+def _plan(fm, xs, *, n_out, trace, budget, n_samples):
+    """Block size: all of ``n_samples`` when one block's work fits ``budget``; else the
+    largest block whose work fits beside every sample's features (which are then
+    computed once and kept); else the largest block whose work takes at most half of
+    ``budget``, leaving the other half for a panel of row blocks held at once."""
+    features = _costs(fm, xs, n_out=n_out, trace=trace)[0]
+    work = lambda c: _block_work(fm, xs, n_out=n_out, trace=trace, c=c)  # noqa: E731
     c = n_samples
-    while c > 1 and 3 * c * per_sample + c * c * pair > budget:
+    if work(c) <= budget:
+        return c
+    keep = n_samples * features
+    while c > 1 and work(c) + keep > budget:
+        c = (c + 1) // 2
+    if work(c) + keep <= budget and c >= min(32, n_samples):
+        return c
+    c = n_samples
+    while c > 1 and work(c) > budget // 2:
         c = (c + 1) // 2
     return c
 

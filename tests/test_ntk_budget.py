@@ -1,0 +1,188 @@
+"""Memory budget of the NTK engines: the environment variable, size strings, block sizes
+that shrink with the budget (same kernel), row panels, and the scaling benchmark's smoke run."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import lazymeter as lm
+from lazymeter.ntk import MEMORY_BUDGET_ENV, default_memory_budget, engines, structured
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mlp(d_in=20, width=24, n_out=3):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(d_in, width),
+        nn.Tanh(),
+        nn.Linear(width, width),
+        nn.Tanh(),
+        nn.Linear(width, n_out),
+    ).double()
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records each ``blocked_kernel`` call: block size, and the caching / panel verdicts."""
+    calls = []
+    inner = engines.blocked_kernel
+
+    def wrapped(x1, x2, chunk_size, **kw):
+        rec = {"chunk": chunk_size, "cache": kw["cache_cols"], "panel": kw.get("panel", 1)}
+        calls.append(rec)
+        for name in ("cache_cols", "panel"):
+            fn = kw.get(name)
+            if callable(fn):
+
+                def verdict(first, fn=fn, name=name):
+                    rec["cache" if name == "cache_cols" else name] = out = fn(first)
+                    return out
+
+                kw[name] = verdict
+        return inner(x1, x2, chunk_size, **kw)
+
+    monkeypatch.setattr(engines, "blocked_kernel", wrapped)
+    monkeypatch.setattr(structured, "blocked_kernel", wrapped)
+    return calls
+
+
+def test_env_var_sets_the_default_budget(monkeypatch):
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    assert default_memory_budget() == 512 * 2**20
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "3MiB")
+    assert default_memory_budget() == 3 * 2**20
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "1.5e6")
+    assert default_memory_budget() == 1_500_000
+
+
+@pytest.mark.parametrize("bad", ["lots", "12 parsecs", "-1MiB", "0"])
+def test_malformed_env_var_raises_naming_it(monkeypatch, bad):
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, bad)
+    with pytest.raises(ValueError, match=MEMORY_BUDGET_ENV):
+        default_memory_budget()
+    with pytest.raises(ValueError, match=MEMORY_BUDGET_ENV):
+        lm.empirical_ntk(nn.Linear(2, 1), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize(
+    "method, P, budgets",
+    [
+        ("jacobian", 48, (2_000_000, 1_000_000, 400_000)),
+        ("structured", 96, (400_000, 100_000, 30_000)),
+    ],
+)
+def test_smaller_budget_smaller_blocks_same_kernel(monkeypatch, spy, method, P, budgets):
+    model, x = _mlp(), torch.randn(P, 20, dtype=torch.float64)
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    ref = lm.empirical_ntk(model, x, method=method, memory_budget="1GiB")
+    assert spy[-1]["chunk"] == P  # everything fits: one block
+    chunks = []
+    for budget in budgets:
+        K = lm.empirical_ntk(model, x, method=method, memory_budget=budget)
+        torch.testing.assert_close(K, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
+        chunks.append(spy[-1]["chunk"])
+    assert chunks == sorted(chunks, reverse=True) and chunks[-1] < chunks[0] < P, chunks
+    # The environment variable sets the same blocks when no argument is given.
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, str(budgets[-1]))
+    K = lm.empirical_ntk(model, x, method=method)
+    assert spy[-1]["chunk"] == chunks[-1]
+    torch.testing.assert_close(K, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
+
+
+def test_budget_string_form(spy):
+    model, x = _mlp(), torch.randn(64, 20, dtype=torch.float64)
+    K1 = lm.empirical_ntk(model, x, method="jacobian", memory_budget="1MiB")
+    c1 = spy[-1]["chunk"]
+    K2 = lm.empirical_ntk(model, x, method="jacobian", memory_budget=2**20)
+    assert spy[-1]["chunk"] == c1 < 64
+    torch.testing.assert_close(K1, K2, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="memory budget"):
+        lm.empirical_ntk(model, x, memory_budget="1 furlong")
+
+
+def test_structured_budget_counts_kept_features(spy):
+    """Column features are kept only when they fit beside one block's work; otherwise row
+    panels are sized from what is left. Both give the reference kernel."""
+    model, x = _mlp(), torch.randn(200, 20, dtype=torch.float64)
+    ref = lm.empirical_ntk(model, x, method="jacobian", memory_budget="1GiB")
+    fm = lm.ntk.FunctionalModel(model)
+    features, work, pair = structured._costs(fm, (x,), n_out=3, trace=True)
+    assert features > 0 and work > 0
+    verdicts = []
+    for budget in (2_000_000, 300_000, 60_000):
+        K = lm.empirical_ntk(model, x, method="structured", memory_budget=budget)
+        torch.testing.assert_close(K, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
+        rec = spy[-1]
+        c = rec["chunk"]
+        assert structured._block_work(fm, (x,), n_out=3, trace=True, c=c) <= budget
+        if rec["cache"] is True:  # kept features + one block's work within the budget
+            assert (
+                200 * features + structured._block_work(fm, (x,), n_out=3, trace=True, c=c)
+                <= 1.05 * budget
+            )
+        verdicts.append((c, rec["cache"], rec["panel"]))
+    assert verdicts[0][0] == 200 or verdicts[0][1] is True
+    assert any(v[1] is False and v[2] > 1 for v in verdicts), verdicts  # panels were used
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("trace", [True, False])
+def test_row_panels_compute_columns_once_per_panel(symmetric, trace):
+    torch.manual_seed(3)
+    x1 = (torch.randn(10, 4, dtype=torch.float64),)
+    x2 = None if symmetric else (torch.randn(7, 4, dtype=torch.float64),)
+    W = torch.randn(4, 6, 2, dtype=torch.float64)
+    counts = {"col": 0}
+
+    def feats(xs):
+        return torch.einsum("nd,dpo->nop", xs[0], W)  # [n, O, p]
+
+    def col(xs):
+        counts["col"] += 1
+        return feats(xs)
+
+    def pair(a, b):
+        return engines._contract([a], [b], trace)
+
+    common = dict(trace=trace, n_out=2, like=x1[0], pair_fn=pair, cache_cols=False)
+    f = feats if symmetric else col  # symmetric: the row features serve as columns
+    K1 = engines.blocked_kernel(x1, x2, 3, row_fn=feats, col_fn=f, panel=1, **common)
+    one = counts["col"]
+    counts["col"] = 0
+    K4 = engines.blocked_kernel(x1, x2, 3, row_fn=feats, col_fn=f, panel=4, **common)
+    torch.testing.assert_close(K4, K1, rtol=0, atol=0)
+    full = feats(x1)
+    ref = engines._contract([full], [full if symmetric else feats(x2)], trace)
+    torch.testing.assert_close(K1, ref, rtol=0, atol=1e-12)
+    if not symmetric:  # 4 row blocks x 3 column blocks: once per row block, once per panel
+        assert (one, counts["col"]) == (12, 3)
+
+
+def test_scaling_benchmark_smoke(tmp_path):
+    docs, fig = tmp_path / "performance.md", tmp_path / "figures" / "scaling.png"
+    docs.write_text(
+        "# Perf\n\nkept above\n\n<!-- ntk_scaling:begin (old) -->\nold section\n"
+        "<!-- ntk_scaling:end -->\n\nkept below\n"
+    )
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "ntk_scaling.py"), "--tiny"]
+    cmd += ["--write-docs", "--docs", str(docs), "--figure", str(fig), "--budget", "64MiB"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    found = re.findall(r"against (P|width)\s+(.+?)\s+time exponent\s+(-?[\d.]+)", proc.stdout)
+    assert {(s, m.strip()) for s, m, _ in found} >= {
+        ("P", "mlp structured"),
+        ("P", "mlp jacobian"),
+        ("width", "mlp structured"),
+    }
+    assert all(abs(float(e)) < 10 for *_, e in found)
+    text = docs.read_text()
+    assert "old section" not in text and "kept above" in text and "kept below" in text
+    assert text.count("ntk_scaling:begin") == 1 and text.count("ntk_scaling:end") == 1
+    assert "| P | mlp | structured | 64 |" in text and "memory budget 64 MiB" in text
+    assert fig.exists() and fig.stat().st_size > 1000
