@@ -274,6 +274,7 @@ class LazyMeter(nn.Module):
         self._step: int | None = None  # last step seen
         self._cache: list[tuple[tuple[Any, ...], Any]] = []
         self._warned: set[str] = set()
+        self._soft_failures: list[tuple[str, Exception]] = []
         self._metric_keys: dict[str, list[str]] = {}
 
         device = self._device()
@@ -326,8 +327,7 @@ class LazyMeter(nn.Module):
                         "points, so kernel-target alignment is undefined; use a probe whose "
                         "labels differ (for classes, several classes)"
                     )
-            self._check_outputs(self.probe_x)
-            self._n_out = FunctionalModel(net, output_fn).num_outputs((self.probe_x,))
+            self._n_out = self._check_outputs(self.probe_x)
             if ntk_method == "auto":
                 # Resolved once: every measurement has the same shapes.
                 try:
@@ -485,8 +485,9 @@ class LazyMeter(nn.Module):
             for m in active:
                 m.training = True
 
-    def _check_outputs(self, x: Tensor) -> None:
-        """Clear errors at construction for a model whose output the NTK cannot use."""
+    def _check_outputs(self, x: Tensor) -> int:
+        """Clear errors at construction for a model whose output the NTK cannot use;
+        returns the number of outputs per sample."""
         net = self.net
         state = {
             **dict(net.named_parameters()),
@@ -525,6 +526,7 @@ class LazyMeter(nn.Module):
                 f"model: the per-sample output shape depends on the batch ({shapes[0]} for 2 "
                 f"samples, {shapes[1]} for 3); the NTK needs per-sample outputs"
             )
+        return math.prod(shapes[0])
 
     def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
         net, kw = self.net, {"output_fn": self.output_fn, **self.ntk_kwargs}
@@ -628,10 +630,13 @@ class LazyMeter(nn.Module):
                 f"{n_out}; its kernels are no longer comparable to K0"
             )
         K = self._ntk(self.probe_x)
-        out = {"ntk_drift": M.ntk_drift(K, self.K0), "ntk_cka": M.cka(K, self.K0)}
-        out["alignment_train"] = M.kernel_alignment(
-            K, _targets(self.probe_y, self._num_classes), self.centering
-        )
+        out: dict[str, float] = {}
+        # One degenerate number (a ValueError from a metric) must not blank its neighbours.
+        put = self._put
+        put(out, "ntk", "ntk_drift", lambda: M.ntk_drift(K, self.K0))
+        put(out, "ntk", "ntk_cka", lambda: M.cka(K, self.K0))
+        y = _targets(self.probe_y, self._num_classes)
+        put(out, "ntk", "alignment_train", lambda: M.kernel_alignment(K, y, self.centering))
         out.update({f"spectrum_{k}": v for k, v in M.kernel_spectrum(K, self.spectrum_k).items()})
         if self.tb_figures:
             self._eigs = {
@@ -640,11 +645,26 @@ class LazyMeter(nn.Module):
             }
         if self.test_x is not None:
             Kt = self._ntk(self.test_x)
-            out["alignment_test"] = M.kernel_alignment(
-                Kt, _targets(self.test_y, self._num_classes), self.centering
-            )
-            out["test_ntk_drift"] = M.ntk_drift(Kt, self.K0_test)
+            yt = _targets(self.test_y, self._num_classes)
+            put(out, "ntk", "alignment_test", lambda: M.kernel_alignment(Kt, yt, self.centering))
+            put(out, "ntk", "test_ntk_drift", lambda: M.ntk_drift(Kt, self.K0_test))
         return out
+
+    def _feature_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for n, a in self._activations(self.probe_x).items():
+            a0 = self._features0[n]
+            key = f"feature_cka/{n}"
+            self._put(out, "feature_cka", key, lambda a=a, a0=a0: M.linear_cka(a, a0))
+        return out
+
+    def _put(self, out: dict[str, float], group: str, key: str, fn: Callable[[], float]) -> None:
+        """``out[key] = fn()``, or NaN (noted for the measurement's warning) on ValueError."""
+        try:
+            out[key] = float(fn())
+        except ValueError as e:
+            out[key] = math.nan
+            self._soft_failures.append((group, e))
 
     def _metric_groups(self) -> list[tuple[str, Callable[[], Mapping[str, float]], list[str]]]:
         """``(name, compute, keys recorded as NaN if compute fails)`` for each metric group."""
@@ -670,10 +690,7 @@ class LazyMeter(nn.Module):
             groups.append(
                 (
                     "feature_cka",
-                    lambda: {
-                        f"feature_cka/{n}": M.linear_cka(a, self._features0[n])
-                        for n, a in self._activations(self.probe_x).items()
-                    },
+                    self._feature_metrics,
                     [f"feature_cka/{n}" for n in self.features],
                 )
             )
@@ -702,7 +719,8 @@ class LazyMeter(nn.Module):
         """
         row: dict[str, float] = {"step": -1 if self._step is None else self._step}
         row.update(self._scalars)
-        failures = []
+        failures: list[tuple[str, Exception]] = []
+        self._soft_failures = failures
         if self._computes:
             with self._measuring(), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
@@ -716,14 +734,19 @@ class LazyMeter(nn.Module):
             row = self._dist.share(row)  # one history on every rank: rank 0's
             if not self._dist.main:
                 failures = []  # rank 0 warns for the run
+        new: dict[str, Exception] = {}
         for name, e in failures:
             if name not in self._warned:
-                self._warned.add(name)
-                warnings.warn(
-                    f"lazymeter: {name} could not be measured ({e}); recorded as NaN (warned once)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                new.setdefault(name, e)
+        if new:
+            # One warning per measurement, each metric group named in it once per run.
+            self._warned.update(new)
+            what = "; ".join(f"{name} ({e})" for name, e in new.items())
+            warnings.warn(
+                f"lazymeter: could not measure {what}; recorded as NaN (warned once per metric)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         row.update(self._reference)
         row.update(self.baseline)
         self.history.append(row)
