@@ -305,6 +305,7 @@ def figure(cells: list[Cell], ex: dict, path: str, budget_mib: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     for col, sweep in enumerate(("P", "width")):
@@ -329,6 +330,7 @@ def figure(cells: list[Cell], ex: dict, path: str, budget_mib: float) -> None:
             ax.set_xlabel(xlabel)
             ax.legend(fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
