@@ -63,8 +63,11 @@ def decompose_quadratic(
     * ``total`` = their sum = ``E_x[(f(x) - y)^2]`` exactly.
 
     Args:
-        W: ``[N, D]`` first-layer weights; beta: ``[D]``; a: ``[N]`` readouts or None.
-        alpha, eps: finite real numbers (or one-element tensors).
+        W: ``[N, D]`` first-layer weights.
+        beta: ``[D]`` target direction.
+        alpha: output scale, a finite real number (or a one-element tensor).
+        eps: strength of the quadratic part of ``phi``, finite and real.
+        a: ``[N]`` readouts, or None for all ones.
     Returns:
         ``{"variance", "misalignment", "linear", "total"}`` as finite floats (computed in
         float64; integer, bool and half-precision tensors are promoted).
