@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+
+from .metrics import _check_finite, _check_tensor, real_number
 
 
 def kernel_regression(
@@ -38,15 +38,8 @@ def kernel_regression(
             Integer/bool inputs are accepted (output in the default float dtype).
     """
     for name, t in (("K_train", K_train), ("y_train", y_train), ("K_test_train", K_test_train)):
-        if not isinstance(t, Tensor):
-            raise TypeError(
-                f"{name}: expected a torch.Tensor, got {type(t).__name__}; "
-                f"convert it with torch.as_tensor({name})"
-            )
-        if t.is_complex():
-            raise TypeError(f"{name}: complex tensors are not supported; pass {name}.real")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name}: contains NaN or Inf")
+        if _check_tensor(t, name).is_floating_point():
+            _check_finite(t, name)
     if K_train.dim() != 2 or K_train.shape[0] != K_train.shape[1]:
         raise ValueError(f"K_train: expected a square [P, P] matrix, got {tuple(K_train.shape)}")
     P = K_train.shape[0]
@@ -59,13 +52,9 @@ def kernel_regression(
             f"K_test_train: expected shape [Q, {P}] (test rows, train columns), "
             f"got {tuple(K_test_train.shape)}"
         )
-    if isinstance(ridge, Tensor) and ridge.numel() == 1 and not ridge.is_complex():
-        ridge = float(ridge)
-    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real):
-        raise TypeError(f"ridge: expected a non-negative number, got {type(ridge).__name__}")
-    ridge = float(ridge)
-    if not 0 <= ridge < math.inf:
-        raise ValueError(f"ridge: expected a finite non-negative number, got {ridge}")
+    ridge = real_number(ridge, "ridge")
+    if ridge < 0:
+        raise ValueError(f"ridge: expected a non-negative number, got {ridge}")
     out_dtype = torch.promote_types(
         torch.promote_types(K_train.dtype, y_train.dtype), K_test_train.dtype
     )

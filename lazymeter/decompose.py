@@ -8,44 +8,19 @@ logged at every measurement. :class:`QuadraticDecomposition` is the paper's.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from .metrics import _as_tensor, real_number
+
 
 class Decomposition(Protocol):
     """``fn(model) -> {term: value}`` evaluated at each LazyMeter measurement."""
 
     def __call__(self, model: nn.Module) -> Mapping[str, float]: ...
-
-
-def _real(x: object, name: str, shape: str) -> Tensor:
-    """Detached float64 copy of a finite real tensor ``x``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"{name}: expected a torch.Tensor of shape {shape}, got {type(x).__name__}; "
-            f"convert it with torch.as_tensor({name})"
-        )
-    if x.is_complex():
-        raise TypeError(f"{name}: complex tensors are not supported; pass {name}.real")
-    x = x.detach().to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf (check the model for divergence)")
-    return x
-
-
-def _number(v: object, name: str) -> float:
-    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_complex():
-        v = float(v)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {v}")
-    return v
 
 
 def decompose_quadratic(
@@ -76,22 +51,22 @@ def decompose_quadratic(
         ValueError: wrong shapes, ``N = 0`` or ``D = 0``, NaN/Inf entries or ``alpha``/``eps``,
             or terms that overflow float64.
     """
-    W64 = _real(W, "W", "[N, D]")
+    W64 = _as_tensor(W, "W")
     if W64.dim() != 2 or W64.shape[0] == 0 or W64.shape[1] == 0:
         raise ValueError(
             f"W: expected a [N, D] tensor with N, D >= 1, got shape {tuple(W64.shape)}"
         )
     N, D = W64.shape
-    b = _real(beta, "beta", f"[{D}]").to(W64.device)
+    b = _as_tensor(beta, "beta").to(W64.device)
     if b.shape != (D,):
         raise ValueError(f"beta: expected shape [{D}] to match W [N, D], got {tuple(b.shape)}")
     if a is None:
         a64 = torch.ones(N, dtype=torch.float64, device=W64.device)
     else:
-        a64 = _real(a, "a", f"[{N}]").to(W64.device)
+        a64 = _as_tensor(a, "a").to(W64.device)
         if a64.shape != (N,):
             raise ValueError(f"a: expected readouts of shape [{N}], got {tuple(a64.shape)}")
-    alpha, eps = _number(alpha, "alpha"), _number(eps, "eps")
+    alpha, eps = real_number(alpha, "alpha"), real_number(eps, "eps")
     M = (W64.T * a64) @ W64 / N
     wbar = W64.T @ a64 / N
     variance = (alpha * eps / 2 * torch.trace(M) / D - (b**2).mean() / 2) ** 2

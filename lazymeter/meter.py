@@ -488,15 +488,12 @@ class LazyMeter(nn.Module):
     def _check_outputs(self, x: Tensor) -> int:
         """Clear errors at construction for a model whose output the NTK cannot use;
         returns the number of outputs per sample."""
-        net = self.net
-        state = {
-            **dict(net.named_parameters()),
-            **{k: b.clone() for k, b in net.named_buffers()},  # BatchNorm stats untouched
-        }
+        net, state = self.net, self._own_state()
         shapes = []
-        with self._measuring(), torch.no_grad():
+        with self._measuring():
             for n in (2, 3):
-                out = self._reduce(functional_call(net, state, (x[:n],)))
+                with torch.set_grad_enabled(n == 2):  # one pass also checks differentiability
+                    out = self._reduce(functional_call(net, state, (x[:n],)))
                 if not isinstance(out, Tensor):
                     raise TypeError(
                         f"model: returned {type(out).__name__}, not a Tensor; pass output_fn "
@@ -514,13 +511,12 @@ class LazyMeter(nn.Module):
                     )
                 if not bool(torch.isfinite(out).all()):
                     raise ValueError("model: the initial output on the probe has NaN or Inf")
-                shapes.append(tuple(out.shape[1:]))
-            with torch.enable_grad():
-                if not self._reduce(functional_call(net, state, (x[:2],))).requires_grad:
+                if n == 2 and not out.requires_grad:
                     raise ValueError(
                         "model: its output does not depend differentiably on the trainable "
                         "parameters (a detach() or torch.no_grad() inside forward?)"
                     )
+                shapes.append(tuple(out.shape[1:]))
         if shapes[0] != shapes[1]:
             raise ValueError(
                 f"model: the per-sample output shape depends on the batch ({shapes[0]} for 2 "
@@ -548,6 +544,15 @@ class LazyMeter(nn.Module):
         snap = self.snapshot.as_dict()
         return {n: snap[n] for n in self._trainable()}
 
+    def _own_state(self) -> dict[str, Tensor]:
+        """The model's parameters and *copies* of its buffers, for ``functional_call``
+        forwards that must leave BatchNorm statistics untouched."""
+        net = self.net
+        return {
+            **dict(net.named_parameters()),
+            **{k: b.clone() for k, b in net.named_buffers()},
+        }
+
     def _activations(self, x: Tensor) -> dict[str, Tensor]:
         """Outputs of the named feature layers on ``x`` (buffers copied: BN stats untouched)."""
         acts: dict[str, Tensor] = {}
@@ -559,12 +564,8 @@ class LazyMeter(nn.Module):
             for n in self.features
         ]
         try:
-            state = {
-                **dict(net.named_parameters()),
-                **{k: b.clone() for k, b in net.named_buffers()},
-            }
             with torch.no_grad():
-                functional_call(net, state, (x,))
+                functional_call(net, self._own_state(), (x,))
         finally:
             for h in hooks:
                 h.remove()
@@ -754,14 +755,11 @@ class LazyMeter(nn.Module):
             try:
                 self._jsonl.write(row)
             except OSError as e:  # disk full, directory gone: the in-memory history goes on
-                if "jsonl" not in self._warned:
-                    self._warned.add("jsonl")
-                    warnings.warn(
-                        f"lazymeter: could not write {self._jsonl.path} ({e}); measurements "
-                        "are kept in meter.history (warned once)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+                self._warn_once(
+                    "jsonl",
+                    f"could not write {self._jsonl.path} ({e}); measurements are kept in "
+                    "meter.history (warned once)",
+                )
         step = int(row["step"])
         self._tb.write(row, step, flush=False)
         if self._tb.enabled:
@@ -811,7 +809,8 @@ class LazyMeter(nn.Module):
         """Record ``scalars`` (e.g. ``train_loss=..., test_loss=...``) at ``step``; measure
         if the schedule says so. ``step`` defaults to the previous step + 1 (0 first) and
         must increase. Returns the measurement row when one was taken, else None."""
-        if self._dist is None and self._distributed is not None and world_size() > 1:
+        first = self._step is None
+        if first and self._dist is None and self._distributed is not None and world_size() > 1:
             # The meter was built before init_process_group, or is inside DDP(LazyMeter(..)).
             raise TypeError(WRONG_ORDER.format(world=world_size()))
         if step is None:
@@ -820,15 +819,12 @@ class LazyMeter(nn.Module):
             raise TypeError(f"step: expected an int, got {type(step).__name__}")
         if self._step is not None and step <= self._step:
             # Mid-run: never stop training; skip the call, say so once.
-            if "step" not in self._warned:
-                self._warned.add("step")
-                warnings.warn(
-                    f"lazymeter: step went backwards ({step} after {self._step}); ignoring "
-                    f"meter.step calls until the step passes {self._step} (warned once; after "
-                    "loading a checkpoint, continue from meter.last_step + 1)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            self._warn_once(
+                "step",
+                f"step went backwards ({step} after {self._step}); ignoring meter.step calls "
+                f"until the step passes {self._step} (warned once; after loading a checkpoint, "
+                "continue from meter.last_step + 1)",
+            )
             return None
         values = {}
         for k, v in scalars.items():
@@ -840,13 +836,8 @@ class LazyMeter(nn.Module):
                 raise TypeError(
                     f"{k}: expected a number (or a one-element tensor), got {v!r}"
                 ) from None
-            if not math.isfinite(values[k]) and k not in self._warned:
-                self._warned.add(k)
-                warnings.warn(
-                    f"lazymeter: {k} is {values[k]} at step {step}; recorded as is",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            if not math.isfinite(values[k]):
+                self._warn_once(k, f"{k} is {values[k]} at step {step}; recorded as is")
         self._step = step
         self._scalars = values
         if self.schedule.due(step):
@@ -854,6 +845,12 @@ class LazyMeter(nn.Module):
         if step % self.scalar_every == 0:
             self._tb.write(values, step)
         return None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        """A ``RuntimeWarning`` at the user's call site, the first time ``key`` goes wrong."""
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"lazymeter: {message}", RuntimeWarning, stacklevel=3)
 
     def will_measure(self, step: int | None = None) -> bool:
         """Whether :meth:`step` at ``step`` (default: the next one) will measure; use it to

@@ -64,6 +64,19 @@ def _as_tensor(x: object, name: str) -> Tensor:
     return x
 
 
+def real_number(v: object, name: str) -> float:
+    """``v`` (a real number or one-element real tensor) as a finite float; ``TypeError`` /
+    ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_complex():
+        v = float(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v}")
+    return v
+
+
 def _nonempty(x: Tensor, name: str, what: str) -> None:
     if x.numel() == 0:
         raise ValueError(f"{name}: is empty (shape {tuple(x.shape)}); pass {what}")
@@ -163,6 +176,16 @@ def center_kernel(K: Tensor) -> Tensor:
             "pass K.double()"
         )
     return Kc
+
+
+def _relative_distance(a: Tensor, b: Tensor, metric: str, zero_b: str) -> float:
+    """``||a - b|| / ||b||`` (flattened), after a common exact rescaling; ``ValueError(zero_b)``
+    when ``b`` is zero at that scale."""
+    a, b = _unit(a, b)
+    den = torch.linalg.vector_norm(b)
+    if float(den) == 0.0:
+        raise ValueError(zero_b)
+    return _finite(torch.linalg.vector_norm(a - b) / den, metric)
 
 
 def _centre(K: Tensor) -> Tensor:
@@ -307,14 +330,13 @@ def ntk_drift(K: Tensor, K0: Tensor) -> float:
             "measured on the same probe inputs"
         )
     _nonempty(K0, "K0", "a kernel over at least one sample")
-    K, K0 = _unit(K, K0)
-    den = torch.linalg.vector_norm(K0)
-    if float(den) == 0.0:
-        raise ValueError(
-            "K0: is zero (or negligible next to K), so the drift relative to it is undefined; "
-            "pass a non-zero initial kernel"
-        )
-    return _finite(torch.linalg.vector_norm(K - K0) / den, "ntk_drift")
+    return _relative_distance(
+        K,
+        K0,
+        "ntk_drift",
+        "K0: is zero (or negligible next to K), so the drift relative to it is undefined; "
+        "pass a non-zero initial kernel",
+    )
 
 
 def _named(p: object, name: str) -> dict[str, Tensor]:
@@ -377,14 +399,13 @@ def parameter_movement(theta: Params, theta0: Params) -> float:
         )
     if a.numel() == 0:
         raise ValueError("theta: has no (trainable) entries; pass a model with parameters")
-    a, b = _unit(a, b.to(a.device))
-    den = torch.linalg.vector_norm(b)
-    if float(den) == 0.0:
-        raise ValueError(
-            "theta0: is all zeros (or negligible next to theta), so the movement relative to "
-            "it is undefined; compare weight_norm(theta) instead"
-        )
-    return _finite(torch.linalg.vector_norm(a - b) / den, "parameter_movement")
+    return _relative_distance(
+        a,
+        b.to(a.device),
+        "parameter_movement",
+        "theta0: is all zeros (or negligible next to theta), so the movement relative to "
+        "it is undefined; compare weight_norm(theta) instead",
+    )
 
 
 def weight_norm(theta: Params) -> float:

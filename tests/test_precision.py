@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from architectures import naive_ntk
 from torch import nn
 
 import lazymeter as lm
@@ -21,21 +22,6 @@ def model_and_inputs(dtype: torch.dtype) -> tuple[nn.Module, torch.Tensor]:
     model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
     x = torch.randn(9, 5)
     return model.to(dtype), x.to(dtype)
-
-
-def naive_ntk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """sum_o <dF_o(x_i)/dtheta, dF_o(x_j)/dtheta> by a loop over autograd.grad."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for xi in x:
-        out = model(xi[None])[0]
-        grads = [
-            torch.cat([g.reshape(-1) for g in torch.autograd.grad(o, params, retain_graph=True)])
-            for o in out
-        ]
-        rows.append(torch.stack(grads))  # [O, n]
-    J = torch.stack(rows)  # [P, O, n]
-    return torch.einsum("ion,jon->ij", J, J)
 
 
 @pytest.mark.parametrize("method", METHODS)
