@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
 from .metrics import _check_finite, _check_tensor, real_number
+from .ntk.functional import call_with
 
 
 def kernel_regression(
@@ -137,7 +138,7 @@ class Linearized(nn.Module):
         model = self._fn[0]
 
         def f(params: dict[str, Tensor]) -> Tensor:
-            out = functional_call(model, (params, consts), args)
+            out = call_with(model, (params, consts), args)
             return out if self.output_fn is None else self.output_fn(out)
 
         theta0 = self._theta0()

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from . import metrics as M
 from .baselines import Linearized, kernel_regression
 from .distributed import WRONG_ORDER, Dist, make_dist, unwrap, world_size
 from .ntk import FunctionalModel, empirical_ntk, kernel_dtype, select_method
+from .ntk.functional import call_with
 from .regime import RegimeThresholds, alignment_gain, classify
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import JsonlSink, TensorBoardSink
@@ -445,7 +445,7 @@ class LazyMeter(nn.Module):
                 if k == key and len(refs) == len(args) and all(map(operator.is_, refs, args)):
                     return out0
         with torch.no_grad():
-            out0 = self._reduce(functional_call(self.net, self.snapshot.as_dict(), args, kwargs))
+            out0 = self._reduce(call_with(self.net, self.snapshot.as_dict(), args, kwargs))
         if key is not None:
             # Holding the inputs keeps their ids from being reused by other tensors.
             self._cache = [(key, (args, out0))] + self._cache[:3]
@@ -493,7 +493,7 @@ class LazyMeter(nn.Module):
         with self._measuring():
             for n in (2, 3):
                 with torch.set_grad_enabled(n == 2):  # one pass also checks differentiability
-                    out = self._reduce(functional_call(net, state, (x[:n],)))
+                    out = self._reduce(call_with(net, state, (x[:n],)))
                 if not isinstance(out, Tensor):
                     raise TypeError(
                         f"model: returned {type(out).__name__}, not a Tensor; pass output_fn "
@@ -565,7 +565,7 @@ class LazyMeter(nn.Module):
         ]
         try:
             with torch.no_grad():
-                functional_call(net, self._own_state(), (x,))
+                call_with(net, self._own_state(), (x,))
         finally:
             for h in hooks:
                 h.remove()

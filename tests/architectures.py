@@ -131,3 +131,108 @@ def naive_ntk(model, x1, x2=None, output_fn=None, trace=True) -> torch.Tensor:
     if trace:
         return torch.einsum("ion,jon->ij", J1, J2)
     return torch.einsum("ion,jqn->ijoq", J1, J2)
+
+
+# ---------------------------------------------------------------- the model-integrity zoo
+# Ways of building models that lazymeter must leave exactly as it found them.
+
+
+class Aliased(nn.Module):
+    """One submodule registered under two names (``self.linear1`` and ``self.net[0]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(4, 8)
+        self.linear2 = nn.Linear(8, 2)
+        self.net = nn.Sequential(self.linear1, nn.Tanh(), self.linear2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TiedLM(nn.Module):
+    """Embedding tied to the unembedding, and a layer aliased inside a block list."""
+
+    def __init__(self, vocab: int = 6, d: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mix = nn.Linear(d, d)
+        self.blocks = nn.ModuleList([self.mix, nn.LayerNorm(d)])
+        self.unembed = nn.Linear(d, vocab, bias=False)
+        self.unembed.weight = self.emb.weight
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        h = self.emb(t)
+        for b in self.blocks:
+            h = torch.tanh(b(h))
+        return self.unembed(h)[:, -1]
+
+
+def aliased():
+    torch.manual_seed(5)
+    return Aliased().double(), torch.randn(5, 4).double(), torch.randn(3, 4).double(), None
+
+
+def tied():
+    torch.manual_seed(6)
+    return TiedLM().double(), torch.randint(0, 6, (5, 3)), torch.randint(0, 6, (3, 3)), None
+
+
+def weight_norm_parametrized():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(7)
+    m = nn.Sequential(weight_norm(nn.Linear(4, 6)), nn.Tanh(), nn.Linear(6, 2)).double()
+    return m, torch.randn(5, 4).double(), torch.randn(3, 4).double(), None
+
+
+def weight_norm_hook():
+    """The older ``torch.nn.utils.weight_norm``: a pre-hook sets ``module.weight``."""
+    import warnings
+
+    torch.manual_seed(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated in favour of the parametrisation
+        lin = nn.utils.weight_norm(nn.Linear(4, 6))
+    m = nn.Sequential(lin, nn.Tanh(), nn.Linear(6, 2)).double()
+    return m, torch.randn(5, 4).double(), torch.randn(3, 4).double(), None
+
+
+def norms():
+    """RMSNorm and GroupNorm (per-sample norms: fine in training mode)."""
+    torch.manual_seed(9)
+    m = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding="same", padding_mode="reflect"),
+        nn.GroupNorm(2, 4),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 6, 5),
+        nn.RMSNorm(5),
+        nn.Linear(5, 2),
+    ).double()
+    return m, torch.randn(5, 2, 6).double(), torch.randn(3, 2, 6).double(), None
+
+
+def decoder():
+    """Grouped and padded convolutions feeding transposed convolutions."""
+    torch.manual_seed(10)
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, groups=2, padding_mode="circular"),
+        nn.Tanh(),
+        nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1),
+        nn.Tanh(),
+        nn.ConvTranspose2d(2, 1, 2, groups=1),
+        nn.Flatten(),
+    ).double()
+    return m, torch.randn(5, 2, 3, 3).double(), torch.randn(3, 2, 3, 3).double(), None
+
+
+INTEGRITY_ARCHITECTURES = {
+    **ARCHITECTURES,
+    "aliased": aliased,
+    "tied": tied,
+    "weight_norm_parametrized": weight_norm_parametrized,
+    "weight_norm_hook": weight_norm_hook,
+    "norms": norms,
+    "decoder": decoder,
+}

@@ -82,3 +82,25 @@ def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     assert resumed_cb.meter.history[0] == first_cb.meter.history[0]
     # The snapshot (theta0) came from the checkpoint, not from the new module's init.
     assert torch.equal(resumed_cb.meter.snapshot.t0, first_cb.meter.snapshot.t0)
+
+
+class AliasedNet(Net):
+    """A submodule under two names: measurements must not orphan its Parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = self.net[0]
+
+
+def test_callback_leaves_an_aliased_module_training_every_parameter(tmp_path):
+    torch.manual_seed(0)
+    model = AliasedNet()
+    before = [(n, p, p.detach().clone()) for n, p in model.named_parameters(remove_duplicate=False)]
+    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=2)
+    trainer(tmp_path, 6, cb).fit(model, loader())
+    assert len(cb.meter.history) >= 3  # measured several times while training
+    after = list(model.named_parameters(remove_duplicate=False))
+    assert [n for n, _ in after] == [n for n, *_ in before]
+    for (n, p, v), (_, q) in zip(before, after, strict=True):
+        assert q is p and isinstance(q, torch.nn.Parameter), f"{n}: replaced"
+        assert not torch.equal(q.detach(), v), f"{n}: never trained"

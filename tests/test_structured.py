@@ -84,14 +84,14 @@ def test_conv1d_strided_dilated_and_batchnorm2d_eval():
     assert_exact(conv2, torch.randn(4, 2, 7, 7).double(), torch.randn(2, 2, 7, 7).double())
 
 
-def test_embedding_with_padding_idx_and_grouped_conv_falls_back():
+def test_embedding_with_padding_idx_and_grouped_conv():
     torch.manual_seed(4)
 
     class Bag(nn.Module):
         def __init__(self):
             super().__init__()
             self.emb = nn.Embedding(7, 4, padding_idx=0).double()
-            self.conv = nn.Conv1d(4, 4, 1, groups=2).double()  # no rule: generic part
+            self.conv = nn.Conv1d(4, 4, 1, groups=2).double()  # block-diagonal weight
             self.head = nn.Linear(4, 2).double()
 
         def forward(self, t):
@@ -158,3 +158,109 @@ def test_auto_uses_structured_for_covered_models():
     assert choose_method(FunctionalModel(model, lambda y: y[:, -1]), (x,), None, 11, True) == (
         "structured"
     )
+
+
+def _flat_head(body: nn.Module, x: torch.Tensor, n_out: int = 2) -> nn.Sequential:
+    """``body`` followed by a linear readout sized from its output on ``x``."""
+    with torch.no_grad():
+        width = body(x).reshape(x.shape[0], -1).shape[1]
+    return nn.Sequential(body, nn.Flatten(), nn.Linear(width, n_out).double())
+
+
+LAYER_CASES = {
+    "conv2d_same_dilated_even_kernel": (
+        lambda: nn.Conv2d(2, 3, (2, 4), padding="same", dilation=(1, 2)),
+        (2, 5, 5),
+    ),
+    "conv2d_groups_reflect": (
+        lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2, padding_mode="reflect"),
+        (4, 5, 5),
+    ),
+    "conv2d_circular_strided": (
+        lambda: nn.Conv2d(2, 3, 3, padding=2, stride=2, padding_mode="circular"),
+        (2, 5, 5),
+    ),
+    "conv1d_depthwise_replicate": (
+        lambda: nn.Conv1d(4, 4, 3, padding=2, padding_mode="replicate", groups=4),
+        (4, 7),
+    ),
+    "conv_transpose2d_output_padding": (
+        lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1),
+        (3, 4, 4),
+    ),
+    "conv_transpose2d_groups_dilated": (
+        lambda: nn.ConvTranspose2d(4, 6, (2, 3), stride=(1, 2), dilation=2, groups=2),
+        (4, 3, 3),
+    ),
+    "conv_transpose1d": (lambda: nn.ConvTranspose1d(3, 2, 4, stride=3, padding=1), (3, 4)),
+    "rms_norm": (lambda: nn.Sequential(nn.Linear(5, 8), nn.RMSNorm(8)), (5,)),
+    "rms_norm_2d_eps": (lambda: nn.Sequential(nn.Linear(4, 6), nn.RMSNorm([3, 6], 1e-3)), (3, 4)),
+    "group_norm": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)), (2, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_new_layer_rules_are_exact_with_full_coverage(case):
+    make, shape = LAYER_CASES[case]
+    torch.manual_seed(7)
+    x1, x2 = torch.randn(4, *shape).double(), torch.randn(3, *shape).double()
+    model = _flat_head(nn.Sequential(make(), nn.Tanh()).double(), x1)
+    assert coverage(model) == 1.0
+    assert coverage(model, x1) == 1.0  # no rule declined at run time, the guard agreed
+    assert_exact(model, x1, x2)
+    assert_exact(model, x1, trace=False, chunk_size=2)
+
+
+def test_coverage_reports_the_route_taken_at_run_time():
+    torch.manual_seed(8)
+
+    class Sneaky(nn.Module):  # lin.weight is also used raw: the guard sends it to generic
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4).double()
+            self.head = nn.Linear(4, 2).double()
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.lin(x)) + x @ self.lin.weight)
+
+    model, x = Sneaky(), torch.randn(5, 4).double()
+    total = sum(p.numel() for p in model.parameters())
+    assert coverage(model) == 1.0  # what the rule table suggests
+    assert coverage(model, x) == pytest.approx(1 - 16 / total)  # what actually happens
+
+    renorm = nn.Sequential(nn.Embedding(6, 4, max_norm=1.0), nn.Flatten(), nn.Linear(8, 2))
+    tokens = torch.randint(0, 6, (5, 2))
+    assert coverage(renorm) == coverage(renorm, tokens) == pytest.approx(18 / 42)
+
+
+def test_a_rule_registered_after_a_first_call_is_used_and_removing_it_is_safe():
+    from lazymeter.ntk.structured import Outer as OuterForm
+    from lazymeter.ntk.structured import register_rule
+
+    class Scaled(nn.Module):  # y = 2 W x: a layer no rule knows
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+
+        def forward(self, x):
+            return 2 * x @ self.weight.T
+
+    torch.manual_seed(9)
+    model = nn.Sequential(Scaled(), nn.Tanh(), nn.Linear(3, 2).double())
+    x = torch.randn(5, 4).double()
+    assert coverage(model, x) == pytest.approx(8 / 20)
+    assert_exact(model, x)
+
+    def rule(m, args, out):
+        h = 2 * args[0].reshape(args[0].shape[0], 1, -1)
+        g3 = lambda g: g.reshape(g.shape[0], g.shape[1], 1, -1)  # noqa: E731
+        return {"weight": lambda g: OuterForm(g=g3(g), h=h, din=4)}
+
+    register_rule(Scaled)(rule)
+    try:
+        assert coverage(model, x) == 1.0
+        assert_exact(model, x)
+    finally:
+        RULES.pop(Scaled)
+    assert coverage(model, x) == pytest.approx(8 / 20)
+    assert_exact(model, x)

@@ -82,11 +82,13 @@ def choose_method(
 
     With ``F`` the forward FLOPs of one sample and ``n`` the parameter count:
     jacobian ~ ``3 F O (P1 + P2) + 2 P1 P2 O n`` (``O^2 n`` untraced);
-    ntvp ~ ``3 F O P1 + 3 F O P1 P2``. The structured engine, when
+    ntvp ~ ``3 F O P1 + 3 F O P1 P2`` (only where every operation has forward-mode AD).
+    The structured engine, when
     registered, is preferred by its own ``applicable`` test.
     """
     structured = ENGINES.get("structured")
-    if structured is not None and getattr(structured, "applicable", lambda fm: False)(fm):
+    applicable = getattr(structured, "applicable", None)
+    if applicable is not None and applicable(fm, x1, n_out):
         return "structured"
     F = fm.forward_flops(x1)
     if F <= 0:
@@ -97,7 +99,9 @@ def choose_method(
     contract = 2.0 * p1 * p2 * n * n_out * (1 if trace else n_out)
     jac = 3.0 * F * n_out * (p1 + (0 if n2 is None else p2)) + contract
     ntvp = 3.0 * F * n_out * p1 * (1 + p2)
-    return "jacobian" if jac <= ntvp else "ntvp"
+    if jac <= ntvp or not fm.supports_forward_ad(x1):
+        return "jacobian"
+    return "ntvp"
 
 
 def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:

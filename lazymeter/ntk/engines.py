@@ -221,15 +221,24 @@ def ntk_vector_products(fm, x1, x2, *, n_out, trace, chunk_size, budget):
         out = out.reshape(-1, n_out, c2, n_out).permute(0, 2, 1, 3)  # [c1, c2, O, O]
         return out.diagonal(dim1=2, dim2=3).sum(-1) if trace else out
 
-    return blocked_kernel(
-        x1,
-        x2,
-        chunk_size,
-        trace=trace,
-        n_out=n_out,
-        like=next(iter(params.values())),
-        row_fn=rows,
-        col_fn=lambda xs: xs,
-        pair_fn=pair,
-        cache_cols=False,
-    )
+    try:
+        return blocked_kernel(
+            x1,
+            x2,
+            chunk_size,
+            trace=trace,
+            n_out=n_out,
+            like=next(iter(params.values())),
+            row_fn=rows,
+            col_fn=lambda xs: xs,
+            pair_fn=pair,
+            cache_cols=False,
+        )
+    except NotImplementedError as e:
+        if "forward AD" not in str(e):
+            raise
+        raise NotImplementedError(
+            "method='ntvp': the model uses an operation without forward-mode AD ("
+            + str(e).splitlines()[0]
+            + "); use method='jacobian' or 'structured' (method='auto' does so itself)"
+        ) from e

@@ -4,22 +4,99 @@ Engines only need three things from a model: the dict of trainable
 parameters, a batched forward ``f(params, x) -> [B, O]`` and a single-sample
 forward ``f(params, x_i) -> [O]`` for ``vmap``. This module builds them once,
 validates inputs, and keeps the model itself untouched (no mode switch, no
-buffer update, no ``.grad`` written).
+buffer update, no ``.grad`` written, the same Parameter objects afterwards).
+
+:func:`call_with` replaces ``torch.func.functional_call`` everywhere in lazymeter:
+torch's version swaps tensors *by name* and, when one submodule is registered under
+two names (``self.fc = nn.Linear(..)`` and ``self.net = nn.Sequential(self.fc, ..)``),
+restores the second name with the swapped-in tensor, leaving a plain tensor where the
+user's Parameter was (the optimiser then updates an orphan). Swapping by object
+identity, slot by slot, cannot do that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 Inputs = Tensor | tuple[Tensor, ...]
 OutputFn = Callable[[Any], Tensor]
+
+
+def _resolve(model: nn.Module, name: str) -> Tensor:
+    """The parameter or buffer object registered under ``name`` (any alias of it)."""
+    mname, _, local = name.rpartition(".")
+    try:
+        m = model.get_submodule(mname)
+    except AttributeError:
+        m = None
+    t = None
+    if m is not None:
+        t = m._parameters.get(local, m._buffers.get(local))
+    if t is None:
+        raise KeyError(f"tensors: the model has no parameter or buffer named {name!r}")
+    return t
+
+
+def call_with(
+    model: nn.Module,
+    tensors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """``model(*args, **kwargs)`` with some parameters and buffers replaced for this call.
+
+    ``tensors`` maps parameter/buffer names (any of an aliased tensor's names) to the
+    values to use (a dict, or several dicts merged). Every registration of a replaced
+    tensor, under any module that holds it (aliased submodules, tied weights), sees the
+    new value; parametrisations and weight-norm hooks compute from it as usual. Each
+    slot is restored to its own original object afterwards, and tensor attributes that
+    forward hooks set on modules get their previous values back
+    (:func:`tensor_attributes_kept`), so the model is left exactly as it was found.
+    """
+    maps = [tensors] if isinstance(tensors, Mapping) else list(tensors)
+    by_id: dict[int, Tensor] = {}
+    for mapping in maps:
+        for name, value in mapping.items():
+            by_id[id(_resolve(model, name))] = value
+    saved: list[tuple[dict, str, Any]] = []
+    for m in model.modules():
+        for slots in (m._parameters, m._buffers):
+            for local, t in slots.items():
+                if t is not None and id(t) in by_id:
+                    saved.append((slots, local, t))
+    with tensor_attributes_kept(model):
+        try:
+            for slots, local, t in saved:
+                slots[local] = by_id[id(t)]
+            return model(*args, **(kwargs or {}))
+        finally:
+            for slots, local, t in reversed(saved):
+                slots[local] = t
+
+
+@contextlib.contextmanager
+def tensor_attributes_kept(model: nn.Module) -> Iterator[None]:
+    """Run a forward that must not leave traces in ``model``: tensor attributes that hooks
+    set on modules during it (``weight`` under ``torch.nn.utils.weight_norm``, a cached
+    attention map) get their previous values back afterwards."""
+    attrs = [
+        (m.__dict__, k, v)
+        for m in model.modules()
+        for k, v in m.__dict__.items()
+        if isinstance(v, Tensor)
+    ]
+    try:
+        yield
+    finally:
+        for d, k, v in attrs:
+            d[k] = v
 
 
 def as_inputs(x: Any, name: str, device: torch.device | None = None) -> tuple[Tensor, ...]:
@@ -114,7 +191,7 @@ class FunctionalModel:
 
     def batched(self, params: dict[str, Tensor], xs: tuple[Tensor, ...]) -> Tensor:
         """Model output for a batch, reduced by ``output_fn`` and flattened: ``[B, O]``."""
-        out = functional_call(self.model, (params, self.constants), xs)
+        out = call_with(self.model, (params, self.constants), xs)
         if self.output_fn is not None:
             out = self.output_fn(out)
         if not isinstance(out, Tensor):
@@ -148,6 +225,21 @@ class FunctionalModel:
         except Exception:  # the counter is an optimisation hint only
             return 0.0
 
+    def supports_forward_ad(self, xs: tuple[Tensor, ...]) -> bool:
+        """Whether every operation of one sample's forward has a forward-mode AD formula
+        (``torch.func.jvp``), which the NTK-vector engine needs (``torch._weight_norm``,
+        behind ``parametrizations.weight_norm``, has none)."""
+        try:
+            with torch.no_grad():
+                torch.func.jvp(
+                    lambda p: self.batched(p, slice_inputs(xs, 0, 1)),
+                    (self.params,),
+                    ({k: torch.zeros_like(v) for k, v in self.params.items()},),
+                )
+        except NotImplementedError:
+            return False
+        return True
+
     def activation_bytes(self, xs: tuple[Tensor, ...]) -> int:
         """Bytes of intermediate tensors autograd saves for one sample's forward pass."""
         params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
@@ -177,8 +269,16 @@ def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """
     shadow = _CASTS.get(model)
     if shadow is None or next(iter(shadow.parameters())).dtype != dtype:
+        # Tensors that hooks computed and left on modules (weight_norm's ``weight``) are
+        # graph outputs, which deepcopy refuses: the copy gets them detached.
+        memo: dict[int, Any] = {
+            id(v): v.detach().clone()
+            for m in model.modules()
+            for v in m.__dict__.values()
+            if isinstance(v, Tensor) and not v.is_leaf
+        }
         with torch.no_grad():
-            shadow = copy.deepcopy(model)
+            shadow = copy.deepcopy(model, memo)
             shadow.to(dtype)
         _CASTS[model] = shadow
     with torch.no_grad():

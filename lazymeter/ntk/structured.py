@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .engines import _contract, _jacobian_rows, blocked_kernel, register_engine
-from .functional import FunctionalModel, num_samples, slice_inputs
+from .functional import (
+    FunctionalModel,
+    OutputFn,
+    as_inputs,
+    num_samples,
+    slice_inputs,
+    tensor_attributes_kept,
+)
 
 
 @dataclass
@@ -68,17 +75,34 @@ Form = Outer | Dense
 Rule = Callable[[nn.Module, tuple[Any, ...], Tensor], dict[str, Callable[[Tensor], Form]] | None]
 
 RULES: dict[type, Rule] = {}
+#: Static limits of a rule: ``DECLINES[type](module)`` names what the rule does not
+#: handle in this module's configuration (its parameters then go to the generic engine),
+#: or returns None. Checked before the layer runs, so coverage can say it in advance.
+DECLINES: dict[type, Callable[[nn.Module], str | None]] = {}
 
 
-def register_rule(*types: type) -> Callable[[Rule], Rule]:
-    """Decorator adding a rule for the given module types to :data:`RULES`."""
+def register_rule(
+    *types: type, declines: Callable[[nn.Module], str | None] | None = None
+) -> Callable[[Rule], Rule]:
+    """Decorator adding a rule for the given module types to :data:`RULES`; ``declines``
+    (optional) returns the reason a module of these types is not covered, or None."""
 
     def deco(fn: Rule) -> Rule:
         for t in types:
             RULES[t] = fn
+            if declines is not None:
+                DECLINES[t] = declines
+            else:
+                DECLINES.pop(t, None)
         return fn
 
     return deco
+
+
+def declined(m: nn.Module) -> str | None:
+    """Why the rule for ``type(m)`` does not cover ``m`` (None: covered, or no rule)."""
+    check = DECLINES.get(type(m))
+    return None if check is None else check(m)
 
 
 @register_rule(nn.Linear)
@@ -97,38 +121,107 @@ def _linear(m: nn.Linear, args: tuple[Any, ...], out: Tensor):
     return rules
 
 
+def _dims(m: nn.Module, one_d: bool) -> tuple[tuple[int, ...], ...]:
+    """``(kernel, stride, dilation)`` of a 1-d or 2-d convolution as 2-d tuples."""
+    if one_d:
+        return (1, *m.kernel_size), (1, *m.stride), (1, *m.dilation)
+    return tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
+
+
+def _grouped(g: Tensor, h: Tensor, groups: int) -> Dense:
+    """Per-sample Jacobian of a grouped weight ``[G * dout_g, din_g]`` (group ``k`` maps
+    input block ``k`` to output block ``k``): ``J[i, o, k] = sum_s g[i, o, s, k] (x) h[i, s, k]``
+    from ``g [c, O, S, dout]`` and ``h [c, S, G * din_g]``; cost ``c O S dout din_g``."""
+    c, no, S, dout = g.shape
+    g5 = g.reshape(c, no, S, groups, dout // groups)
+    h4 = h.reshape(c, S, groups, -1)
+    return Dense(torch.einsum("iosgd,isge->iogde", g5, h4).reshape(c, no, -1))
+
+
 @register_rule(nn.Conv1d, nn.Conv2d)
 def _conv(m: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], out: Tensor):
-    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-        if not (isinstance(m.padding, str) and m.padding == "valid" and m.groups == 1):
-            return None  # grouped, padded-by-name or non-zero padding: generic engine
+    """Unfolded patches of the padded input (zero, reflect, replicate or circular padding,
+    ``padding="same"`` included), with ``groups`` as a block-diagonal weight."""
     x = args[0]
     c = x.shape[0]
     one_d = isinstance(m, nn.Conv1d)
-    pad = (0,) * len(m.kernel_size) if isinstance(m.padding, str) else m.padding
+    pad = tuple(m._reversed_padding_repeated_twice)
+    if any(pad):
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        x = F.pad(x, pad, mode=mode)
     if one_d:
         x = x.unsqueeze(2)
-        k, st, pd, dl = (1, *m.kernel_size), (1, *m.stride), (0, *pad), (1, *m.dilation)
-    else:
-        k, st, pd, dl = m.kernel_size, m.stride, pad, m.dilation
-    patches = F.unfold(x, k, dilation=dl, padding=pd, stride=st)  # [c, Cin*k, L]
-    h = patches.transpose(1, 2)
-    din = h.shape[2]
+    k, st, dl = _dims(m, one_d)
+    h = F.unfold(x, k, dilation=dl, stride=st).transpose(1, 2)  # [c, L, Cin * k]
+    din = h.shape[2] // m.groups
 
     def g4(g: Tensor) -> Tensor:  # [c, O, Cout, *spatial] -> [c, O, L, Cout]
         return g.reshape(c, g.shape[1], m.out_channels, -1).transpose(2, 3)
 
-    bias = "bias" if m.bias is not None else None
-    rules = {"weight": lambda g: Outer(g=g4(g), h=h, din=din, bias=bias)}
+    if m.groups == 1:
+        bias = "bias" if m.bias is not None else None
+        rules = {"weight": lambda g: Outer(g=g4(g), h=h, din=din, bias=bias)}
+    else:
+        rules = {"weight": lambda g: _grouped(g4(g), h, m.groups)}
     if m.bias is not None:
         rules["bias"] = lambda g: Dense(g.reshape(c, g.shape[1], m.out_channels, -1).sum(3))
     return rules
 
 
-@register_rule(nn.Embedding)
+@register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d)
+def _conv_transpose(m: nn.ConvTranspose1d | nn.ConvTranspose2d, args: tuple[Any, ...], out):
+    """``y = conv_transpose(x, W)`` with ``W [Cin, Cout/G, *k]``: the gradient w.r.t. ``W``
+    pairs each input position ``p`` with the output-gradient patch that ``p`` wrote to,
+    ``dW[cin, cout, k] = sum_p x[cin, p] g[cout, p * stride - padding + k * dilation]``, i.e.
+    ``g`` unfolded with the layer's own kernel, stride, padding and dilation (positions
+    past the input, from ``output_padding``/``output_size``, are dropped)."""
+    x = args[0]
+    c, cin = x.shape[0], x.shape[1]
+    one_d = isinstance(m, nn.ConvTranspose1d)
+    spatial = (1, *x.shape[2:]) if one_d else tuple(x.shape[2:])
+    k, st, dl = _dims(m, one_d)
+    pd = (0, *m.padding) if one_d else tuple(m.padding)
+    h = x.reshape(c, cin, -1).transpose(1, 2)  # [c, S_in, Cin]
+
+    def patches(g: Tensor) -> Tensor:  # [c, O, Cout, *out] -> [c, O, S_in, Cout * k]
+        no = g.shape[1]
+        g2 = g.reshape(c * no, m.out_channels, *((1,) if one_d else ()), *g.shape[3:])
+        u = F.unfold(g2, k, dilation=dl, padding=pd, stride=st)
+        rows = [
+            (o + 2 * p - d * (kk - 1) - 1) // s + 1
+            for o, p, d, kk, s in zip(g2.shape[2:], pd, dl, k, st, strict=True)
+        ]
+        u = u.reshape(c * no, -1, *rows)[:, :, : spatial[0], : spatial[1]]
+        return u.reshape(c, no, u.shape[1], -1).transpose(2, 3)
+
+    if m.groups == 1:
+        rules = {"weight": lambda g: Outer(g=patches(g), h=h, din=cin, transpose=True)}
+    else:
+        # Weight rows are input channels: swap the roles of ``g`` and ``h`` per group.
+        def grouped(g: Tensor) -> Dense:
+            u = patches(g)  # [c, O, S, Cout * k]
+            G = m.groups
+            u5 = u.reshape(c, u.shape[1], u.shape[2], G, -1)
+            h4 = h.reshape(c, h.shape[1], G, -1)
+            J = torch.einsum("isgd,iosge->iogde", h4, u5)
+            return Dense(J.reshape(c, u.shape[1], -1))
+
+        rules = {"weight": grouped}
+    if m.bias is not None:
+        rules["bias"] = lambda g: Dense(g.reshape(c, g.shape[1], m.out_channels, -1).sum(3))
+    return rules
+
+
+def _embedding_declines(m: nn.Embedding) -> str | None:
+    if m.max_norm is not None:
+        return "max_norm renormalises the looked-up rows inside forward"
+    if m.scale_grad_by_freq:
+        return "scale_grad_by_freq rescales gradients by in-batch frequencies"
+    return None
+
+
+@register_rule(nn.Embedding, declines=_embedding_declines)
 def _embedding(m: nn.Embedding, args: tuple[Any, ...], out: Tensor):
-    if m.max_norm is not None or m.scale_grad_by_freq:
-        return None  # renormalises weights / rescales gradients: generic engine
     idx = args[0]
     c = idx.shape[0]
     idx = idx.reshape(c, -1)
@@ -168,46 +261,99 @@ def _layer_norm(m: nn.LayerNorm, args: tuple[Any, ...], out: Tensor):
     return _affine(c, xhat.reshape(c, -1, d), m.weight, getattr(m, "bias", None))
 
 
-@register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+if hasattr(nn, "RMSNorm"):  # torch >= 2.4
+
+    @register_rule(nn.RMSNorm)
+    def _rms_norm(m: nn.Module, args: tuple[Any, ...], out: Tensor):
+        """``y = x / sqrt(mean(x^2) + eps) * weight``: an elementwise scale of the
+        normalised input, like LayerNorm without centring or bias."""
+        x = args[0]
+        c = x.shape[0]
+        xhat = F.rms_norm(x, m.normalized_shape, eps=m.eps)
+        d = math.prod(m.normalized_shape)
+        return _affine(c, xhat.reshape(c, -1, d), m.weight, None)
+
+
+def _channels_last(c: int, C: int, rules: dict[str, Callable[[Tensor], Form]]):
+    """Rules of a per-channel affine written for ``[c, positions, C]`` gradients, applied
+    to channel-first outputs ``[c, O, C, *spatial]``."""
+    return {
+        k: (lambda g, fn=fn: fn(g.reshape(c, g.shape[1], C, -1).transpose(2, 3)))
+        for k, fn in rules.items()
+    }
+
+
+@register_rule(nn.GroupNorm)
+def _group_norm(m: nn.GroupNorm, args: tuple[Any, ...], out: Tensor):
+    """Per-channel ``weight``/``bias`` after normalising each sample's channel groups
+    (per sample, so unlike BatchNorm it has an NTK in training mode too)."""
+    x = args[0]
+    c, C = x.shape[0], x.shape[1]
+    xhat = F.group_norm(x, m.num_groups, eps=m.eps).reshape(c, C, -1).transpose(1, 2)
+    return _channels_last(c, C, _affine(c, xhat, m.weight, m.bias))
+
+
+def _batch_norm_declines(m: nn.modules.batchnorm._BatchNorm) -> str | None:
+    if m.training or m.running_mean is None:
+        return "normalises with batch statistics (train mode or no running stats)"
+    return None
+
+
+@register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, declines=_batch_norm_declines)
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, args: tuple[Any, ...], out: Tensor):
-    if m.training or m.running_mean is None or not m.affine:
-        return None
     x = args[0]
     c, C = x.shape[0], x.shape[1]
     shape = (1, C) + (1,) * (x.dim() - 2)
     xhat = (x - m.running_mean.reshape(shape)) / torch.sqrt(m.running_var.reshape(shape) + m.eps)
     xhat = xhat.reshape(c, C, -1).transpose(1, 2)  # [c, positions, C]
-
-    def chan_last(fn: Callable[[Tensor], Form]) -> Callable[[Tensor], Form]:
-        return lambda g: fn(g.reshape(c, g.shape[1], C, -1).transpose(2, 3))
-
-    return {k: chan_last(v) for k, v in _affine(c, xhat, m.weight, m.bias).items()}
+    return _channels_last(c, C, _affine(c, xhat, m.weight, m.bias))
 
 
 # --------------------------------------------------------------------------- coverage
 def _ruled_params(model: nn.Module) -> dict[str, tuple[str, str]]:
     """``{param full name: (module name, local name)}`` for trainable parameters of ruled
-    modules, excluding parameters that appear under more than one name (tied weights)."""
-    owners: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(p), []).append(name)
+    modules, excluding parameters held by more than one module slot (tied weights).
+
+    Slots are counted by module identity, not by name: a submodule registered under two
+    names (``self.fc`` and ``self.net[0]``) holds its parameters once."""
+    slots: dict[int, set[tuple[int, str]]] = {}
+    for m in model.modules():
+        for local, p in m._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), set()).add((id(m), local))
     out: dict[str, tuple[str, str]] = {}
     for mname, m in model.named_modules():
-        if type(m) not in RULES:
+        if type(m) not in RULES or declined(m) is not None:
             continue
         for local, p in m.named_parameters(recurse=False):
             full = f"{mname}.{local}" if mname else local
-            if p.requires_grad and len(owners[id(p)]) == 1:
+            if p.requires_grad and len(slots[id(p)]) == 1:
                 out[full] = (mname, local)
     return out
 
 
-def coverage(model: nn.Module) -> float:
-    """Fraction of trainable parameter entries that per-layer rules cover."""
+def coverage(model: nn.Module, x: Any = None, *, output_fn: OutputFn | None = None) -> float:
+    """Fraction of trainable parameter entries whose NTK the per-layer rules compute.
+
+    With ``x`` (inputs, as for :func:`~lazymeter.empirical_ntk`): the route the structured
+    engine actually takes on them, i.e. after rules that decline at run time (a layer
+    applied without the batch dimension, a configuration a rule does not handle) and the
+    exactness guard (a parameter also used outside its layer) have moved parameters to
+    the generic engine. Without ``x``: the parameters of layers that have a rule,
+    counted once however many names they have and excluding tied weights; an upper
+    bound of the run-time figure.
+    """
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not total:
+        return 0.0
     named = dict(model.named_parameters())
-    covered = sum(named[n].numel() for n in _ruled_params(model))
-    return covered / total if total else 0.0
+    if x is None:
+        names = list(_ruled_params(model))
+    else:
+        fm = FunctionalModel(model, output_fn)
+        xs = as_inputs(x, "x", fm.device)
+        names = route(fm, slice_inputs(xs, 0, min(2, num_samples(xs))), fm.num_outputs(xs))
+    return sum(named[n].numel() for n in names) / total
 
 
 # --------------------------------------------------------------------------- features
@@ -258,7 +404,7 @@ def _capture(
 
         handles.append(m.register_forward_hook(hook))
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), tensor_attributes_kept(model):
             out = fm.model(*xs)
             out = fm.output_fn(out) if fm.output_fn is not None else out
             out = out.reshape(out.shape[0], -1)
@@ -341,7 +487,8 @@ def _predicted_grad(form: Form, r: Tensor, shape: torch.Size) -> Tensor:
         W.index_add_(0, form.idx.reshape(-1), gr.reshape(-1, gr.shape[2]))
         return W.reshape(shape)
     assert form.h is not None
-    return torch.einsum("isd,ise->de", gr, form.h).reshape(shape)
+    spec = "isd,ise->ed" if form.transpose else "isd,ise->de"
+    return torch.einsum(spec, gr, form.h).reshape(shape)
 
 
 def _materialize(form: Outer) -> Dense:
@@ -351,7 +498,8 @@ def _materialize(form: Outer) -> Dense:
         J = torch.einsum("iosd,isv->iovd", form.g, onehot)  # table layout [V, dout]
     else:
         assert form.h is not None
-        J = torch.einsum("iosd,ise->iode", form.g, form.h)  # weight layout [dout, din]
+        spec = "iosd,ise->ioed" if form.transpose else "iosd,ise->iode"
+        J = torch.einsum(spec, form.g, form.h)  # the parameter's layout
     return Dense(J.reshape(c, no, -1))
 
 
@@ -450,12 +598,56 @@ _VALIDATED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[str]]] = (
 
 
 def _signature(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple:
+    """What a remembered route or plan depends on: mode, output reduction, trainable
+    parameters, the parameters the rule table covers now (a rule registered or removed
+    later changes it) and the per-sample input shapes."""
     return (
         fm.model.training,
         id(fm.output_fn),
         tuple(sorted(fm.params)),
+        tuple(sorted(_ruled_params(fm.model))),
         tuple((t.shape[1:], t.dtype, t.device) for t in xs),
     )
+
+
+def _validate(fm: FunctionalModel, covered: Collection[str], forms: dict, out: Tensor) -> list[str]:
+    """The covered parameters whose rules reproduce autograd exactly on this block.
+
+    Exactness guard: autograd's gradient of a fixed random combination of the outputs
+    must equal the rules' prediction; a parameter that is also used outside its layer
+    (or whose layer a rule declined, or never ran as a module) fails and is left to the
+    generic engine."""
+    bad = set(covered) - set(forms)
+    merged = {n: _merge(f) for n, f in forms.items()}
+    if merged:
+        gen = torch.Generator(device=out.device).manual_seed(0)  # the user's RNG untouched
+        r = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
+        names = sorted(merged)
+        named = dict(fm.model.named_parameters())
+        with torch.enable_grad():
+            actual = torch.autograd.grad((out * r).sum(), [named[n] for n in names])
+        for n, act in zip(names, actual, strict=True):
+            pred = _predicted_grad(merged[n], r, act.shape)
+            low = act.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            tol = 1e-4 if low else 1e-9
+            if float((pred - act).norm()) > tol * (float(act.norm()) + 1e-30):
+                bad.add(n)
+    return [n for n in sorted(covered) if n not in bad]
+
+
+def route(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[str]:
+    """Names of the trainable parameters whose kernel the rules compute on inputs shaped
+    like ``xs`` (the rest go to the generic engine): one hooked forward and backward on
+    ``xs`` and the exactness guard, remembered per model and input signature."""
+    key = _signature(fm, xs, True)
+    known = _VALIDATED.get(fm.model, {}).get(key)
+    if known is not None:
+        return known
+    covered = {n: v for n, v in _ruled_params(fm.model).items() if n in fm.params}
+    forms, out = _capture(fm, xs, covered, n_out)
+    names = _validate(fm, covered, forms, out)
+    _VALIDATED.setdefault(fm.model, {})[key] = names
+    return names
 
 
 @register_engine("structured")
@@ -475,26 +667,7 @@ def structured(fm, x1, x2, *, n_out, trace, chunk_size, budget):
         forms, out = _capture(fm, xs, covered, n_out)
         if not state["checked"]:
             state["checked"] = True
-            bad = set(covered) - set(forms)  # ruled layers that never ran as modules
-            merged = {n: _merge(f) for n, f in forms.items()}
-            if merged:
-                # Exactness guard: autograd's gradient of a random output combination must
-                # equal the rules' prediction, or the parameter is also used elsewhere.
-                r = torch.randn(out.shape, dtype=out.dtype, device=out.device)
-                names = sorted(merged)
-                named = dict(fm.model.named_parameters())
-                with torch.enable_grad():
-                    actual = torch.autograd.grad((out * r).sum(), [named[n] for n in names])
-                for n, act in zip(names, actual, strict=True):
-                    pred = _predicted_grad(merged[n], r, act.shape)
-                    tol = (
-                        1e-4
-                        if act.dtype in (torch.float16, torch.bfloat16, torch.float32)
-                        else 1e-9
-                    )
-                    if float((pred - act).norm()) > tol * (float(act.norm()) + 1e-30):
-                        bad.add(n)
-            state["covered"] = [n for n in sorted(covered) if n not in bad]
+            state["covered"] = _validate(fm, covered, forms, out)
             _VALIDATED.setdefault(fm.model, {})[key] = state["covered"]
             rest = [n for n in fm.params if n not in state["covered"]]
             state["generic"] = FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
@@ -654,5 +827,16 @@ def _plan(fm, xs, *, n_out, trace, budget, n_samples):
     return c
 
 
-structured.applicable = lambda fm: coverage(fm.model) >= 0.5  # type: ignore[attr-defined]
+def _applicable(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> bool:
+    """At least half of the trainable entries take a rule on these inputs (as routed at
+    run time: after declines and the exactness guard)."""
+    if sum(fm.params[n].numel() for n in _ruled_params(fm.model) if n in fm.params) < (
+        fm.n_params / 2
+    ):
+        return False  # not even the rule table covers half: skip the trial pass
+    names = route(fm, slice_inputs(xs, 0, min(2, num_samples(xs))), n_out)
+    return 2 * sum(fm.params[n].numel() for n in names) >= fm.n_params
+
+
+structured.applicable = _applicable  # type: ignore[attr-defined]
 structured.plan_chunk = _plan_chunk  # type: ignore[attr-defined]
