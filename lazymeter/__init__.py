@@ -3,7 +3,7 @@
 Public API (DESIGN.md section 2).
 """
 
-from . import regime  # noqa: F401 - lm.regime.classify, without importing it by hand
+from . import quantities, regime  # noqa: F401 - lm.quantities.DEFAULT, lm.regime.classify
 from .baselines import Linearized, kernel_regression
 from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
 from .grokking import GrokTime, time_to_grok
@@ -19,6 +19,7 @@ from .metrics import (
     weight_norm,
 )
 from .ntk import empirical_ntk
+from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
 from .sinks import read_jsonl, tag_for
 
@@ -33,6 +34,8 @@ __all__ = [
     "time_to_grok",
     "Every",
     "LazyMeter",
+    "MeasureContext",
+    "Quantity",
     "LogSpaced",
     "make_schedule",
     "read_jsonl",

@@ -110,6 +110,14 @@ class Dist:
         return torch.cat(parts)[:n_rows]
 
 
+def sharded_ntk(d: Dist, ntk: Callable[..., Tensor], x: Tensor, x2: Tensor | None, like: Tensor):
+    """``ntk(x, x2)`` with each rank computing its rows (``x2 is None``: the symmetric
+    kernel of ``x``, symmetrised after the gather); ``like`` gives dtype and device."""
+    cols = x if x2 is None else x2
+    K = d.sharded_kernel(lambda a, b: ntk(x[a:b], cols), len(x), len(cols), like)
+    return (K + K.T) / 2 if x2 is None else K
+
+
 def make_dist(model: nn.Module, distributed: str | None, device: torch.device) -> Dist | None:
     """The :class:`Dist` for a meter around ``model``, or None for a single-process meter.
 

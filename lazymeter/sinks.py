@@ -10,60 +10,47 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-_TAGS = {
-    "ntk_drift": "ntk/drift",
-    "ntk_cka": "ntk/cka_to_init",
-    "alignment_train": "ntk/alignment_train",
-    "alignment_test": "ntk/alignment_test",
-    "alignment0_train": "ntk/alignment0_train",
-    "alignment0_test": "ntk/alignment0_test",
-    "test_ntk_drift": "ntk/test_drift",
-    "param_movement": "params/movement",
-    "weight_norm": "params/weight_norm",
-    "k0_test_mse": "baseline/k0_test_mse",
-    "k0_test_acc": "baseline/k0_test_acc",
-    "k0_train_mse": "baseline/k0_train_mse",
-}
-_PREFIXES = {
-    "spectrum_": "spectrum/",
-    "feature_cka/": "features/",
-    "lin_": "linearized/",
-    "decomp_": "decomposition/",
-}
+#: Row key -> TensorBoard tag under ``lazymeter/``. Filled by the quantities that produce
+#: the keys (:class:`lazymeter.Quantity` ``tags``), not kept here by hand; the losses the
+#: user passes to ``step`` follow the naming rules of :func:`tag_for`.
+_TAGS: dict[str, str] = {}
+#: Key prefix (ending in ``_`` or ``/``) -> tag group, from the quantities likewise.
+_PREFIXES: dict[str, str] = {}
+#: TensorBoard custom-scalar charts ``{title: [row keys]}``; the quantities add theirs.
+_CHARTS: dict[str, list[str]] = {"losses (network, linearised)": ["train_loss", "test_loss"]}
 
 
-#: TensorBoard's CUSTOM SCALARS tab: losses on one chart, kernel diagnostics on another.
-CUSTOM_SCALARS = {
-    "lazymeter": {
-        "losses (network, linearised)": [
-            "Multiline",
-            [
-                "lazymeter/loss/train",
-                "lazymeter/loss/test",
-                "lazymeter/linearized/train_loss",
-                "lazymeter/linearized/test_loss",
-                "lazymeter/baseline/k0_test_mse",
-            ],
-        ],
-        "kernel (drift, alignment, CKA)": [
-            "Multiline",
-            [
-                "lazymeter/ntk/drift",
-                "lazymeter/ntk/alignment_train",
-                "lazymeter/ntk/alignment_test",
-                "lazymeter/ntk/cka_to_init",
-            ],
-        ],
-        "weights": ["Multiline", ["lazymeter/params/movement", "lazymeter/params/weight_norm"]],
+def register_tags(tags: dict[str, str] | Any) -> None:
+    """Add ``{key: tag}`` (exact keys) or ``{prefix: group/}`` (keys ending in ``_`` or ``/``)
+    entries to the tag table used by :func:`tag_for`."""
+    for key, tag in dict(tags).items():
+        if key.endswith(("_", "/")):
+            _PREFIXES[key] = tag
+        else:
+            _TAGS[key] = tag
+
+
+def register_chart(title: str, keys: list[str]) -> None:
+    """Put ``keys`` on the TensorBoard custom-scalar chart ``title`` (created if new)."""
+    chart = _CHARTS.setdefault(title, [])
+    chart.extend(k for k in keys if k not in chart)
+
+
+def custom_scalars() -> dict[str, Any]:
+    """TensorBoard's CUSTOM SCALARS layout: one multiline chart per registered title."""
+    return {
+        "lazymeter": {
+            title: ["Multiline", [tag_for(k) for k in keys]] for title, keys in _CHARTS.items()
+        }
     }
-}
 
 
 def tag_for(key: str) -> str:
-    """TensorBoard tag of a row key, e.g. ``train_loss -> lazymeter/loss/train``."""
+    """TensorBoard tag of a row key, e.g. ``train_loss -> lazymeter/loss/train``,
+    ``ntk_drift -> lazymeter/ntk/drift`` (tags registered by the quantities)."""
     if key in _TAGS:
         return "lazymeter/" + _TAGS[key]
     for prefix, group in _PREFIXES.items():
@@ -108,6 +95,37 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable(log_dir: str) -> None:
+    """A clear error at construction, instead of a crash at the first measurement."""
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, f".lazymeter-write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"log_dir: cannot write to {log_dir!r} ({e.strerror or e}); pass a writable "
+            "directory, or log_dir=None to keep the history in memory only"
+        ) from None
+
+
+def fresh_history(log_dir: str) -> str:
+    """The path of ``log_dir/history.jsonl`` for a new run: an earlier run's non-empty file
+    is moved aside to ``history.jsonl.N`` (with a warning), never appended to (a resumed
+    meter's ``load_state_dict`` rewrites the file from its checkpoint instead)."""
+    path = os.path.join(log_dir, "history.jsonl")
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        n = 1
+        while os.path.exists(f"{path}.{n}"):
+            n += 1
+        os.replace(path, f"{path}.{n}")
+        warnings.warn(
+            f"lazymeter: {path} existed; moved it to {path}.{n}", RuntimeWarning, stacklevel=3
+        )
+    return path
 
 
 class JsonlSink:
@@ -292,7 +310,7 @@ class TensorBoardSink:
         if self._writer is not None and not self._layout_done:
             self._layout_done = True
             try:
-                self._writer.add_custom_scalars(CUSTOM_SCALARS)
+                self._writer.add_custom_scalars(custom_scalars())
             except Exception:  # noqa: BLE001 - a writer without layouts still takes scalars
                 pass
         return self._writer
@@ -363,3 +381,75 @@ class TensorBoardSink:
                 self._writer.close()
             else:
                 self._writer.flush()
+
+
+class RunLog:
+    """One run's sinks: ``log_dir/history.jsonl`` (a fresh file; an earlier run's is moved
+    aside) and TensorBoard (in ``log_dir``, or the given ``writer``). Either may be absent."""
+
+    def __init__(self, log_dir: str | None, writer: Any = None) -> None:
+        self.jsonl: JsonlSink | None = None
+        if log_dir is not None:
+            check_writable(log_dir)
+            self.jsonl = JsonlSink(fresh_history(log_dir))
+        self.tb = TensorBoardSink(log_dir, writer)
+
+    def write_row(
+        self,
+        row: dict[str, Any],
+        step: int,
+        texts: dict[str, str] | None = None,
+        figures: Callable[[], dict[str, Any]] | None = None,
+    ) -> OSError | None:
+        """Append ``row`` to the JSONL file (its ``OSError`` is returned, not raised: the
+        in-memory history goes on) and write its scalars, ``texts`` and ``figures()``
+        (``{tag: Figure}``, only asked for when TensorBoard is on) at ``step``."""
+        error = None
+        if self.jsonl is not None:
+            try:
+                self.jsonl.write(row)
+            except OSError as e:  # disk full, directory gone
+                error = e
+        self.tb.write(row, step, flush=False)
+        if self.tb.enabled:
+            for tag, text in (texts or {}).items():
+                self.tb.write_text(tag, text, step)
+            for tag, fig in (figures() if figures else {}).items():
+                self.tb.write_figure(tag, fig, step)
+            if self.tb.writer is not None:
+                self.tb.writer.flush()
+        return error
+
+    def flush(self) -> None:
+        if self.tb.writer_if_open is not None:
+            self.tb.writer_if_open.flush()
+
+    def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
+        """After loading a checkpoint: the files continue exactly as ``history`` does
+        (whatever a crashed run logged after the checkpoint is dropped)."""
+        if self.jsonl is not None:
+            self.jsonl.rewrite(history)
+        if step is not None:
+            self.tb.purge_after(step)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.jsonl = None
+        self.tb.close()
+
+
+def scalar_values(scalars: dict[str, Any]) -> dict[str, float]:
+    """``{key: float(value)}`` of the scalars passed to ``step``; a value that is not a
+    number (a string, a tensor of several elements) is a ``TypeError`` naming it."""
+    values = {}
+    for k, v in scalars.items():
+        try:
+            if isinstance(v, (str, bytes)):
+                raise TypeError
+            values[k] = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"{k}: expected a number (or a one-element tensor), got {v!r}"
+            ) from None
+    return values

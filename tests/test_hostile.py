@@ -163,7 +163,7 @@ def test_probe_on_another_device_is_moved_once_with_a_note_in_the_log(caplog):
     x, y = data()
     meta = torch.device("meta")  # stands in for cuda here: any device but the probe's
     with caplog.at_level(logging.WARNING, logger="lazymeter"):
-        px, py = lm.meter._as_probe((x, y), "probe", meta)
+        px, py = lm.probes.as_probe((x, y), "probe", meta)
     assert px.device == meta and py.device == meta
     assert "probe is on cpu but the model is on meta; moved it there once" in caplog.text
 
@@ -247,7 +247,7 @@ def test_failing_jsonl_write_mid_run_warns_once_and_keeps_the_history(tmp_path):
     def full(row):
         raise OSError(28, "No space left on device")
 
-    meter._jsonl.write = full
+    meter._log.jsonl.write = full
     with pytest.warns(RuntimeWarning, match="could not write .*No space left") as record:
         gd(meter, x, y, 3)
     assert len([w for w in record if "could not write" in str(w.message)]) == 1

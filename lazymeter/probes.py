@@ -1,0 +1,114 @@
+"""Probe sets: validation, the seeded subset a meter measures on, regression targets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Probe = tuple[Tensor, Tensor]
+
+logger = logging.getLogger("lazymeter")
+
+
+def as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
+    """Validate an ``(x, y)`` probe (None passes through) and put it on ``device``.
+
+    Errors name the argument: not a pair of tensors, different lengths, fewer than 3
+    points (centring degenerates), the meta device, NaN/Inf values. A probe on another
+    device than the model is moved once, with a note in the ``lazymeter`` logger.
+    """
+    if probe is None:
+        return None
+    if not isinstance(probe, (tuple, list)) or len(probe) != 2:
+        raise TypeError(f"{name}: expected a pair (x, y) of tensors, got {type(probe).__name__}")
+    x, y = probe
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{name}: expected (x, y) as torch.Tensors")
+    if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name}: x and y must have the same number of samples in dimension 0; got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.shape[0] < 3:
+        raise ValueError(
+            f"{name}: needs at least 3 samples (got {x.shape[0]}): centring leaves a 1x1 kernel "
+            "zero and a 2x2 one rank 1, so every kernel comparison would be undefined or +-1"
+        )
+    if x.device.type == "meta" or y.device.type == "meta":
+        raise ValueError(f"{name}: is on the meta device, which holds no values; pass real tensors")
+    for t, part in ((x, "x"), (y, "y")):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: {part} contains NaN or Inf")
+    if x.device != device or y.device != device:
+        # Moved once here (not at every measurement); said in the log, as it costs memory.
+        logger.warning(
+            "lazymeter: %s is on %s but the model is on %s; moved it there once (pass it on "
+            "the model's device to skip the copy)",
+            name,
+            x.device,
+            device,
+        )
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+def subsample(probe: Probe, k: int, seed: int) -> Probe:
+    """At most ``k`` samples, a fixed (seeded) random subset in original order."""
+    x, y = probe
+    if x.shape[0] <= k:
+        return x, y
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=g)[:k].sort().values.to(x.device)
+    return x[idx], y[idx]
+
+
+def targets(y: Tensor, num_classes: int | None = None) -> Tensor:
+    """Regression targets ``[P, C]`` in float64: integer class labels become one-hot."""
+    if not y.is_floating_point():
+        C = num_classes or int(y.max()) + 1
+        return torch.nn.functional.one_hot(y.long().reshape(-1), C).to(torch.float64)
+    y = y.to(torch.float64)
+    return y.reshape(y.shape[0], -1)
+
+
+def prepare(
+    probe: Any,
+    test_probe: Any,
+    device: torch.device,
+    max_probe: int,
+    seed: int,
+) -> tuple[Probe | None, Probe | None, Probe | None, Probe | None, int | None]:
+    """``(probe, test, full, full_test, num_classes)``: validated probes, their measurement
+    subsets (at most ``max_probe`` seeded points; the test subset with ``seed + 1``), the
+    whole probes, and the class count for integer labels (None for regression targets).
+    Labels with zero variance are a ``ValueError`` (alignment is undefined)."""
+    full = as_probe(probe, "probe", device)
+    full_test = as_probe(test_probe, "test_probe", device)
+    if full_test is not None and full is None:
+        raise ValueError("test_probe: needs a training probe too (pass probe=(x, y))")
+    if full is None:
+        return None, None, None, None, None
+    sub = subsample(full, max_probe, seed)
+    sub_test = None if full_test is None else subsample(full_test, max_probe, seed + 1)
+    num_classes = None
+    if not full[1].is_floating_point():
+        ys = [full[1]] + ([full_test[1]] if full_test is not None else [])
+        num_classes = int(max(int(t.max()) for t in ys)) + 1
+    return sub, sub_test, full, full_test, num_classes
+
+
+def check_label_variance(probes: dict[str, Probe | None], num_classes: int | None) -> None:
+    """A ``ValueError`` naming the probe whose labels are all equal."""
+    for name, p in probes.items():
+        if p is None:
+            continue
+        t = targets(p[1], num_classes)
+        if bool((t == t[:1]).all()):
+            raise ValueError(
+                f"{name}: the labels y have zero variance over the {len(t)} probe "
+                "points, so kernel-target alignment is undefined; use a probe whose "
+                "labels differ (for classes, several classes)"
+            )

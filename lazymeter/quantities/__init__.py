@@ -1,0 +1,100 @@
+"""Built-in diagnostics as :class:`Quantity` objects, and the presets a meter starts from.
+
+``LazyMeter(..., quantities=None)`` measures :func:`default` (built from the meter's
+shorthand keywords); ``quantities=[*lazymeter.quantities.DEFAULT, MyQuantity()]`` adds one
+of yours. Presets, from cheapest to fullest (in the spirit of Cockpit's
+economy/business/full):
+
+* :data:`ECONOMY`: parameter movement, kernel drift/CKA and alignment (one kernel per
+  probe and measurement);
+* :data:`DEFAULT`: + the kernel spectrum and the lazy (``K_0``) baseline;
+* :data:`FULL`: the default set (feature CKA and the linearised shadow need arguments:
+  ``FeatureCKA(layers)``, ``LinearizedShadow()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ..sinks import tag_for
+from .alignment import Alignment
+from .base import Quantity
+from .baseline import LazyBaseline
+from .context import MeasureContext
+from .features import FeatureCKA
+from .function import FunctionQuantity, MetricFn
+from .kernel import KernelDrift
+from .linearized import LinearizedShadow
+from .params import ParameterMovement
+from .spectrum import Spectrum
+
+ECONOMY: list[Quantity] = [ParameterMovement(), KernelDrift(), Alignment()]
+DEFAULT: list[Quantity] = [
+    ParameterMovement(),
+    KernelDrift(),
+    Alignment(),
+    Spectrum(),
+    LazyBaseline(),
+]
+FULL: list[Quantity] = DEFAULT
+
+
+def default(
+    *,
+    centering: str = "double",
+    spectrum_k: int = 5,
+    ridge: float = 0.0,
+    max_baseline: int = 2048,
+    features: Sequence[str] = (),
+    metrics: Mapping[str, MetricFn] | None = None,
+    linearized: bool = False,
+    output_fn: Callable[[Any], Any] | None = None,
+) -> list[Quantity]:
+    """The built-in set configured by the meter's shorthand keywords (what
+    ``LazyMeter(..., quantities=None)`` measures)."""
+    out: list[Quantity] = [
+        ParameterMovement(),
+        KernelDrift(),
+        Alignment(centering),
+        Spectrum(spectrum_k),
+        LazyBaseline(max_baseline, ridge),
+    ]
+    if features:
+        out.append(FeatureCKA(features))
+    out += [FunctionQuantity(name, fn) for name, fn in (metrics or {}).items()]
+    if linearized:
+        out.append(LinearizedShadow(output_fn))
+    return out
+
+
+def metric_table(quantities: Iterable[type[Quantity]] | None = None) -> str:
+    """The docs' metric table (markdown) from the quantities' ``doc`` entries."""
+    classes = quantities or [
+        ParameterMovement, KernelDrift, Alignment, Spectrum, LazyBaseline, FeatureCKA,
+        LinearizedShadow, FunctionQuantity,
+    ]  # fmt: skip
+    rows = ["| key | definition | quantity | TensorBoard tag |", "|---|---|---|---|"]
+    for cls in classes:
+        for key, meaning in cls.doc.items():
+            rows.append(f"| `{key}` | {meaning} | `{cls.__name__}` | `{tag_for(key)}` |")
+    return "\n".join(rows)
+
+
+__all__ = [
+    "DEFAULT",
+    "ECONOMY",
+    "FULL",
+    "Alignment",
+    "FeatureCKA",
+    "FunctionQuantity",
+    "KernelDrift",
+    "LazyBaseline",
+    "LinearizedShadow",
+    "MeasureContext",
+    "ParameterMovement",
+    "Quantity",
+    "Spectrum",
+    "default",
+    "metric_table",
+]

@@ -1,0 +1,225 @@
+"""The alpha-rescaled, centred model a loss should see: ``alpha * (f(x) - f0(x))``.
+
+:class:`ScaledModel` wraps the user's network with a frozen snapshot of its initial
+parameters and buffers; :class:`~lazymeter.LazyMeter` is a ``ScaledModel`` that also
+measures. Forwards at the snapshot swap tensors by object identity
+(:func:`~lazymeter.ntk.functional.call_with`), so the user's model is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from .distributed import unwrap
+from .ntk.functional import call_with
+
+
+class Snapshot(nn.Module):
+    """Frozen copy of a model's parameters and buffers (buffers here, so that
+    ``.to()`` moves them and ``state_dict`` carries them, but optimisers never see them)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        named = list(model.named_parameters()) + list(model.named_buffers())
+        self.names = [n for n, _ in named]
+        for i, (_, t) in enumerate(named):
+            self.register_buffer(f"t{i}", t.detach().clone())
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {n: getattr(self, f"t{i}") for i, n in enumerate(self.names)}
+
+
+class ScaledModel(nn.Module):
+    """``alpha * (model(x) - model0(x))`` (``center=True``) or ``alpha * model(x)``.
+
+    Args:
+        model: the network (possibly inside ``DistributedDataParallel``); this module's
+            parameters are exactly its parameters.
+        alpha: output scale (> 0).
+        center: subtract the initial model's output.
+        output_fn: reduces the model's output to what the loss sees (and the NTK measures).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        alpha: float = 1.0,
+        center: bool = True,
+        output_fn: Callable[[Any], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha: expected a positive number, got {type(alpha).__name__}")
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha: must be finite and > 0, got {alpha}")
+        self.model = model
+        self.alpha = float(alpha)
+        self.center = bool(center)
+        self.output_fn = output_fn
+        self._cache: list[tuple[tuple[Any, ...], Any]] = []
+        net = unwrap(model)
+        if not any(p.requires_grad for p in net.parameters()):
+            raise ValueError(
+                "model: has no parameters with requires_grad=True, so there is nothing to "
+                "train or measure; unfreeze the parameters to be trained"
+            )
+        self._dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        self.snapshot = Snapshot(net)
+
+    @property
+    def net(self) -> nn.Module:
+        """The user's model without a ``DistributedDataParallel`` wrapper: what is measured."""
+        return unwrap(self.model)
+
+    def _device(self) -> torch.device:
+        for t in self.net.parameters():
+            return t.device
+        return torch.device("cpu")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ScaledModel:
+        super()._apply(fn, recurse)
+        self._cache = []
+        return self
+
+    def scaled_lr(self, lr: float, optimizer: str = "sgd") -> float:
+        """Learning rate for training ``alpha * (f - f0)``: ``lr / alpha**2`` for SGD/GD.
+
+        Why: with ``g = alpha (f - f0)``, a gradient step moves parameters by
+        ``lr * alpha * df``, hence ``g`` by ``lr * alpha^2 * K``: dividing ``lr`` by
+        ``alpha^2`` keeps the function-space speed independent of alpha, so alpha
+        only sets how far the parameters (and the NTK) must move: large alpha =
+        lazy. Adam-type optimisers normalise the gradient scale away: each
+        parameter moves about ``lr`` per step, so ``g`` moves ``alpha * lr``;
+        ``optimizer="adam"`` returns ``lr / alpha`` to keep that speed fixed.
+        """
+        if optimizer == "sgd":
+            return lr / self.alpha**2
+        if optimizer == "adam":
+            return lr / self.alpha
+        raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {optimizer!r}")
+
+    def _reduce(self, out: Any) -> Any:
+        return out if self.output_fn is None else self.output_fn(out)
+
+    def initial_output(self, *args: Any, **kwargs: Any) -> Any:
+        """``model0(*args)``: the frozen initial model's (reduced) output, without a graph.
+
+        Cached for the last few inputs (same tensor objects, unmodified, same mode),
+        so a full-batch loop pays for it once; not cached while dropout is active.
+        """
+        key = None
+        # A stochastic forward must be drawn afresh each call (and consume the RNG as an
+        # uncached run would), so only deterministic models are cached.
+        random = self._dropouts and any(m.training for m in self._dropouts)
+        if not random and not kwargs and all(isinstance(a, Tensor) for a in args):
+            key = (self.model.training, *[a._version for a in args])
+            for k, (refs, out0) in self._cache:
+                # Identity, not equality: the cache holds the inputs, so ids stay unique.
+                if k == key and len(refs) == len(args) and all(map(operator.is_, refs, args)):
+                    return out0
+        with torch.no_grad():
+            out0 = self._reduce(call_with(self.net, self.snapshot.as_dict(), args, kwargs))
+        if key is not None:
+            # Holding the inputs keeps their ids from being reused by other tensors.
+            self._cache = [(key, (args, out0))] + self._cache[:3]
+        return out0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``alpha * (model(x) - model0(x))`` (centred) or ``alpha * model(x)``, applied to
+        every floating-point tensor of the (reduced) output; other leaves pass through."""
+        out = self._reduce(self.model(*args, **kwargs))
+        out0 = self.initial_output(*args, **kwargs) if self.center else None
+        a = self.alpha
+        if isinstance(out, Tensor) and out.is_floating_point():  # the common case, kept lean
+            if out0 is not None:
+                out = out - out0
+            return out if a == 1.0 else a * out
+
+        def scale(t: Any, t0: Any = None) -> Any:
+            if not (isinstance(t, Tensor) and t.is_floating_point()):
+                return t
+            return a * (t - t0) if t0 is not None else a * t
+
+        return tree_map(scale, out) if out0 is None else tree_map(scale, out, out0)
+
+    def own_state(self) -> dict[str, Tensor]:
+        """The model's parameters and *copies* of its buffers, for :func:`call_with`
+        forwards that must leave BatchNorm statistics untouched."""
+        net = self.net
+        return {
+            **dict(net.named_parameters()),
+            **{k: b.clone() for k, b in net.named_buffers()},
+        }
+
+    def measured_output(self, x: Tensor) -> Tensor:
+        """This module's output on ``x`` as a measurement sees it: no graph, buffers
+        untouched (the model's forward runs on copies of them)."""
+        with torch.no_grad():
+            out = self._reduce(call_with(self.net, self.own_state(), (x,)))
+            if self.center:
+                out = out - self.initial_output(x)
+            return self.alpha * out
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Measure deterministically without a trace: the RNG is forked, and dropout layers
+        are switched off (kernels of a random sub-network are noise) and restored after."""
+        devices = [self._device()] if self._device().type == "cuda" else []
+        active = [m for m in self._dropouts if m.training]
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for m in active:
+                    m.training = False
+                yield
+        finally:
+            for m in active:
+                m.training = True
+
+    def check_outputs(self, x: Tensor) -> int:
+        """Clear errors at construction for a model whose output the NTK cannot use;
+        returns the number of outputs per sample."""
+        net, state = self.net, self.own_state()
+        shapes = []
+        with self.measuring():
+            for n in (2, 3):
+                with torch.set_grad_enabled(n == 2):  # one pass also checks differentiability
+                    out = self._reduce(call_with(net, state, (x[:n],)))
+                if not isinstance(out, Tensor):
+                    raise TypeError(
+                        f"model: returned {type(out).__name__}, not a Tensor; pass output_fn "
+                        "that picks the tensor to measure (e.g. output_fn=lambda o: o['logits'])"
+                    )
+                if not out.is_floating_point():
+                    raise TypeError(
+                        f"model: returned a {out.dtype} tensor; the NTK needs a floating-point "
+                        "output (an argmax or round in forward? return the logits)"
+                    )
+                if out.dim() == 0 or out.shape[0] != n:
+                    raise ValueError(
+                        f"model: the output must keep the batch dimension first; got shape "
+                        f"{tuple(out.shape)} for {n} samples (use output_fn to reduce it)"
+                    )
+                if not bool(torch.isfinite(out).all()):
+                    raise ValueError("model: the initial output on the probe has NaN or Inf")
+                if n == 2 and not out.requires_grad:
+                    raise ValueError(
+                        "model: its output does not depend differentiably on the trainable "
+                        "parameters (a detach() or torch.no_grad() inside forward?)"
+                    )
+                shapes.append(tuple(out.shape[1:]))
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"model: the per-sample output shape depends on the batch ({shapes[0]} for 2 "
+                f"samples, {shapes[1]} for 3); the NTK needs per-sample outputs"
+            )
+        return math.prod(shapes[0])
