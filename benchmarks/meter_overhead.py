@@ -4,13 +4,13 @@ The paper's polynomial net (D=100, N=500, P=550 train, 1000 test, float32), full
 GD on the centred MSE for ``--steps`` steps:
 
 * bare: the loop a researcher would write (``f(x; W0)`` precomputed once);
-* meter: the same loop through ``LazyMeter(schedule=100)`` with train and test probes
+* meter: the same loop through ``LazyMeter(schedule=--schedule)`` with train and test probes
   (default ``max_probe``), scalars logged every step, TensorBoard + JSONL in a temp dir.
 
 Prints both times and their ratio (measured in the same run, interleaved, best of
 ``--repeats``), then the time of one ``meter.measure()`` for several ``max_probe``.
 
-Run: ``python benchmarks/meter_overhead.py [--steps 3000] [--method auto]``.
+Run: ``python benchmarks/meter_overhead.py [--steps 3000] [--method auto] [--schedule log]``.
 """
 
 from __future__ import annotations
@@ -50,14 +50,16 @@ def bare(steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def metered(steps: int, method: str, max_probe: int, log_dir: str) -> tuple[float, lm.LazyMeter]:
+def metered(
+    steps: int, method: str, max_probe: int, log_dir: str, schedule: int | str = 100
+) -> tuple[float, lm.LazyMeter]:
     model, d = setup()
     meter = lm.LazyMeter(
         model,
         alpha=1.0,
         probe=(d.x, d.y),
         test_probe=(d.x_test, d.y_test),
-        schedule=100,
+        schedule=schedule,
         log_dir=log_dir,
         ntk_method=method,
         max_probe=max_probe,
@@ -81,10 +83,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--method", default="auto")
     ap.add_argument("--max-probe", type=int, default=64, help="the meter default")
+    ap.add_argument("--schedule", default="log", help="an int k (every k steps) or 'log'")
     args = ap.parse_args()
+    schedule = int(args.schedule) if args.schedule.isdigit() else args.schedule
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; paper net D={D} N={N} "
-        f"P={P} (+{P_TEST} test), {args.steps} full-batch GD steps, schedule=100, "
+        f"P={P} (+{P_TEST} test), {args.steps} full-batch GD steps, schedule={schedule}, "
         f"max_probe={args.max_probe}, ntk_method={args.method}"
     )
     bare(50)
@@ -94,7 +98,7 @@ def main() -> None:
         # loops and compare both the best times and the median of paired ratios.
         for r in range(args.repeats):
             t_bare.append(bare(args.steps))
-            t, meter = metered(args.steps, args.method, args.max_probe, f"{tmp}/{r}")
+            t, meter = metered(args.steps, args.method, args.max_probe, f"{tmp}/{r}", schedule)
             t_meter.append(t)
         n_meas = len(meter.history)
         tb, tm = min(t_bare), min(t_meter)
