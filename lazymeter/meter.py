@@ -11,7 +11,6 @@ Measurements never change the model's parameters, gradients, mode or the global 
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import warnings
@@ -26,7 +25,7 @@ from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, world_size
 from .failures import Warner
 from .ntk import FunctionalModel, empirical_ntk, kernel_dtype, select_method
 from .probes import Probe, check_label_variance, prepare, subsample
-from .regime import RegimeThresholds, alignment_gain, classify
+from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import RunLog, scalar_values
@@ -37,12 +36,10 @@ _STATE_VERSION = 2
 class LazyMeter(ScaledModel):
     """Lazy-vs-rich diagnostics for any ``nn.Module``, inside the user's training loop.
 
-    ``meter(x)`` returns ``alpha * (model(x) - model0(x))`` (``center=True``; ``model0`` is
-    the model frozen at construction) or ``alpha * model(x)``. Train it with
-    ``lr = meter.scaled_lr(lr)``. Each ``meter.step(**scalars)`` logs the scalars; on
-    scheduled steps the meter measures its quantities (default
-    :func:`lazymeter.quantities.default`: parameter movement, NTK drift/CKA, alignment,
-    spectrum, the lazy ``K_0`` baseline; docs/meter.md lists every key).
+    ``meter(x)`` is ``alpha * (model(x) - model0(x))`` (``center=True``; ``model0``: the model
+    at construction) or ``alpha * model(x)``; train it with ``lr = meter.scaled_lr(lr)``.
+    ``meter.step(**scalars)`` logs the scalars and measures the quantities that are due
+    (default :func:`lazymeter.quantities.default`; docs/meter.md lists every key).
 
     Args:
         model: the network to train; the meter's parameters are exactly its parameters.
@@ -52,30 +49,24 @@ class LazyMeter(ScaledModel):
         schedule: int k (every k steps), ``"log"`` (8 log-spaced steps per decade),
             ``"log:N"``, or a callable ``step -> bool``; quantities may have their own.
         log_dir: directory for ``history.jsonl`` and TensorBoard event files.
-        quantities: what to measure (a list of :class:`~lazymeter.Quantity`, deep-copied);
-            None = :func:`lazymeter.quantities.default` built from the shorthand keywords
+        quantities: what to measure (:class:`~lazymeter.Quantity` objects, deep-copied);
+            None = :func:`lazymeter.quantities.default` from the shorthand keywords
             ``centering``, ``spectrum_k``, ``ridge``, ``max_baseline``, ``features``,
-            ``metrics`` (``{name: fn(model) -> dict}``) and ``linearized``, which only apply
-            then.
+            ``metrics`` (``{name: fn(model) -> dict}``) and ``linearized``.
         writer: a TensorBoard ``SummaryWriter`` (anything with ``add_scalar``) to log into.
-        output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``);
-            applied in ``forward`` and in the NTK.
+        output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``).
         max_probe: kernels use at most this many probe points (a fixed seeded subset); a
-            measurement costs ``O(max_probe^2 * n_params)``.
-        ntk_method, ntk_chunk_size, memory_budget: passed to :func:`lazymeter.empirical_ntk`
+            measurement costs ``O(max_probe^2 * n_params)``. ``seed``: of that subset.
+        ntk_method, ntk_chunk_size, memory_budget: of :func:`lazymeter.empirical_ntk`
             (``"auto"`` is resolved once, at construction).
-        seed: seed of the probe subsample.
         scalar_every: write the scalars passed to :meth:`step` to TensorBoard every this
             many steps (and at every measurement); an event costs ~50 us.
         tb_figures: also log the quantities' figures (kernel spectrum, decomposition).
-        regime_thresholds: thresholds of the lazy/rich read-out logged as TensorBoard text.
+        regime_thresholds: of the lazy/rich read-out logged as TensorBoard text.
         distributed: for ``LazyMeter(DistributedDataParallel(model))``: ``"auto"``
-            (= ``"rank0"``: rank 0 measures and broadcasts the row), ``"shard"`` (each rank
+            (= ``"rank0"``: rank 0 measures, the row is broadcast), ``"shard"`` (each rank
             computes its rows of the kernels) or None (independent meters). Every rank holds
             rank 0's snapshot, probes and history; only rank 0 writes files.
-
-    Precision: kernels of float16/bfloat16 models are computed in float32; probes on
-    another device than the model are moved to it once, with a note in the log.
     """
 
     def __init__(
@@ -127,7 +118,7 @@ class LazyMeter(ScaledModel):
                 max_baseline=max_baseline, metrics=metrics, linearized=linearized,
                 output_fn=output_fn,
             )  # fmt: skip
-        self.quantities: list[Q.Quantity] = [_own(q) for q in quantities]
+        self.quantities: list[Q.Quantity] = [Q.own_copy(q) for q in quantities]
         self._schedules = {id(q): q.make_schedule() for q in self.quantities}
         self._own_schedules = [q for q in self.quantities if self._schedules[id(q)] is not None]
         net = self.net
@@ -297,12 +288,7 @@ class LazyMeter(ScaledModel):
 
     def _write(self, row: dict[str, float], ctx: Q.MeasureContext, due: Sequence[Any]) -> None:
         step = int(row["step"])
-        regime = (
-            f"step {step}: **{classify(row, self.regime_thresholds)}** (drift "
-            f"{row.get('ntk_drift', math.nan):.3g}, movement "
-            f"{row.get('param_movement', math.nan):.3g}, alignment gain "
-            f"{alignment_gain(row):.3g})"
-        )
+        regime = describe(row, self.regime_thresholds)
 
         def figures() -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -451,13 +437,3 @@ class LazyMeter(ScaledModel):
                 {k: v for k, v in self.history[-1].items() if k != "step"},
             )
         self._log.close()
-
-
-def _own(q: Q.Quantity) -> Q.Quantity:
-    """A meter's own copy of a quantity (a shared list such as DEFAULT keeps no state)."""
-    if not isinstance(q, Q.Quantity):
-        raise TypeError(
-            f"quantities: expected lazymeter.Quantity objects, got {type(q).__name__}; wrap a "
-            "function fn(model) -> dict as metrics={'name': fn}"
-        )
-    return copy.deepcopy(q)

@@ -96,3 +96,14 @@ def regimes(
 ) -> list[str]:
     """:func:`classify` of every row."""
     return [classify(r, thresholds) for r in rows]
+
+
+def describe(row: Mapping[str, float], thresholds: RegimeThresholds | None = None) -> str:
+    """One line for TensorBoard's text tab: the regime of a measurement row and the numbers
+    it was read from, e.g. ``step 100: **rich** (drift 0.3, movement 1.2, alignment gain 2)``."""
+    return (
+        f"step {int(row.get('step', -1))}: **{classify(row, thresholds)}** (drift "
+        f"{row.get('ntk_drift', math.nan):.3g}, movement "
+        f"{row.get('param_movement', math.nan):.3g}, alignment gain "
+        f"{alignment_gain(row):.3g})"
+    )

@@ -14,6 +14,7 @@ economy/business/full):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -68,6 +69,17 @@ def default(
     return out
 
 
+def own_copy(q: Quantity) -> Quantity:
+    """A meter's own (deep) copy of a quantity, so that a shared list such as ``DEFAULT``
+    keeps no state; anything but a :class:`Quantity` is a ``TypeError``."""
+    if not isinstance(q, Quantity):
+        raise TypeError(
+            f"quantities: expected lazymeter.Quantity objects, got {type(q).__name__}; wrap a "
+            "function fn(model) -> dict as metrics={'name': fn}"
+        )
+    return copy.deepcopy(q)
+
+
 def metric_table(quantities: Iterable[type[Quantity]] | None = None) -> str:
     """The docs' metric table (markdown) from the quantities' ``doc`` entries."""
     classes = quantities or [
@@ -97,4 +109,5 @@ __all__ = [
     "Spectrum",
     "default",
     "metric_table",
+    "own_copy",
 ]
