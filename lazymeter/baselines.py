@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
-from .metrics import _check_finite, _check_tensor, real_number
 from .ntk.functional import call_with
+from .validation import check_finite, check_tensor, real_number
 
 
 def kernel_regression(
@@ -39,8 +39,8 @@ def kernel_regression(
             Integer/bool inputs are accepted (output in the default float dtype).
     """
     for name, t in (("K_train", K_train), ("y_train", y_train), ("K_test_train", K_test_train)):
-        if _check_tensor(t, name).is_floating_point():
-            _check_finite(t, name)
+        if check_tensor(t, name).is_floating_point():
+            check_finite(t, name)
     if K_train.dim() != 2 or K_train.shape[0] != K_train.shape[1]:
         raise ValueError(f"K_train: expected a square [P, P] matrix, got {tuple(K_train.shape)}")
     P = K_train.shape[0]

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .metrics import _as_tensor, real_number
+from .validation import as_float64, real_number
 
 
 class Decomposition(Protocol):
@@ -51,19 +51,19 @@ def decompose_quadratic(
         ValueError: wrong shapes, ``N = 0`` or ``D = 0``, NaN/Inf entries or ``alpha``/``eps``,
             or terms that overflow float64.
     """
-    W64 = _as_tensor(W, "W")
+    W64 = as_float64(W, "W")
     if W64.dim() != 2 or W64.shape[0] == 0 or W64.shape[1] == 0:
         raise ValueError(
             f"W: expected a [N, D] tensor with N, D >= 1, got shape {tuple(W64.shape)}"
         )
     N, D = W64.shape
-    b = _as_tensor(beta, "beta").to(W64.device)
+    b = as_float64(beta, "beta").to(W64.device)
     if b.shape != (D,):
         raise ValueError(f"beta: expected shape [{D}] to match W [N, D], got {tuple(b.shape)}")
     if a is None:
         a64 = torch.ones(N, dtype=torch.float64, device=W64.device)
     else:
-        a64 = _as_tensor(a, "a").to(W64.device)
+        a64 = as_float64(a, "a").to(W64.device)
         if a64.shape != (N,):
             raise ValueError(f"a: expected readouts of shape [{N}], got {tuple(a64.shape)}")
     alpha, eps = real_number(alpha, "alpha"), real_number(eps, "eps")

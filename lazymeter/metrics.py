@@ -28,53 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from .threads import torch_threads
+from .validation import as_float64, check_finite, check_tensor
 
 Params = nn.Module | Mapping[str, Tensor] | Iterable[Tensor]
 
 _CENTERINGS = ("double", "rows", "none")
-
-
-def _check_tensor(x: object, name: str) -> Tensor:
-    """``x`` itself if it is a real tensor; ``TypeError`` naming ``name`` otherwise."""
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"{name}: expected a torch.Tensor, got {type(x).__name__}; "
-            f"convert it with torch.as_tensor({name})"
-        )
-    if x.is_complex():
-        raise TypeError(
-            f"{name}: complex tensors have no real-valued metric; pass {name}.real "
-            f"(or {name}.abs())"
-        )
-    return x
-
-
-def _check_finite(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(
-            f"{name}: contains NaN or Inf; a kernel, label or parameter with them has no metric "
-            "(check the model for divergence)"
-        )
-
-
-def _as_tensor(x: object, name: str) -> Tensor:
-    """Detached float64 copy (or view) of a finite real tensor."""
-    x = _check_tensor(x, name).detach().to(torch.float64)
-    _check_finite(x, name)
-    return x
-
-
-def real_number(v: object, name: str) -> float:
-    """``v`` (a real number or one-element real tensor) as a finite float; ``TypeError`` /
-    ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(v, Tensor) and v.numel() == 1 and not v.is_complex():
-        v = float(v)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {v}")
-    return v
 
 
 def _nonempty(x: Tensor, name: str, what: str) -> None:
@@ -83,7 +41,7 @@ def _nonempty(x: Tensor, name: str, what: str) -> None:
 
 
 def _square(K: object, name: str) -> Tensor:
-    K = _as_tensor(K, name)
+    K = as_float64(K, name)
     if K.dim() != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(
             f"{name}: expected a square [P, P] Gram matrix, got shape {tuple(K.shape)}; "
@@ -95,7 +53,7 @@ def _square(K: object, name: str) -> Tensor:
 
 
 def _labels(y: object, P: int, name: str) -> Tensor:
-    y = _as_tensor(y, name)
+    y = as_float64(y, name)
     if y.dim() == 1:
         y = y[:, None]
     if y.dim() != 2:
@@ -157,7 +115,7 @@ def center_kernel(K: Tensor) -> Tensor:
     otherwise). The result has ``K``'s dtype, except that half-precision inputs give
     float32 and integer/bool inputs float64; it stays differentiable in ``K``.
     """
-    K = _check_tensor(K, "K")
+    K = check_tensor(K, "K")
     if K.dim() != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"K: expected a square [P, P] Gram matrix, got shape {tuple(K.shape)}")
     _nonempty(K, "K", "a kernel over at least one sample")
@@ -165,7 +123,7 @@ def center_kernel(K: Tensor) -> Tensor:
         K = K.to(torch.float64)
     elif K.dtype in (torch.float16, torch.bfloat16):
         K = K.to(torch.float32)
-    _check_finite(K, "K")
+    check_finite(K, "K")
     # Centre K / 2^e (exact) and scale back: the means cannot overflow.
     e = _exponent(K.detach())
     U = _times_pow2(K, -e)
@@ -285,7 +243,7 @@ def linear_cka(X1: Tensor, X2: Tensor) -> float:
     Undefined when a centred feature matrix is zero (features constant across samples,
     ``P = 1``): ``ValueError`` naming ``X1`` or ``X2``.
     """
-    X1, X2 = _as_tensor(X1, "X1"), _as_tensor(X2, "X2")
+    X1, X2 = as_float64(X1, "X1"), as_float64(X2, "X2")
     for name, X in (("X1", X1), ("X2", X2)):
         if X.dim() < 2:
             raise ValueError(
@@ -323,7 +281,7 @@ def ntk_drift(K: Tensor, K0: Tensor) -> float:
 
     ``>= 0``; undefined for a zero ``K0`` (``ValueError`` naming ``K0``).
     """
-    K, K0 = _as_tensor(K, "K"), _as_tensor(K0, "K0")
+    K, K0 = as_float64(K, "K"), as_float64(K0, "K0")
     if K.shape != K0.shape:
         raise ValueError(
             f"K: shape {tuple(K.shape)} differs from K0's {tuple(K0.shape)}; both must be "
@@ -362,11 +320,11 @@ def _named(p: object, name: str) -> dict[str, Tensor]:
 
 
 def _flat(tensors: Iterable[Tensor], name: str) -> Tensor:
-    tensors = [_check_tensor(t, name).detach() for t in tensors]
+    tensors = [check_tensor(t, name).detach() for t in tensors]
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
     flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    _check_finite(flat, name)
+    check_finite(flat, name)
     return flat
 
 
@@ -433,14 +391,14 @@ def symmetric_eigvals(K: Tensor) -> Tensor:
     gains nothing there and, on a loaded machine, its thread hand-offs turned a 100 x 100
     solve from ~3 ms into ~0.6 s. The thread count is restored afterwards.
     """
-    K = _check_tensor(K, "K")
+    K = check_tensor(K, "K")
     if K.dim() < 2 or K.shape[-1] != K.shape[-2]:
         raise ValueError(f"K: expected a square [..., P, P] matrix, got shape {tuple(K.shape)}")
     if not K.is_floating_point():
         K = K.to(torch.float64)
     elif K.dtype in (torch.float16, torch.bfloat16):
         K = K.to(torch.float32)
-    _check_finite(K, "K")
+    check_finite(K, "K")
     small_cpu = K.device.type == "cpu" and K.shape[-1] <= 1024
     try:
         with torch_threads(1 if small_cpu else None):
