@@ -6,34 +6,24 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
-def _col(hist: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for r in hist:
-        v = r.get(key)
-        if v is not None and isinstance(v, (int, float)) and math.isfinite(v) and r["step"] > 0:
-            xs.append(r["step"])
-            ys.append(v)
-    return xs, ys
+from .history import series
 
 
 def plot_run(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: str) -> None:
     """Figure 1 of the paper: log-x losses (network, linearised model, K0 regression line),
     kernel-target alignment on a twin axis, and a second panel with NTK drift, CKA to init
     and parameter movement. Threshold crossings (time to grok) are marked."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(12, 4.2))
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for key, style, label in (
         ("train_loss", dict(color="C0"), "train"),
         ("test_loss", dict(color="C3"), "test"),
         ("lin_train_loss", dict(color="k", ls="-", lw=1), "linearised train"),
         ("lin_test_loss", dict(color="k", ls="--", lw=1), "linearised test"),
     ):
-        xs, ys = _col(hist, key)
+        xs, ys = series(hist, key)
         if xs:
             ax.plot(xs, ys, label=label, **style)
     k0 = summary.get("k0_test_mse")
@@ -53,7 +43,7 @@ def plot_run(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path
         ("alignment_train", "C2", "alignment (train)"),
         ("alignment_test", "C1", "alignment (test)"),
     ):
-        xs, ys = _col(hist, key)
+        xs, ys = series(hist, key)
         if xs:
             twin.plot(xs, ys, color=color, alpha=0.7, lw=1.2, label=label)
     twin.set_ylabel("centred kernel-target alignment")
@@ -71,11 +61,11 @@ def plot_run(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path
         ("ntk_cka", "CKA(K, K0)"),
         ("param_movement", "||W-W0||/||W0||"),
     ):
-        xs, ys = _col(hist, key)
+        xs, ys = series(hist, key)
         if xs:
             ax2.plot(xs, ys, label=label)
     for key in ("decomp_variance", "decomp_misalignment", "decomp_linear"):
-        xs, ys = _col(hist, key)
+        xs, ys = series(hist, key)
         if xs:
             ax2.plot(xs, ys, ls="--", label=key.removeprefix("decomp_"))
     ax2.set_xscale("log")
@@ -85,4 +75,3 @@ def plot_run(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path
     ax2.set_title("lazy vs rich diagnostics")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .grokking import time_to_grok
+from .history import series
 from .regime import LAZY, RICH, TRANSITIONING, RegimeThresholds, grokking_onset, regimes
 from .sinks import read_jsonl
 
@@ -53,16 +54,6 @@ def load_run(path: str) -> Run:
         with open(spath, encoding="utf-8") as f:
             summary = json.load(f)
     return Run(path, rows, summary)
-
-
-def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for r in rows:
-        v = r.get(key)
-        if isinstance(v, (int, float)) and math.isfinite(v) and r.get("step", 0) > 0:
-            xs.append(r["step"])
-            ys.append(v)
-    return xs, ys
 
 
 def run_table(run: Run, thresholds: RegimeThresholds | None = None) -> dict[str, Any]:
@@ -108,22 +99,20 @@ _STYLES = {
 
 def plot_runs(runs: Sequence[Run], path: str) -> None:
     """Overlay figure of several runs (one colour per run), saved to ``path`` (PNG)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [p for p in _PANELS if any(_series(r.history, k)[0] for r in runs for k in p[1])]
+    panels = [p for p in _PANELS if any(series(r.history, k)[0] for r in runs for k in p[1])]
     cols = 3
     rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.6 * rows_n), squeeze=False)
+    fig = Figure(figsize=(5 * cols, 3.6 * rows_n))
+    axes = fig.subplots(rows_n, cols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (title, keys, logy) in zip(axes.flat, panels, strict=False):
         for i, run in enumerate(runs):
             color = f"C{i % 10}"
             for k in keys:
-                xs, ys = _series(run.history, k)
+                xs, ys = series(run.history, k)
                 if xs:
                     ax.plot(
                         xs,
@@ -145,7 +134,6 @@ def plot_runs(runs: Sequence[Run], path: str) -> None:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fmt(v: Any) -> str:

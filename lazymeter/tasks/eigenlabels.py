@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..history import series
 from .polynomial import QuadraticNet, fit_full_batch
 
 _NORMALIZE = ("variance", "norm")
@@ -332,31 +333,17 @@ def train(
     return summary
 
 
-def _col(hist: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for r in hist:
-        v = r.get(key)
-        if isinstance(v, (int, float)) and math.isfinite(v) and r["step"] > 0:
-            xs.append(r["step"])
-            ys.append(v)
-    return xs, ys
-
-
 def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
     """Figure 5: one column per ``k``; top, train/test loss (log-log) with the linearised
     model and the K0-regression level; bottom, kernel-target alignment of ``K_t`` (train and
     test) with NTK drift and parameter movement on a log twin axis. Shaded lines mark the
     steps where each loss falls below the threshold x its start, dotted lines half its start
     (train blue, test red)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     runs = list(summary["runs"].values())
-    fig, axes = plt.subplots(
-        2, len(runs), figsize=(4.6 * len(runs), 7.0), squeeze=False, sharex=True
-    )
+    fig = Figure(figsize=(4.6 * len(runs), 7.0))
+    axes = fig.subplots(2, len(runs), squeeze=False, sharex=True)
     unit = "epochs (lr-equivalent)"
     for j, run in enumerate(runs):
         hist = run["history"]
@@ -367,7 +354,7 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
             ("train_loss", dict(color="C0", ls="--", lw=1.6), "train"),
             ("test_loss", dict(color="C3", lw=1.6), "test"),
         ):
-            xs, ys = _col(hist, key)
+            xs, ys = series(hist, key)
             if xs:
                 ax.plot(xs, ys, label=label, **style)
         k0 = run.get("k0_test_mse")
@@ -396,7 +383,7 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
             ("alignment_train", "C2", "alignment (train)"),
             ("alignment_test", "C1", "alignment (test)"),
         ):
-            xs, ys = _col(hist, key)
+            xs, ys = series(hist, key)
             if xs:
                 ax2.plot(xs, ys, color=color, label=label)
         ax2.set_xlabel(unit)
@@ -407,7 +394,7 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
             ("ntk_drift", "C4", "NTK drift ||K-K0||/||K0||"),
             ("param_movement", "C5", "||W-W0||/||W0||"),
         ):
-            xs, ys = _col(hist, key)
+            xs, ys = series(hist, key)
             if xs:
                 twin.plot(xs, ys, color=color, ls="-.", lw=1, label=label)
         twin.set_yscale("log")
@@ -422,4 +409,3 @@ def plot_eigenlabels(summary: dict[str, Any], path: str) -> None:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..history import series
+
 # ---------------------------------------------------------------------------------------- IDX
 
 #: IDX type codes (third byte of the magic number) -> big-endian numpy dtypes.
@@ -377,7 +379,7 @@ def train_run(
     ``train_acc``, ``test_acc``, NTK drift, alignment, parameter movement, weight norm, ...)."""
     import lazymeter as lm
 
-    from .polynomial import _progress
+    from .progress import progress_bar
 
     model = make_mlp(
         data.x.shape[1],
@@ -432,7 +434,7 @@ def train_run(
             out = meter(x)
             return ((out - target) ** 2).mean().item(), (out.argmax(1) == y).double().mean().item()
 
-    bar = _progress(cfg.steps, progress, run["name"])
+    bar = progress_bar(cfg.steps, progress, run["name"])
     t0 = time.perf_counter()
     for step in range(cfg.steps + 1):
         if full:
@@ -553,27 +555,16 @@ def train(
 # ------------------------------------------------------------------------------------- figure
 
 
-def _curve(hist: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    pts = [
-        (r["step"], r[key])
-        for r in hist
-        if r["step"] > 0 and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
-    ]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
 def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: str) -> None:
     """Accuracy (train dashed, test solid, the lazy ``K0`` baseline dotted), MSE (log-log,
     ``K0`` test MSE dotted) and the lazy/rich diagnostics (weight norm relative to init,
     parameter movement, CKA of the NTK to ``K0``, kernel-target alignment) per run, against
     steps on a log axis. (NTK drift is left out: it mixes the kernel's shape with its scale,
     which weight decay changes.)"""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_loss, ax_diag) = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig = Figure(figsize=(16, 4.6))
+    ax_acc, ax_loss, ax_diag = fig.subplots(1, 3)
     thr = summary["acc_threshold"]
     for i, r in enumerate(results):
         c = f"C{i}"
@@ -584,8 +575,8 @@ def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path:
             (ax_acc, "acc", r.get("k0_test_acc")),
             (ax_loss, "loss", r.get("k0_test_mse")),
         ):
-            ax.plot(*_curve(r["history"], f"train_{key}"), color=c, ls="--", lw=1.2)
-            ax.plot(*_curve(r["history"], f"test_{key}"), color=c, lw=2, label=label)
+            ax.plot(*series(r["history"], f"train_{key}"), color=c, ls="--", lw=1.2)
+            ax.plot(*series(r["history"], f"test_{key}"), color=c, lw=2, label=label)
             if k0 is not None and math.isfinite(k0):
                 ax.axhline(k0, color=c, ls=":", lw=1.2)
         for key, ls in (("train_acc_step", "--"), ("test_acc_step", "-")):
@@ -593,11 +584,11 @@ def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path:
             if math.isfinite(v) and v > 0:
                 ax_acc.axvline(v, color=c, ls=ls, alpha=0.25, lw=2.5)
         w0 = r.get("initial_weight_norm") or 1.0
-        xs, ys = _curve(r["history"], "weight_norm")
+        xs, ys = series(r["history"], "weight_norm")
         ax_diag.plot(xs, [y / w0 for y in ys], color=c, lw=2)
-        ax_diag.plot(*_curve(r["history"], "param_movement"), color=c, ls="--", lw=1.2)
-        ax_diag.plot(*_curve(r["history"], "ntk_cka"), color=c, ls="-.", lw=1.2)
-        ax_diag.plot(*_curve(r["history"], "alignment_test"), color=c, ls=":", lw=1.5)
+        ax_diag.plot(*series(r["history"], "param_movement"), color=c, ls="--", lw=1.2)
+        ax_diag.plot(*series(r["history"], "ntk_cka"), color=c, ls="-.", lw=1.2)
+        ax_diag.plot(*series(r["history"], "alignment_test"), color=c, ls=":", lw=1.5)
     ax_acc.axhline(thr, color="gray", lw=0.8)
     ax_acc.set_ylim(0, 1.02)
     ax_acc.set_ylabel("accuracy")
@@ -621,4 +612,3 @@ def plot(results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path:
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..history import series
 from ..threads import torch_threads
 from .modular import ModularSplit, modular_addition
 
@@ -190,7 +191,7 @@ def _train(
 ) -> dict[str, Any]:
     import lazymeter as lm
 
-    from .polynomial import _progress
+    from .progress import progress_bar
 
     dtype = getattr(torch, cfg.dtype)
     split = split or modular_addition(cfg.p, cfg.train_frac, cfg.seed)
@@ -219,7 +220,7 @@ def _train(
     desc = f"scale={cfg.scale:g} {cfg.optimizer}" + (
         f" wd={cfg.weight_decay:g}" if cfg.weight_decay else ""
     )
-    bar = _progress(cfg.steps, progress, desc)
+    bar = progress_bar(cfg.steps, progress, desc)
     t0 = time.perf_counter()
     for k in range(cfg.steps + 1):
         step = round(k * cfg.step_unit)
@@ -337,12 +338,7 @@ def plot_figure(
     twin axis, (b) train/test loss, (c) test accuracy for each scale of ``sweep``
     (``{scale: history}``; train accuracy dashed, ~90%-test-accuracy steps marked), and
     (d) LazyMeter's diagnostics: NTK drift, parameter movement, test alignment."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..plots import _col
+    from matplotlib.figure import Figure
 
     cfg = summary.get("config", {})
     xlabel = (
@@ -351,20 +347,21 @@ def plot_figure(
         else f"step (lr-equivalent, lr = {cfg.get('lr', 100):g}/scale$^2$)"
     )
     if sweep:
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
-        (ax_a, ax_b), (ax_c, ax_d) = axes
+        fig = Figure(figsize=(12, 8.6))
+        (ax_a, ax_b), (ax_c, ax_d) = fig.subplots(2, 2)
     else:
-        fig, (ax_a, ax_b, ax_d) = plt.subplots(1, 3, figsize=(15.6, 4.3))
+        fig = Figure(figsize=(15.6, 4.3))
+        ax_a, ax_b, ax_d = fig.subplots(1, 3)
         ax_c = None
 
     for key, color, label in (("train_acc", "C0", "train acc"), ("test_acc", "C3", "test acc")):
-        ax_a.plot(*_col(hist, key), color=color, label=label)
+        ax_a.plot(*series(hist, key), color=color, label=label)
     ax_a.set_xscale("log")
     ax_a.set_ylim(-0.03, 1.03)
     ax_a.set_xlabel(xlabel)
     ax_a.set_ylabel("accuracy")
     twin = ax_a.twinx()
-    twin.plot(*_col(hist, "weight_norm"), color="k", ls="--", lw=1.2, label="weight norm")
+    twin.plot(*series(hist, "weight_norm"), color="k", ls="--", lw=1.2, label="weight norm")
     twin.set_ylabel("||theta||")
     la, lt = ax_a.get_legend_handles_labels(), twin.get_legend_handles_labels()
     ax_a.legend(la[0] + lt[0], la[1] + lt[1], fontsize=8, loc="upper left")
@@ -379,7 +376,7 @@ def plot_figure(
     ax_a.set_title(title)
 
     for key, color, label in (("train_loss", "C0", "train"), ("test_loss", "C3", "test")):
-        ax_b.plot(*_col(hist, key), color=color, label=label)
+        ax_b.plot(*series(hist, key), color=color, label=label)
     k0 = summary.get("k0_test_mse")
     if k0 is not None and math.isfinite(k0):
         ax_b.axhline(k0, color="gray", ls=":", label="K0 regression (test)")
@@ -393,8 +390,8 @@ def plot_figure(
     if ax_c is not None and sweep:
         grok = []
         for i, (s, h) in enumerate(sorted(sweep.items())):
-            ax_c.plot(*_col(h, "test_acc"), color=f"C{i}", label=f"scale={s:g}")
-            ax_c.plot(*_col(h, "train_acc"), color=f"C{i}", ls="--", lw=0.9, alpha=0.7)
+            ax_c.plot(*series(h, "test_acc"), color=f"C{i}", label=f"scale={s:g}")
+            ax_c.plot(*series(h, "train_acc"), color=f"C{i}", ls="--", lw=0.9, alpha=0.7)
             cross = accuracy_crossings(h)
             grok.append((s, cross["train_step"], cross["test_step"]))
             t = cross["test_step"]
@@ -421,7 +418,7 @@ def plot_figure(
         ("ntk_drift", "NTK drift ||K-K0||/||K0||"),
         ("param_movement", "||theta-theta0||/||theta0||"),
     ):
-        xs, ys = _col(hist, key)
+        xs, ys = series(hist, key)
         if xs:
             ax_d.plot(xs, ys, label=label)
     ax_d.set_xscale("log")
@@ -432,7 +429,7 @@ def plot_figure(
         ("alignment_train", "C2", "alignment (train)"),
         ("alignment_test", "C3", "alignment (test)"),
     ):
-        xs, ys = _col(hist, key)
+        xs, ys = series(hist, key)
         if xs:
             twin_d.plot(xs, ys, color=color, lw=1.2, label=label)
     twin_d.set_ylabel("centred kernel-target alignment")
@@ -441,4 +438,3 @@ def plot_figure(
     ax_d.set_title("(d) lazy vs rich diagnostics")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

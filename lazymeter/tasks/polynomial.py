@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .progress import progress_bar
+
 
 class QuadraticNet(nn.Module):
     """``f(x) = mean_i a_i phi(w_i . x)`` with ``phi(h) = h + eps/2 h^2``; output ``[B]``.
@@ -261,7 +263,7 @@ def fit_full_batch(
     lin = meter.linearized if linearized else None
     lin_opt = torch.optim.SGD(lin.parameters(), lr=lr) if lin is not None else None
     mse = lambda out, target: ((out - target) ** 2).mean()  # noqa: E731
-    bar = _progress(epochs, progress, desc)
+    bar = progress_bar(epochs, progress, desc)
     for epoch in range(epochs + 1):
         step = round(epoch * lr_scale)
         loss = mse(meter(x), y)
@@ -289,19 +291,3 @@ def fit_full_batch(
         if epoch % 200 == 0:
             bar.set_postfix(train=f"{scalars['train_loss']:.3g}", refresh=False)
     bar.close()
-
-
-def _progress(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or a stand-in
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        enabled = False
-    if enabled:
-        return tqdm(total=total, desc=desc, unit="epoch", mininterval=1.0)
-
-    class _Silent:
-        def update(self, n: int) -> None: ...
-        def set_postfix(self, *a: object, **k: object) -> None: ...
-        def close(self) -> None: ...
-
-    return _Silent()

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .polynomial import _progress
+from .progress import progress_bar
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
@@ -270,7 +270,7 @@ def train_student(
         max_probe=cfg.max_probe,
     )
     opt = torch.optim.AdamW(meter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    bar = _progress(cfg.steps, progress, f"student init x{cfg.init_scale:g}")
+    bar = progress_bar(cfg.steps, progress, f"student init x{cfg.init_scale:g}")
     t0 = time.perf_counter()
     for step in range(cfg.steps + 1):
         out = meter(data.x)
@@ -378,13 +378,11 @@ def plot_student_teacher(hist: Sequence[dict[str, Any]], summary: dict[str, Any]
     """Left: train/test loss (log-log) with each threshold ``tau * var`` as a dotted line;
     middle: train (dashed) and test (solid) accuracy per threshold, each test crossing of
     ``level`` marked with its step; right: the meter's lazy/rich diagnostics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cfg, var, level = summary["config"], summary["target_var"], summary["level"]
-    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig = Figure(figsize=(16, 4.4))
+    ax, ax2, ax3 = fig.subplots(1, 3)
     ax.plot(*_col(hist, "train_loss"), color="C0", label="train loss")
     ax.plot(*_col(hist, "test_loss"), color="C3", label="test loss")
     k0 = summary.get("k0_test_mse")
@@ -431,7 +429,6 @@ def plot_student_teacher(hist: Sequence[dict[str, Any]], summary: dict[str, Any]
     ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- experiment 2
@@ -519,7 +516,7 @@ def train_scaled(
     opt = torch.optim.SGD(meter.parameters(), lr=lr)
     own_bar = bar is None
     if own_bar:
-        bar = _progress(cfg.steps, progress, f"sigma={cfg.sigma:g} alpha={cfg.alpha:g}")
+        bar = progress_bar(cfg.steps, progress, f"sigma={cfg.sigma:g} alpha={cfg.alpha:g}")
     t0 = time.perf_counter()
     for step in range(cfg.steps + 1):
         loss = _mse(meter(data.x), data.y)
@@ -664,7 +661,7 @@ def run_scale_grid(
     ``OUT/figure.png`` plots them.
     """
     cells = [(a, s, al) for a in grid.activations for s in grid.sigmas for al in grid.alphas]
-    bar = _progress(len(cells) * base.steps, progress, f"{len(cells)} runs")
+    bar = progress_bar(len(cells) * base.steps, progress, f"{len(cells)} runs")
     runs = []
     t0 = time.perf_counter()
     for act, sigma, alpha in cells:
@@ -700,14 +697,13 @@ def plot_scale_grid(runs: Sequence[dict[str, Any]], summary: dict[str, Any], pat
     ReLU, open = tanh, line = group means); middle: movement over training for the first
     activation (colour = ``sigma^2 alpha``, line style = sigma); right: final test loss."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     sigmas = sorted({r["sigma"] for r in runs})
     acts = list(dict.fromkeys(r["activation"] for r in runs))
     markers = {a: m for a, m in zip(acts, ["o", "s", "^", "D"], strict=False)}
-    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig = Figure(figsize=(16, 4.4))
+    ax, ax2, ax3 = fig.subplots(1, 3)
     for a_i, act in enumerate(acts):
         cs = summary["collapse_movement"][act]
         for key, axis in (("final_param_movement", ax), ("final_test_loss", ax3)):
@@ -752,7 +748,7 @@ def plot_scale_grid(runs: Sequence[dict[str, Any]], summary: dict[str, Any], pat
     ax3.set_title("final test loss (target variance ~1)")
     first = acts[0]
     prods = sorted({r["sigma2_alpha"] for r in runs})
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     styles = ["-", "--", ":", "-."]
     for r in runs:
         if r["activation"] != first:
@@ -773,4 +769,3 @@ def plot_scale_grid(runs: Sequence[dict[str, Any]], summary: dict[str, Any], pat
     ax2.legend(title="sigma^2 alpha", fontsize=7, title_fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..threads import torch_threads
+
 # (base lr, weight decay) when not given. AdamW: see the module docstring. SGD and heavy-ball
 # momentum (the appendix's optimiser controls) need a far larger step on this cross-entropy
 # loss and a matching smaller weight decay (the per-step shrink is lr * wd for all three);
@@ -149,7 +151,7 @@ def train(
     import lazymeter as lm
 
     from .modular import modular_addition
-    from .polynomial import _progress
+    from .progress import progress_bar
     from .transformer import Transformer
 
     cfg = cfg.resolved()
@@ -191,7 +193,7 @@ def train(
         k: [] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")
     }
     train_acc_step = math.nan
-    bar = _progress(cfg.steps, progress, f"alpha={cfg.alpha:g}")
+    bar = progress_bar(cfg.steps, progress, f"alpha={cfg.alpha:g}")
     setup_seconds = time.perf_counter() - t_setup
     t0 = time.perf_counter()
     for step in range(cfg.steps + 1):
@@ -267,8 +269,8 @@ def _run_dir(out: str, alpha: float) -> str:
 
 def _train_quiet(cfg: TransformerModularConfig, out_dir: str | None) -> dict[str, Any]:
     """A worker's run: one torch thread (the workers share the cores), no bar, no figure."""
-    torch.set_num_threads(1)
-    return train(cfg, out_dir, progress=False, figure=False)
+    with torch_threads(1):
+        return train(cfg, out_dir, progress=False, figure=False)
 
 
 def sweep(
@@ -332,12 +334,10 @@ def plot_runs(runs: list[dict[str, Any]], path: str) -> None:
     alpha; train dashed, test solid. Dots mark where each test accuracy first exceeds the
     threshold; the dotted grey line is the test accuracy of kernel regression with the initial
     NTK K0 (the alpha -> infinity limit; the same for every alpha)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig = Figure(figsize=(12, 8.5))
+    axes = fig.subplots(2, 2)
     (ax_acc, ax_loss), (ax_move, ax_align) = axes
     for i, r in enumerate(runs):
         c, color = r["curve"], f"C{i}"
@@ -390,4 +390,3 @@ def plot_runs(runs: list[dict[str, Any]], path: str) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

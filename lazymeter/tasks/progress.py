@@ -1,0 +1,25 @@
+"""The tasks' progress bar: tqdm when it is installed and wanted, a silent stand-in otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SilentBar:
+    """What a disabled bar does: nothing (the calls the tasks make on a tqdm bar)."""
+
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, *a: object, **k: object) -> None: ...
+    def close(self) -> None: ...
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar over ``total`` epochs labelled ``desc``, or a :class:`SilentBar` when
+    ``enabled`` is false or tqdm (the ``examples`` extra) is missing."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        enabled = False
+    if enabled:
+        return tqdm(total=total, desc=desc, unit="epoch", mininterval=1.0)
+    return SilentBar()
