@@ -127,11 +127,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def _sweep_one(args: tuple[str, dict[str, Any], bool, str]) -> dict[str, Any]:
     task, values, full, out = args
-    import torch
+    from .threads import torch_threads
 
-    torch.set_num_threads(1)  # one process per core
     cfg_cls, train, fields = _config_fields(task)
-    summary = train(_config(cfg_cls, fields, values, full), out, progress=False)
+    with torch_threads(1):  # one process per core; the count is restored afterwards
+        summary = train(_config(cfg_cls, fields, values, full), out, progress=False)
     return {"values": values, "out": out, **_short(summary)}
 
 
