@@ -1,9 +1,15 @@
-"""Empirical NTK engines behind one function, :func:`empirical_ntk`."""
+"""Empirical NTK engines behind one function, :func:`empirical_ntk`.
+
+Extension points: :func:`register_engine` (an :class:`Engine`: applicability, cost,
+chunk plan, compute; ``method="auto"`` takes the applicable one with the lowest cost)
+and :func:`register_rule` (a structured per-layer rule returning :class:`Outer` or
+:class:`Dense` forms; looked up along the layer type's MRO). :func:`explain` names each
+parameter's route; :func:`clear_caches` forgets what the engines remembered.
+"""
 
 from .api import (
     DEFAULT_MEMORY_BUDGET,
     MEMORY_BUDGET_ENV,
-    auto_chunk_size,
     choose_method,
     default_memory_budget,
     empirical_ntk,
@@ -11,24 +17,50 @@ from .api import (
     parse_bytes,
     select_method,
 )
-from .engines import ENGINES, register_engine
+from .cache import CACHE, NTKCache, clear_caches
+from .engines import (
+    ENGINES,
+    Engine,
+    auto_chunk_size,
+    choose_engine,
+    register_engine,
+    unregister_engine,
+)
+from .explain import Explanation, ParamRoute, explain
+from .forms import Dense, Outer
 from .functional import FunctionalModel
-from .structured import RULES, coverage, register_rule
+from .registry import DECLINES, RULES, register_rule, unregister_rule
+from .routing import coverage
+from .structured import StructuredEngine
 
 __all__ = [
+    "CACHE",
+    "DECLINES",
     "DEFAULT_MEMORY_BUDGET",
     "MEMORY_BUDGET_ENV",
+    "ENGINES",
+    "RULES",
+    "Dense",
+    "Engine",
+    "Explanation",
+    "FunctionalModel",
+    "NTKCache",
+    "Outer",
+    "ParamRoute",
+    "StructuredEngine",
+    "auto_chunk_size",
+    "choose_engine",
+    "choose_method",
+    "clear_caches",
+    "coverage",
     "default_memory_budget",
+    "empirical_ntk",
+    "explain",
     "kernel_dtype",
     "parse_bytes",
-    "ENGINES",
-    "FunctionalModel",
-    "RULES",
-    "coverage",
-    "register_rule",
-    "auto_chunk_size",
-    "choose_method",
-    "empirical_ntk",
     "register_engine",
+    "register_rule",
     "select_method",
+    "unregister_engine",
+    "unregister_rule",
 ]

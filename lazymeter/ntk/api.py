@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .engines import ENGINES
+from .engines import ENGINES, as_engine, choose_engine
 from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, num_samples
 
 #: Bytes that the per-sample Jacobian blocks of one call may occupy when
@@ -64,44 +63,14 @@ def kernel_dtype(model_dtype: torch.dtype, dtype: torch.dtype | None = None) -> 
     return model_dtype
 
 
-# Live copies per Jacobian entry: the two blocks being contracted plus the
-# cotangent/gradient buffers of the vmapped backward pass.
-_COPIES = 3
-
-
-def auto_chunk_size(n_samples: int, n_out: int, n_params: int, itemsize: int, budget: int) -> int:
-    """Largest chunk whose ``[chunk, O, n_params]`` Jacobian blocks fit in ``budget`` bytes."""
-    per_sample = _COPIES * n_out * n_params * itemsize
-    return int(max(1, min(n_samples, budget // max(per_sample, 1))))
-
-
 def choose_method(
     fm: FunctionalModel, x1: tuple[Tensor, ...], n2: int | None, n_out: int, trace: bool
 ) -> str:
-    """Pick the cheaper engine from a FLOP model.
-
-    With ``F`` the forward FLOPs of one sample and ``n`` the parameter count:
-    jacobian ~ ``3 F O (P1 + P2) + 2 P1 P2 O n`` (``O^2 n`` untraced);
-    ntvp ~ ``3 F O P1 + 3 F O P1 P2`` (only where every operation has forward-mode AD).
-    The structured engine, when
-    registered, is preferred by its own ``applicable`` test.
-    """
-    structured = ENGINES.get("structured")
-    applicable = getattr(structured, "applicable", None)
-    if applicable is not None and applicable(fm, x1, n_out):
-        return "structured"
-    F = fm.forward_flops(x1)
-    if F <= 0:
-        return "jacobian"
-    p1 = num_samples(x1)
-    p2 = p1 if n2 is None else n2
-    n = fm.n_params
-    contract = 2.0 * p1 * p2 * n * n_out * (1 if trace else n_out)
-    jac = 3.0 * F * n_out * (p1 + (0 if n2 is None else p2)) + contract
-    ntvp = 3.0 * F * n_out * p1 * (1 + p2)
-    if jac <= ntvp or not fm.supports_forward_ad(x1):
-        return "jacobian"
-    return "ntvp"
+    """The engine ``method="auto"`` takes: the applicable registered engine with the lowest
+    estimated cost (:func:`~lazymeter.ntk.engines.choose_engine`; each engine's
+    :meth:`~lazymeter.ntk.engines.Engine.cost` and
+    :meth:`~lazymeter.ntk.engines.Engine.applicable` say how)."""
+    return choose_engine(fm, x1, n2, n_out, trace)
 
 
 def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -153,11 +122,12 @@ def empirical_ntk(
         output_fn: maps the model's batched output to a ``[B, ...]`` Tensor,
             e.g. ``lambda y: y[:, -1]`` (last position) or ``lambda y: y["logits"]``.
             Trailing dimensions are flattened into ``O`` outputs.
-        method: ``"auto"`` or a key of :data:`lazymeter.ntk.ENGINES`
-            (``"jacobian"``: Jacobian contraction; ``"ntvp"``: NTK-vector products).
+        method: ``"auto"`` (the applicable registered engine with the lowest estimated
+            cost) or a key of :data:`lazymeter.ntk.ENGINES` (the built-in engines are
+            described in the NTK engines guide).
         trace_outputs: sum over outputs (``[P1, P2]``) or keep them (``[P1, P2, O, O]``).
-        chunk_size: samples per block; None picks the largest block whose
-            ``[chunk, O, n_params]`` Jacobians fit in ``memory_budget``.
+        chunk_size: samples per block; None lets the engine size its blocks to
+            ``memory_budget`` (:meth:`~lazymeter.ntk.engines.Engine.plan_chunk`).
         memory_budget: bytes (or a size such as ``"2GiB"``) for the Jacobian blocks and
             per-layer features of one call; default ``$LAZYMETER_MEMORY_BUDGET``, else
             :data:`DEFAULT_MEMORY_BUDGET` (512 MiB). Every engine sizes its blocks to it.
@@ -197,21 +167,14 @@ def empirical_ntk(
         method = choose_method(
             fm, xs1, None if xs2 is None else num_samples(xs2), n_out, trace_outputs
         )
+    engine = as_engine(ENGINES[method], method)
     if chunk_size is None:
         longest = max(num_samples(xs1), 0 if xs2 is None else num_samples(xs2))
-        plan = getattr(ENGINES[method], "plan_chunk", None)
-        if plan is not None:
-            chunk_size = plan(
-                fm, xs1, n_out=n_out, trace=trace_outputs, budget=budget, n_samples=longest
-            )
-        else:
-            chunk_size = auto_chunk_size(longest, n_out, fm.n_params, fm.dtype.itemsize, budget)
-            if method == "ntvp":
-                # Pushing c*O tangents through c samples holds c^2 O activations (and tangents).
-                per_pair = 4 * n_out * max(fm.activation_bytes(xs1), 1)
-                chunk_size = max(1, min(chunk_size, math.isqrt(budget // per_pair)))
+        chunk_size = engine.plan_chunk(
+            fm, xs1, n_out=n_out, trace=trace_outputs, budget=budget, n_samples=longest
+        )
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
-        return ENGINES[method](
+        return engine.compute(
             fm, xs1, xs2, n_out=n_out, trace=trace_outputs, chunk_size=chunk_size, budget=budget
         )

@@ -1,9 +1,13 @@
-"""Empirical-NTK engines and the blocked driver they share.
+"""The engine protocol, the engine registry, and the two generic engines.
 
-An engine is a function ``engine(fm, x1, x2, *, n_out, trace, chunk_size, budget) -> K``
-registered in :data:`ENGINES` under its method name. ``x2 is None`` asks for
-the symmetric kernel of ``x1`` with itself. Engines see a
-:class:`~lazymeter.ntk.functional.FunctionalModel`, never a meter.
+An engine is an :class:`Engine`: it says whether it applies to a model and inputs
+(:meth:`~Engine.applicable`), estimates its cost (:meth:`~Engine.cost`), sizes its blocks
+to a memory budget (:meth:`~Engine.plan_chunk`) and computes the kernel
+(:meth:`~Engine.compute`). Engines are registered in :data:`ENGINES` under their method
+name by :func:`register_engine`; ``method="auto"`` (:func:`choose_engine`) takes the
+applicable engine with the lowest estimated cost, whatever its name. Engines see a
+:class:`~lazymeter.ntk.functional.FunctionalModel`, never a meter. ``x2 is None`` asks
+for the symmetric kernel of ``x1`` with itself.
 
 Shapes: ``K`` is ``[P1, P2]`` when ``trace`` (outputs summed), else
 ``[P1, P2, O, O]``; ``K[i, j, o, q] = <J_o(x_i), J_q(x_j)>``.
@@ -11,17 +15,95 @@ Shapes: ``K`` is ``[P1, P2]`` when ``trace`` (outputs summed), else
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
-from torch.func import grad, jacrev, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
-from .functional import FunctionalModel, num_samples, slice_inputs
+from .blocks import blocked_kernel, contract, jacobian_rows
+from .functional import FunctionalModel, num_samples
+
+# Live copies per Jacobian entry: the two blocks being contracted plus the
+# cotangent/gradient buffers of the vmapped backward pass.
+_COPIES = 3
 
 
-class Engine(Protocol):
+def auto_chunk_size(n_samples: int, n_out: int, n_params: int, itemsize: int, budget: int) -> int:
+    """Largest chunk whose ``[chunk, O, n_params]`` Jacobian blocks fit in ``budget`` bytes
+    (three live copies: two blocks being contracted and the backward buffers)."""
+    per_sample = _COPIES * n_out * n_params * itemsize
+    return int(max(1, min(n_samples, budget // max(per_sample, 1))))
+
+
+class Engine:
+    """One way of computing the empirical NTK; subclass it and register an instance.
+
+    The four methods are the whole contract between an engine and
+    :func:`~lazymeter.empirical_ntk`:
+
+    * :meth:`applicable` -- None when the engine can compute this kernel, else the reason
+      it cannot (``method="auto"`` skips it; asking for it by name is not refused here);
+    * :meth:`cost` -- estimated FLOPs of the whole kernel (``method="auto"`` takes the
+      applicable engine with the lowest; ties go to the engine registered first);
+    * :meth:`plan_chunk` -- samples per block when ``chunk_size=None``, sized to the
+      memory budget;
+    * :meth:`compute` -- the kernel, ``[P1, P2]`` traced or ``[P1, P2, O, O]``.
+
+    The defaults: always applicable, cost unknown (``inf``: auto takes the engine only
+    when nothing with an estimate applies), blocks sized for ``[c, O, n_params]`` Jacobians.
+    Calling an engine calls :meth:`compute`.
+    """
+
+    #: The method name it is registered under (set by :func:`register_engine`).
+    name: str = ""
+
+    def applicable(self, fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> str | None:
+        """None if this engine computes the kernel of ``fm`` on inputs like ``x1``, else why not."""
+        return None
+
+    def cost(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        n2: int | None,
+        n_out: int,
+        trace: bool,
+    ) -> float:
+        """Estimated FLOPs of the kernel between ``x1`` and ``n2`` samples (``None``: the
+        symmetric kernel of ``x1``) with ``n_out`` outputs."""
+        return math.inf
+
+    def plan_chunk(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        *,
+        n_out: int,
+        trace: bool,
+        budget: int,
+        n_samples: int,
+    ) -> int:
+        """Samples per block such that one call's working memory fits ``budget`` bytes;
+        ``n_samples`` is the larger of the two input sets."""
+        return auto_chunk_size(n_samples, n_out, fm.n_params, fm.dtype.itemsize, budget)
+
+    def compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """The kernel: ``[P1, P2]`` when ``trace``, else ``[P1, P2, O, O]``."""
+        raise NotImplementedError
+
     def __call__(
         self,
         fm: FunctionalModel,
@@ -32,213 +114,266 @@ class Engine(Protocol):
         trace: bool,
         chunk_size: int,
         budget: int,
-    ) -> Tensor: ...
+    ) -> Tensor:
+        return self.compute(
+            fm, x1, x2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
 
 
+class FunctionEngine(Engine):
+    """An engine given as a plain function ``fn(fm, x1, x2, *, n_out, trace, chunk_size,
+    budget) -> K``, with the :class:`Engine` defaults for everything else."""
+
+    def __init__(self, fn: Callable[..., Tensor], name: str = "") -> None:
+        self.fn = fn
+        self.name = name
+        self.__doc__ = fn.__doc__
+
+    def compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """``fn(fm, x1, x2, ...)``."""
+        return self.fn(fm, x1, x2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget)
+
+
+#: Method name -> engine; ``empirical_ntk(method=name)`` uses it, ``method="auto"`` chooses
+#: among all of them (:func:`choose_engine`).
 ENGINES: dict[str, Engine] = {}
 
-
-def register_engine(name: str) -> Callable[[Engine], Engine]:
-    """Decorator adding an engine to :data:`ENGINES` under ``name``."""
-
-    def deco(fn: Engine) -> Engine:
-        ENGINES[name] = fn
-        return fn
-
-    return deco
+_T = TypeVar("_T")
 
 
-def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + size, n)) for s in range(0, n, size)]
+def as_engine(obj: Any, name: str = "") -> Engine:
+    """``obj`` as an :class:`Engine`: itself, or a plain engine function wrapped."""
+    if isinstance(obj, Engine):
+        return obj
+    if callable(obj):
+        return FunctionEngine(obj, name)
+    raise TypeError(f"engine: expected an Engine or a function, got {type(obj).__name__}")
 
 
-def blocked_kernel(
-    x1: tuple[Tensor, ...],
-    x2: tuple[Tensor, ...] | None,
-    chunk_size: int,
-    *,
-    trace: bool,
-    n_out: int,
-    like: Tensor,
-    row_fn: Callable[[tuple[Tensor, ...]], Any],
-    col_fn: Callable[[tuple[Tensor, ...]], Any],
-    pair_fn: Callable[[Any, Any], Tensor],
-    cache_cols: bool | Callable[[Any], bool],
-    panel: int | Callable[[Any], int] = 1,
-) -> Tensor:
-    """Fill ``K`` block by block: ``K[rows_i, cols_j] = pair_fn(row_fn(x1_i), col_fn(x2_j))``.
+def register_engine(name: str, engine: Any = None) -> Any:
+    """Add an engine to :data:`ENGINES` under ``name``.
 
-    Symmetric case (``x2 is None``): only blocks with ``j >= i`` are computed,
-    the rest mirrored and the diagonal blocks symmetrised, so that ``K == K^T`` exactly
-    (``K[i,j,o,q] == K[j,i,q,o]`` untraced). ``row_fn`` and ``col_fn`` may
-    return the same kind of object (then a diagonal block reuses it).
-
-    Memory: ``cache_cols`` (or its verdict on the first row block's features) keeps every
-    column block's features; otherwise ``panel`` row blocks (a number, or a function of
-    the first row block's features) are held at once and each column block is computed
-    once per panel and dropped, so column work is repeated ``ceil(row blocks / panel)``
-    times instead of once per row block. Each block is the same ``pair_fn`` of the same
-    slices either way, so the result does not depend on ``panel``.
+    ``register_engine(name, MyEngine())`` registers an :class:`Engine` instance;
+    ``@register_engine(name)`` decorates an :class:`Engine` subclass instance or a plain
+    function ``fn(fm, x1, x2, *, n_out, trace, chunk_size, budget) -> K`` (wrapped with the
+    :class:`Engine` defaults). Returns what it was given. ``method="auto"`` considers every
+    registered engine; :func:`unregister_engine` removes one.
     """
-    symmetric = x2 is None
-    xc = x1 if symmetric else x2
-    n1, n2 = num_samples(x1), num_samples(xc)
-    if n1 <= chunk_size and n2 <= chunk_size:  # one block: no assembly
-        r = row_fn(x1)
-        blk = pair_fn(r, r if symmetric and row_fn is col_fn else col_fn(xc))
-        if symmetric:
-            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
-        return blk
-    shape = (n1, n2) if trace else (n1, n2, n_out, n_out)
-    K = torch.zeros(shape, dtype=like.dtype, device=like.device)
-    rows, cols = _blocks(n1, chunk_size), _blocks(n2, chunk_size)
-    cache: dict[int, Any] = {}
-    shared = symmetric and row_fn is col_fn  # a row block's features serve as its column's
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"register_engine: expected a method name other than 'auto', got {name!r}")
 
-    def put(i: int, j: int, r: Any, c: Any) -> None:
-        (a0, a1), (b0, b1) = rows[i], cols[j]
-        blk = pair_fn(r, c)
-        if symmetric and j == i:
-            # Off-diagonal blocks are mirrored exactly; only these need symmetrising.
-            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
-        K[a0:a1, b0:b1] = blk
-        if symmetric and j > i:
-            K[b0:b1, a0:a1] = blk.transpose(0, 1) if trace else blk.permute(1, 0, 3, 2)
+    def add(obj: _T) -> _T:
+        eng = as_engine(obj, name)
+        if not eng.name:
+            eng.name = name
+        ENGINES[name] = eng
+        return obj
 
-    first = row_fn(slice_inputs(x1, *rows[0]))
-    if not isinstance(cache_cols, bool):  # decided from the first block's features
-        cache_cols = bool(cache_cols(first))
-    if not isinstance(panel, int):
-        panel = int(panel(first))
-    panel = max(1, min(int(panel), len(rows)))
-
-    for g0 in range(0, len(rows), panel):
-        held: dict[int, Any] = {}
-        for i in range(g0, min(g0 + panel, len(rows))):
-            held[i] = first if i == 0 else row_fn(slice_inputs(x1, *rows[i]))
-            if shared and cache_cols:
-                cache[i] = held[i]
-        first = None
-        for j in range(g0 if symmetric else 0, len(cols)):
-            if shared and j in held:
-                c = held[j]
-            elif j in cache:
-                c = cache[j]
-            else:
-                c = col_fn(slice_inputs(xc, *cols[j]))
-                if cache_cols:
-                    cache[j] = c
-            for i, r in held.items():
-                if not (symmetric and j < i):
-                    put(i, j, r, c)
-            del c
-        del held
-    return K
+    return add if engine is None else add(engine)
 
 
-def _jacobian_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
-    """Per-sample Jacobians of a block, one ``[c, O, n_p]`` tensor per parameter."""
-    in_dims = (None, *([0] * len(xs)))
-    if n_out == 1:
-        # One output: a plain gradient skips jacrev's vmap over output cotangents.
-        fn = grad(lambda p, *x: fm.single(p, *x)[0])
-        jac = vmap(fn, in_dims=in_dims, randomness="different")(fm.params, *xs)
-        return [j.reshape(j.shape[0], 1, -1) for j in jac.values()]
-    jac = vmap(jacrev(fm.single), in_dims=in_dims, randomness="different")(fm.params, *xs)
-    return [j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()]
+def unregister_engine(name: str) -> Engine | None:
+    """Remove the engine registered under ``name`` (returned; None if there was none)."""
+    return ENGINES.pop(name, None)
 
 
-def _contract(J1: list[Tensor], J2: list[Tensor], trace: bool) -> Tensor:
-    """``sum_p <J1_p, J2_p>`` over parameters: traced ``[c1, c2]`` or ``[c1, c2, O, O]``."""
-    out = None
-    for a, b in zip(J1, J2, strict=True):
-        c1, n_out, _ = a.shape
-        c2 = b.shape[0]
-        if trace:
-            blk = a.reshape(c1, -1) @ b.reshape(c2, -1).T
-        else:
-            blk = (a.reshape(c1 * n_out, -1) @ b.reshape(c2 * n_out, -1).T).reshape(
-                c1, n_out, c2, n_out
-            )
-            blk = blk.permute(0, 2, 1, 3)
-        out = blk if out is None else out + blk
-    assert out is not None
-    return out
+def choose_engine(
+    fm: FunctionalModel, x1: tuple[Tensor, ...], n2: int | None, n_out: int, trace: bool
+) -> str:
+    """``method="auto"``: the name of the applicable engine with the lowest estimated cost.
+
+    Every registered engine's :meth:`~Engine.cost` is evaluated (ties go to the engine
+    registered first); then engines are asked, cheapest first, whether they apply, and
+    the first that does is taken (so an expensive applicability test runs only when its
+    engine would win).
+    """
+    ranked = []
+    for order, (name, obj) in enumerate(ENGINES.items()):
+        eng = as_engine(obj, name)
+        c = float(eng.cost(fm, x1, n2, n_out, trace))
+        ranked.append((math.inf if math.isnan(c) else c, order, name, eng))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    reasons = []
+    for _, _, name, eng in ranked:
+        why = eng.applicable(fm, x1, n_out)
+        if why is None:
+            return name
+        reasons.append(f"{name}: {why}")
+    raise ValueError("method='auto': no registered engine applies (" + "; ".join(reasons) + ")")
 
 
-@register_engine("jacobian")
-def jacobian_contraction(fm, x1, x2, *, n_out, trace, chunk_size, budget):
+class JacobianEngine(Engine):
     """Jacobian contraction: ``K = J(x1) J(x2)^T`` block by block.
 
     Cost: ``O (P1 + P2)`` backward passes plus ``P1 P2 O n`` (traced) or
     ``P1 P2 O^2 n`` (untraced) multiply-adds. Memory: two ``[chunk, O, n]``
     Jacobian blocks, or all of them when they fit in ``budget`` bytes (the
-    symmetric kernel then computes every Jacobian exactly once).
+    symmetric kernel then computes every Jacobian exactly once). Applies to every model.
     """
-    total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
-    rows = lambda xs: _jacobian_rows(fm, xs, n_out)  # noqa: E731
-    return blocked_kernel(
-        x1,
-        x2,
-        chunk_size,
-        trace=trace,
-        n_out=n_out,
-        like=next(iter(fm.params.values())),
-        row_fn=rows,
-        col_fn=rows,
-        pair_fn=lambda a, b: _contract(a, b, trace),
-        cache_cols=total <= budget,
-    )
 
+    def cost(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        n2: int | None,
+        n_out: int,
+        trace: bool,
+    ) -> float:
+        """With ``F`` the forward FLOPs of one sample and ``n`` the parameter count:
+        ``3 F O (P1 + P2) + 2 P1 P2 O n`` (``O^2 n`` untraced; ``P2`` term dropped for the
+        symmetric kernel, whose Jacobians are computed once)."""
+        F = max(fm.forward_flops(x1), 0.0)
+        p1 = num_samples(x1)
+        p2 = p1 if n2 is None else n2
+        contraction = 2.0 * p1 * p2 * fm.n_params * n_out * (1 if trace else n_out)
+        return 3.0 * F * n_out * (p1 + (0 if n2 is None else p2)) + contraction
 
-@register_engine("ntvp")
-def ntk_vector_products(fm, x1, x2, *, n_out, trace, chunk_size, budget):
-    """NTK-vector products: ``K[:, j] = J(x1) . (J(x2_j)^T e)`` via ``vjp`` then ``jvp``.
-
-    Each row Jacobian (from ``vjp``) is pushed forward through the model at the
-    column samples with ``jvp``, so the column Jacobians are never formed.
-    Cost: ``O P1`` backward passes plus ``O P1`` batched forward-mode passes
-    over ``P2`` samples; it wins when a forward pass costs less than the
-    parameter count (weight sharing: convolutions, long sequences).
-    """
-    params = fm.params
-
-    def rows(xs: tuple[Tensor, ...]) -> dict[str, Tensor]:
-        def one(*x: Tensor) -> dict[str, Tensor]:
-            out, pullback = vjp(lambda p: fm.single(p, *x), params)
-            basis = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
-            return vmap(pullback)(basis)[0]
-
-        tangents = vmap(one, randomness="different")(*xs)  # {name: [c, O, *shape]}
-        return {k: v.flatten(0, 1) for k, v in tangents.items()}  # [c*O, *shape]
-
-    def pair(tangents: dict[str, Tensor], xs: tuple[Tensor, ...]) -> Tensor:
-        def push(t: dict[str, Tensor]) -> Tensor:
-            return jvp(lambda p: fm.batched(p, xs), (params,), (t,))[1]  # [c2, O]
-
-        out = vmap(push, randomness="different")(tangents)  # [c1*O, c2, O]
-        c2 = out.shape[1]
-        out = out.reshape(-1, n_out, c2, n_out).permute(0, 2, 1, 3)  # [c1, c2, O, O]
-        return out.diagonal(dim1=2, dim2=3).sum(-1) if trace else out
-
-    try:
+    def compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """See the class docstring."""
+        total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
+        rows = lambda xs: jacobian_rows(fm, xs, n_out)  # noqa: E731
         return blocked_kernel(
             x1,
             x2,
             chunk_size,
             trace=trace,
             n_out=n_out,
-            like=next(iter(params.values())),
+            like=next(iter(fm.params.values())),
             row_fn=rows,
-            col_fn=lambda xs: xs,
-            pair_fn=pair,
-            cache_cols=False,
+            col_fn=rows,
+            pair_fn=lambda a, b: contract(a, b, trace),
+            cache_cols=total <= budget,
         )
-    except NotImplementedError as e:
-        if "forward AD" not in str(e):
-            raise
-        raise NotImplementedError(
-            "method='ntvp': the model uses an operation without forward-mode AD ("
-            + str(e).splitlines()[0]
-            + "); use method='jacobian' or 'structured' (method='auto' does so itself)"
-        ) from e
+
+
+class NTVPEngine(Engine):
+    """NTK-vector products: ``K[:, j] = J(x1) . (J(x2_j)^T e)`` via ``vjp`` then ``jvp``.
+
+    Each row Jacobian (from ``vjp``) is pushed forward through the model at the
+    column samples with ``jvp``, so the column Jacobians are never formed.
+    Cost: ``O P1`` backward passes plus ``O P1`` batched forward-mode passes
+    over ``P2`` samples; it wins when a forward pass costs less than the
+    parameter count (weight sharing: convolutions, long sequences). Applies only where
+    every operation has forward-mode AD.
+    """
+
+    def applicable(self, fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> str | None:
+        """Not where an operation lacks forward-mode AD (``parametrizations.weight_norm``)."""
+        if fm.supports_forward_ad(x1):
+            return None
+        return "an operation of the model has no forward-mode AD formula (torch.func.jvp)"
+
+    def cost(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        n2: int | None,
+        n_out: int,
+        trace: bool,
+    ) -> float:
+        """``3 F O P1 (1 + P2)`` with ``F`` the forward FLOPs of one sample; ``inf`` when
+        ``F`` cannot be counted (no estimate)."""
+        F = fm.forward_flops(x1)
+        if F <= 0:
+            return math.inf
+        p1 = num_samples(x1)
+        p2 = p1 if n2 is None else n2
+        return 3.0 * F * n_out * p1 * (1 + p2)
+
+    def plan_chunk(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        *,
+        n_out: int,
+        trace: bool,
+        budget: int,
+        n_samples: int,
+    ) -> int:
+        """The Jacobian block size, further capped so that pushing ``c O`` tangents through
+        ``c`` samples (``c^2 O`` activations and tangents) fits ``budget``."""
+        chunk = auto_chunk_size(n_samples, n_out, fm.n_params, fm.dtype.itemsize, budget)
+        per_pair = 4 * n_out * max(fm.activation_bytes(x1), 1)
+        return max(1, min(chunk, math.isqrt(budget // per_pair)))
+
+    def compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """See the class docstring."""
+        params = fm.params
+
+        def rows(xs: tuple[Tensor, ...]) -> dict[str, Tensor]:
+            def one(*x: Tensor) -> dict[str, Tensor]:
+                out, pullback = vjp(lambda p: fm.single(p, *x), params)
+                basis = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
+                return vmap(pullback)(basis)[0]
+
+            tangents = vmap(one, randomness="different")(*xs)  # {name: [c, O, *shape]}
+            return {k: v.flatten(0, 1) for k, v in tangents.items()}  # [c*O, *shape]
+
+        def pair(tangents: dict[str, Tensor], xs: tuple[Tensor, ...]) -> Tensor:
+            def push(t: dict[str, Tensor]) -> Tensor:
+                return jvp(lambda p: fm.batched(p, xs), (params,), (t,))[1]  # [c2, O]
+
+            out = vmap(push, randomness="different")(tangents)  # [c1*O, c2, O]
+            c2 = out.shape[1]
+            out = out.reshape(-1, n_out, c2, n_out).permute(0, 2, 1, 3)  # [c1, c2, O, O]
+            return out.diagonal(dim1=2, dim2=3).sum(-1) if trace else out
+
+        try:
+            return blocked_kernel(
+                x1,
+                x2,
+                chunk_size,
+                trace=trace,
+                n_out=n_out,
+                like=next(iter(params.values())),
+                row_fn=rows,
+                col_fn=lambda xs: xs,
+                pair_fn=pair,
+                cache_cols=False,
+            )
+        except NotImplementedError as e:
+            if "forward AD" not in str(e):
+                raise
+            raise NotImplementedError(
+                "method='ntvp': the model uses an operation without forward-mode AD ("
+                + str(e).splitlines()[0]
+                + "); use method='jacobian' or 'structured' (method='auto' does so itself)"
+            ) from e
+
+
+#: The generic engines, registered as ``"jacobian"`` and ``"ntvp"``.
+jacobian_contraction = register_engine("jacobian", JacobianEngine())
+ntk_vector_products = register_engine("ntvp", NTVPEngine())

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .cache import CACHE
 
 Inputs = Tensor | tuple[Tensor, ...]
 OutputFn = Callable[[Any], Tensor]
@@ -215,15 +216,33 @@ class FunctionalModel:
             return int(self.batched(self.params, slice_inputs(xs, 0, 1)).shape[1])
 
     def forward_flops(self, xs: tuple[Tensor, ...]) -> float:
-        """Matmul/conv FLOPs of one sample's forward pass (0 if they cannot be counted)."""
+        """Matmul/conv FLOPs of one sample's forward pass (0 if they cannot be counted).
+
+        Counted once per model, mode, output reduction, parameter shapes and per-sample
+        input shapes (remembered in :data:`lazymeter.ntk.CACHE`), with the random number
+        generators left as they were (a dropout layer draws nothing that the caller sees).
+        """
+        key = (
+            self.model.training,
+            id(self.output_fn),
+            tuple((k, tuple(v.shape)) for k, v in self.params.items()),
+            tuple((t.shape[1:], t.dtype, t.device) for t in xs),
+        )
+        known = CACHE.flops.get(self.model, {}).get(key)
+        if known is not None:
+            return known
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
             from torch.utils.flop_counter import FlopCounterMode
 
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                self.batched(self.params, slice_inputs(xs, 0, 1))
-            return float(counter.get_total_flops())
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                with FlopCounterMode(display=False) as counter:
+                    self.batched(self.params, slice_inputs(xs, 0, 1))
+            flops = float(counter.get_total_flops())
         except Exception:  # the counter is an optimisation hint only
-            return 0.0
+            flops = 0.0
+        CACHE.flops.setdefault(self.model, {})[key] = flops
+        return flops
 
     def supports_forward_ad(self, xs: tuple[Tensor, ...]) -> bool:
         """Whether every operation of one sample's forward has a forward-mode AD formula
@@ -257,17 +276,15 @@ class FunctionalModel:
         return total
 
 
-_CASTS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
-
-
 def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of ``model`` with floating parameters and buffers in ``dtype``, holding the
     model's current values, modes and ``requires_grad`` flags.
 
-    The copy is made once per (model, dtype) and refreshed in place on later calls, so
-    per-model caches (structured plans, exactness checks) stay valid between calls.
+    The copy is made once per (model, dtype), kept in :data:`lazymeter.ntk.CACHE` and
+    refreshed in place on later calls, so per-model caches (structured plans, exactness
+    checks) stay valid between calls.
     """
-    shadow = _CASTS.get(model)
+    shadow = CACHE.casts.get(model)
     if shadow is None or next(iter(shadow.parameters())).dtype != dtype:
         # Tensors that hooks computed and left on modules (weight_norm's ``weight``) are
         # graph outputs, which deepcopy refuses: the copy gets them detached.
@@ -280,7 +297,7 @@ def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         with torch.no_grad():
             shadow = copy.deepcopy(model, memo)
             shadow.to(dtype)
-        _CASTS[model] = shadow
+        CACHE.casts[model] = shadow
     with torch.no_grad():
         for (_, p), (_, q) in zip(model.named_parameters(), shadow.named_parameters(), strict=True):
             q.copy_(p)

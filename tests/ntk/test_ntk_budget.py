@@ -11,9 +11,16 @@ import torch
 from torch import nn
 
 import lazymeter as lm
-from lazymeter.ntk import MEMORY_BUDGET_ENV, default_memory_budget, engines, structured
+from lazymeter.ntk import (
+    MEMORY_BUDGET_ENV,
+    blocks,
+    default_memory_budget,
+    engines,
+    plan,
+    structured,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _mlp(d_in=20, width=24, n_out=3):
@@ -112,7 +119,7 @@ def test_structured_budget_counts_kept_features(spy):
     model, x = _mlp(), torch.randn(200, 20, dtype=torch.float64)
     ref = lm.empirical_ntk(model, x, method="jacobian", memory_budget="1GiB")
     fm = lm.ntk.FunctionalModel(model)
-    features, work, pair = structured._costs(fm, (x,), n_out=3, trace=True)
+    features, work, pair = plan.costs(fm, (x,), n_out=3, trace=True)
     assert features > 0 and work > 0
     verdicts = []
     for budget in (2_000_000, 300_000, 60_000):
@@ -120,10 +127,10 @@ def test_structured_budget_counts_kept_features(spy):
         torch.testing.assert_close(K, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
         rec = spy[-1]
         c = rec["chunk"]
-        assert structured._block_work(fm, (x,), n_out=3, trace=True, c=c) <= budget
+        assert plan.block_work(fm, (x,), n_out=3, trace=True, c=c) <= budget
         if rec["cache"] is True:  # kept features + one block's work within the budget
             assert (
-                200 * features + structured._block_work(fm, (x,), n_out=3, trace=True, c=c)
+                200 * features + plan.block_work(fm, (x,), n_out=3, trace=True, c=c)
                 <= 1.05 * budget
             )
         verdicts.append((c, rec["cache"], rec["panel"]))
@@ -148,17 +155,17 @@ def test_row_panels_compute_columns_once_per_panel(symmetric, trace):
         return feats(xs)
 
     def pair(a, b):
-        return engines._contract([a], [b], trace)
+        return blocks.contract([a], [b], trace)
 
     common = dict(trace=trace, n_out=2, like=x1[0], pair_fn=pair, cache_cols=False)
     f = feats if symmetric else col  # symmetric: the row features serve as columns
-    K1 = engines.blocked_kernel(x1, x2, 3, row_fn=feats, col_fn=f, panel=1, **common)
+    K1 = blocks.blocked_kernel(x1, x2, 3, row_fn=feats, col_fn=f, panel=1, **common)
     one = counts["col"]
     counts["col"] = 0
-    K4 = engines.blocked_kernel(x1, x2, 3, row_fn=feats, col_fn=f, panel=4, **common)
+    K4 = blocks.blocked_kernel(x1, x2, 3, row_fn=feats, col_fn=f, panel=4, **common)
     torch.testing.assert_close(K4, K1, rtol=0, atol=0)
     full = feats(x1)
-    ref = engines._contract([full], [full if symmetric else feats(x2)], trace)
+    ref = blocks.contract([full], [full if symmetric else feats(x2)], trace)
     torch.testing.assert_close(K1, ref, rtol=0, atol=1e-12)
     if not symmetric:  # 4 row blocks x 3 column blocks: once per row block, once per panel
         assert (one, counts["col"]) == (12, 3)

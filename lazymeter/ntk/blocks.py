@@ -1,0 +1,143 @@
+"""Blocked kernel assembly and per-sample Jacobian blocks, shared by the engines.
+
+:func:`blocked_kernel` fills ``K`` block by block from per-block features (any engine's),
+:func:`jacobian_rows` gives the per-sample Jacobians of a block and :func:`contract` sums
+their inner products over parameters. Shapes: ``K`` is ``[P1, P2]`` traced (outputs
+summed), else ``[P1, P2, O, O]`` with ``K[i, j, o, q] = <J_o(x_i), J_q(x_j)>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import grad, jacrev, vmap
+
+from .functional import FunctionalModel, num_samples, slice_inputs
+
+
+def blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of consecutive blocks of ``size`` samples covering ``n``."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def blocked_kernel(
+    x1: tuple[Tensor, ...],
+    x2: tuple[Tensor, ...] | None,
+    chunk_size: int,
+    *,
+    trace: bool,
+    n_out: int,
+    like: Tensor,
+    row_fn: Callable[[tuple[Tensor, ...]], Any],
+    col_fn: Callable[[tuple[Tensor, ...]], Any],
+    pair_fn: Callable[[Any, Any], Tensor],
+    cache_cols: bool | Callable[[Any], bool],
+    panel: int | Callable[[Any], int] = 1,
+) -> Tensor:
+    """Fill ``K`` block by block: ``K[rows_i, cols_j] = pair_fn(row_fn(x1_i), col_fn(x2_j))``.
+
+    Symmetric case (``x2 is None``): only blocks with ``j >= i`` are computed,
+    the rest mirrored and the diagonal blocks symmetrised, so that ``K == K^T`` exactly
+    (``K[i,j,o,q] == K[j,i,q,o]`` untraced). ``row_fn`` and ``col_fn`` may
+    return the same kind of object (then a diagonal block reuses it).
+
+    Memory: ``cache_cols`` (or its verdict on the first row block's features) keeps every
+    column block's features; otherwise ``panel`` row blocks (a number, or a function of
+    the first row block's features) are held at once and each column block is computed
+    once per panel and dropped, so column work is repeated ``ceil(row blocks / panel)``
+    times instead of once per row block. Each block is the same ``pair_fn`` of the same
+    slices either way, so the result does not depend on ``panel``.
+    """
+    symmetric = x2 is None
+    xc = x1 if symmetric else x2
+    n1, n2 = num_samples(x1), num_samples(xc)
+    if n1 <= chunk_size and n2 <= chunk_size:  # one block: no assembly
+        r = row_fn(x1)
+        blk = pair_fn(r, r if symmetric and row_fn is col_fn else col_fn(xc))
+        if symmetric:
+            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
+        return blk
+    shape = (n1, n2) if trace else (n1, n2, n_out, n_out)
+    K = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    rows, cols = blocks(n1, chunk_size), blocks(n2, chunk_size)
+    cache: dict[int, Any] = {}
+    shared = symmetric and row_fn is col_fn  # a row block's features serve as its column's
+
+    def put(i: int, j: int, r: Any, c: Any) -> None:
+        (a0, a1), (b0, b1) = rows[i], cols[j]
+        blk = pair_fn(r, c)
+        if symmetric and j == i:
+            # Off-diagonal blocks are mirrored exactly; only these need symmetrising.
+            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
+        K[a0:a1, b0:b1] = blk
+        if symmetric and j > i:
+            K[b0:b1, a0:a1] = blk.transpose(0, 1) if trace else blk.permute(1, 0, 3, 2)
+
+    first = row_fn(slice_inputs(x1, *rows[0]))
+    if not isinstance(cache_cols, bool):  # decided from the first block's features
+        cache_cols = bool(cache_cols(first))
+    if not isinstance(panel, int):
+        panel = int(panel(first))
+    panel = max(1, min(int(panel), len(rows)))
+
+    for g0 in range(0, len(rows), panel):
+        held: dict[int, Any] = {}
+        for i in range(g0, min(g0 + panel, len(rows))):
+            held[i] = first if i == 0 else row_fn(slice_inputs(x1, *rows[i]))
+            if shared and cache_cols:
+                cache[i] = held[i]
+        first = None
+        for j in range(g0 if symmetric else 0, len(cols)):
+            if shared and j in held:
+                c = held[j]
+            elif j in cache:
+                c = cache[j]
+            else:
+                c = col_fn(slice_inputs(xc, *cols[j]))
+                if cache_cols:
+                    cache[j] = c
+            for i, r in held.items():
+                if not (symmetric and j < i):
+                    put(i, j, r, c)
+            del c
+        del held
+    return K
+
+
+def jacobian_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
+    """Per-sample Jacobians of a block, one ``[c, O, n_p]`` tensor per parameter.
+
+    ``J[i, o] = d f_o(x_i) / d theta_p`` by ``vmap`` over the ``c`` samples of ``grad``
+    (one output) or ``jacrev``; cost ``c O`` backward passes, memory ``c O n`` entries."""
+    in_dims = (None, *([0] * len(xs)))
+    if n_out == 1:
+        # One output: a plain gradient skips jacrev's vmap over output cotangents.
+        fn = grad(lambda p, *x: fm.single(p, *x)[0])
+        jac = vmap(fn, in_dims=in_dims, randomness="different")(fm.params, *xs)
+        return [j.reshape(j.shape[0], 1, -1) for j in jac.values()]
+    jac = vmap(jacrev(fm.single), in_dims=in_dims, randomness="different")(fm.params, *xs)
+    return [j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()]
+
+
+def contract(J1: list[Tensor], J2: list[Tensor], trace: bool) -> Tensor:
+    """``sum_p <J1_p, J2_p>`` over parameters: traced ``[c1, c2]`` or ``[c1, c2, O, O]``.
+
+    ``J1``, ``J2``: per parameter ``[c1, O, n_p]`` and ``[c2, O, n_p]``; cost
+    ``2 c1 c2 O n`` FLOPs traced, ``2 c1 c2 O^2 n`` untraced (one GEMM per parameter)."""
+    out = None
+    for a, b in zip(J1, J2, strict=True):
+        c1, n_out, _ = a.shape
+        c2 = b.shape[0]
+        if trace:
+            blk = a.reshape(c1, -1) @ b.reshape(c2, -1).T
+        else:
+            blk = (a.reshape(c1 * n_out, -1) @ b.reshape(c2 * n_out, -1).T).reshape(
+                c1, n_out, c2, n_out
+            )
+            blk = blk.permute(0, 2, 1, 3)
+        out = blk if out is None else out + blk
+    assert out is not None
+    return out

@@ -1,0 +1,218 @@
+"""Per-sample Jacobian forms of the structured engine, and how pairs of them contract.
+
+A rule describes each parameter's per-sample Jacobian ``J [c, O, n_p]`` (``c`` samples,
+``O`` outputs) without forming it, in one of two forms:
+
+* :class:`Outer`: ``J_o(x_i) = sum_s g[i, o, s] (x) h[i, s]`` for a ``[dout, din]`` weight
+  (``s``: sequence/spatial positions). The kernel block of two such forms is
+  ``K[i, j] = sum_o sum_{s,t} (h_is . h_jt)(g_ios . g_jot)``, i.e. ``(H H^T) * (G G^T)``
+  without positions; nothing of size ``n_p`` per sample is formed.
+* :class:`Dense`: the explicit ``[c, O, n_p]`` Jacobian (biases, norm scales).
+
+Per block, each :class:`Outer` is contracted pairwise (:class:`Pairwise`,
+:func:`pair_outer`) or materialised into a :class:`Dense` (:func:`materialize`),
+whichever :func:`outer_costs` says is cheaper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .blocks import contract
+
+
+@dataclass
+class Outer:
+    """``J_o(x_i) = sum_s g[i, o, s] (x) h[i, s]``, a ``[dout, din]`` parameter.
+
+    ``h``: ``[c, S, din]`` inputs, or ``idx``: ``[c, S]`` indices into ``din`` rows
+    (an embedding: ``h`` is one-hot); ``g``: ``[c, O, S, dout]`` output gradients.
+    Kernel of two blocks: ``c1 c2 S1 S2 (din + O dout)`` multiply-adds pairwise, or
+    ``c O S dout din + c1 c2 O dout din`` materialised.
+    """
+
+    g: Tensor
+    h: Tensor | None = None
+    idx: Tensor | None = None
+    din: int = 0
+    transpose: bool = False  # parameter stored as [din, dout] (an embedding table)
+    bias: str | None = None  # the layer's bias, foldable into this form as an input of 1s
+
+
+@dataclass
+class Dense:
+    """An explicit per-sample Jacobian ``J [c, O, n_p]`` (in the parameter's layout,
+    flattened); kernel of two blocks: ``c1 c2 O n_p`` multiply-adds traced."""
+
+    J: Tensor
+
+
+Form = Outer | Dense
+
+
+@dataclass
+class Pairwise:
+    """An :class:`Outer` form laid out for pairwise contraction: ``gs [c, S, O, dout]``
+    contiguous, with positions whose output gradient is zero for the whole block dropped
+    (a last-position readout makes most positions of most layers irrelevant)."""
+
+    gs: Tensor
+    h: Tensor | None
+    idx: Tensor | None
+
+
+def merge(forms: list[Form]) -> Form:
+    """One form for a parameter whose layer ran several times (positions concatenate;
+    dense Jacobians add)."""
+    if len(forms) == 1:
+        return forms[0]
+    if all(isinstance(f, Dense) for f in forms):
+        return Dense(sum(f.J for f in forms))  # type: ignore[misc]
+    if all(isinstance(f, Outer) for f in forms):
+        f0 = forms[0]
+        assert isinstance(f0, Outer)
+        return Outer(
+            g=torch.cat([f.g for f in forms], 2),  # type: ignore[union-attr]
+            h=None if f0.h is None else torch.cat([f.h for f in forms], 1),  # type: ignore[union-attr]
+            idx=None if f0.idx is None else torch.cat([f.idx for f in forms], 1),  # type: ignore[union-attr]
+            din=f0.din,
+            transpose=f0.transpose,
+            bias=f0.bias,
+        )
+    raise TypeError("mixed forms")
+
+
+def predicted_grad(form: Form, r: Tensor, shape: torch.Size) -> Tensor:
+    """``sum_{i,o} r[i, o] J_o(x_i)`` reshaped to the parameter: what autograd must match
+    (``r [c, O]``); cost ``c O n_p`` for a dense form, ``c O S dout + c S dout din`` else."""
+    if isinstance(form, Dense):
+        return torch.einsum("io,ion->n", r, form.J).reshape(shape)
+    gr = torch.einsum("io,iosd->isd", r, form.g)  # [c, S, dout]
+    if form.idx is not None:
+        W = torch.zeros(form.din, gr.shape[2], dtype=gr.dtype, device=gr.device)
+        W.index_add_(0, form.idx.reshape(-1), gr.reshape(-1, gr.shape[2]))
+        return W.reshape(shape)
+    assert form.h is not None
+    spec = "isd,ise->ed" if form.transpose else "isd,ise->de"
+    return torch.einsum(spec, gr, form.h).reshape(shape)
+
+
+def materialize(form: Outer) -> Dense:
+    """The explicit per-sample Jacobian ``[c, O, dout din]`` of an :class:`Outer` form, in
+    the parameter's layout; cost ``c O S dout din`` multiply-adds."""
+    c, no, S, dout = form.g.shape
+    if form.idx is not None:
+        onehot = F.one_hot(form.idx, form.din).to(form.g.dtype)  # [c, S, V]
+        J = torch.einsum("iosd,isv->iovd", form.g, onehot)  # table layout [V, dout]
+    else:
+        assert form.h is not None
+        spec = "iosd,ise->ioed" if form.transpose else "iosd,ise->iode"
+        J = torch.einsum(spec, form.g, form.h)  # the parameter's layout
+    return Dense(J.reshape(c, no, -1))
+
+
+def outer_costs(f: Outer, c: int, trace: bool) -> tuple[float, float]:
+    """FLOPs of (pairwise, materialised) contraction of a ``c x c`` block:
+    ``2 (c^2 S^2 din + c^2 S^2 dout O')`` against ``2 (c O S dout din + c^2 O' dout din)``
+    with ``O' = O`` traced, ``O^2`` untraced (``din`` term dropped for an embedding)."""
+    _, no, S, dout = f.g.shape
+    din = f.din
+    o2 = no if trace else no * no
+    a_cost = 0 if f.idx is not None else c * c * S * S * din
+    pairwise = 2.0 * (a_cost + c * c * S * S * dout * o2)
+    materialised = 2.0 * (c * no * S * dout * din + c * c * o2 * dout * din)
+    return pairwise, materialised
+
+
+def fold_bias(f: Outer) -> Outer:
+    """Weight and bias as one form: ``y = W h + b = [W, b] [h; 1]``, so the bias costs one
+    more input column instead of a contraction of its own."""
+    assert f.h is not None
+    ones = torch.ones((*f.h.shape[:-1], 1), dtype=f.h.dtype, device=f.h.device)
+    return Outer(g=f.g, h=torch.cat([f.h, ones], -1), din=f.din + 1)
+
+
+def pairwise(f: Outer) -> Pairwise:
+    """``f`` laid out for :func:`pair_outer`, positions with zero gradient dropped."""
+    gs = f.g.permute(0, 2, 1, 3).contiguous()  # [c, S, O, dout]
+    h, idx = f.h, f.idx
+    if gs.shape[1] == 1:
+        return Pairwise(gs, h, idx)
+    live = gs.ne(0).any(3).any(2).any(0)  # [S]
+    if not bool(live.all()):
+        keep = live.nonzero().squeeze(1)
+        gs = gs[:, keep]
+        h = None if h is None else h[:, keep]
+        idx = None if idx is None else idx[:, keep]
+    return Pairwise(gs, h, idx)
+
+
+def pair_outer(a: Pairwise, b: Pairwise, trace: bool) -> Tensor:
+    """Kernel block of two :class:`Pairwise` forms:
+    ``K[i, j] = sum_o sum_{s,t} A[i, s, j, t] B_o[i, s, j, t]`` with ``A = H H^T`` (index
+    equality for an embedding) and ``B = G G^T``; ``[c1, c2]`` or ``[c1, c2, O, O]``."""
+    c1, S1, no, dout = a.gs.shape
+    c2, S2 = b.gs.shape[:2]
+    if S1 == 0 or S2 == 0:
+        shape = (c1, c2) if trace else (c1, c2, no, no)
+        return torch.zeros(shape, dtype=a.gs.dtype, device=a.gs.device)
+    if a.idx is not None:
+        A = (a.idx.reshape(c1, S1, 1, 1) == b.idx.reshape(1, 1, c2, S2)).to(a.gs.dtype)
+    else:
+        A = (a.h.reshape(c1 * S1, -1) @ b.h.reshape(c2 * S2, -1).T).reshape(c1, S1, c2, S2)
+    if trace:
+        B = (a.gs.reshape(c1 * S1, -1) @ b.gs.reshape(c2 * S2, -1).T).reshape(c1, S1, c2, S2)
+        if S1 == S2 == 1:  # (H H^T) * (G G^T): no position sums
+            return A.mul_(B).reshape(c1, c2)
+        return (A * B).sum((1, 3))
+    out = None
+    for s in range(S1):  # one [c1 O, c2 O] product per position pair keeps memory at c^2 O^2
+        ga = a.gs[:, s].reshape(c1 * no, dout)
+        for t in range(S2):
+            B = (ga @ b.gs[:, t].reshape(c2 * no, dout).T).reshape(c1, no, c2, no)
+            term = A[:, s, :, t][:, None, :, None] * B
+            out = term if out is None else out + term
+    assert out is not None
+    return out.permute(0, 2, 1, 3)
+
+
+def pair(
+    fa: list[Dense | Pairwise],
+    fb: list[Dense | Pairwise],
+    generic: tuple[list[Tensor], list[Tensor]],
+    trace: bool,
+) -> Tensor:
+    """Kernel block of two blocks' features: the ruled parameters' forms pair by pair,
+    plus the generic parameters' Jacobians (:func:`~lazymeter.ntk.blocks.contract`)."""
+    out = None
+    for a, b in zip(fa, fb, strict=True):
+        if isinstance(a, Dense):
+            assert isinstance(b, Dense)
+            blk = contract([a.J], [b.J], trace)
+        else:
+            assert isinstance(b, Pairwise)
+            blk = pair_outer(a, b, trace)
+        out = blk if out is None else out + blk
+    if generic[0]:
+        blk = contract(generic[0], generic[1], trace)
+        out = blk if out is None else out + blk
+    assert out is not None
+    return out
+
+
+def feature_bytes(features: Any) -> int:
+    """Bytes held by one block's features ``(forms, generic Jacobians)``."""
+    forms, gen = features
+    total = sum(t.numel() * t.element_size() for t in gen)
+    for f in forms:
+        if isinstance(f, Dense):
+            ts = [f.J]
+        else:
+            ts = [f.gs if isinstance(f, Pairwise) else f.g, f.h, f.idx]
+        total += sum(t.numel() * t.element_size() for t in ts if t is not None)
+    return total

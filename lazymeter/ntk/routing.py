@@ -1,0 +1,189 @@
+"""Which parameters the structured engine's rules compute, and the exactness guard.
+
+A trainable parameter takes its layer's rule when (statically) its module's type has a
+rule along the MRO that does not decline the module's configuration and no other module
+holds the parameter (tied weights), and (at run time) the layer ran as a module on
+batched input, the rule did not decline the call, and the exactness guard agreed: the
+rules' prediction of autograd's gradient of a fixed random combination of the outputs
+matches autograd. Everything else goes to the generic Jacobian engine. The run-time
+route is remembered per model and input signature in :data:`lazymeter.ntk.CACHE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .cache import CACHE
+from .capture import capture
+from .forms import Form, merge, predicted_grad
+from .functional import FunctionalModel, OutputFn, as_inputs, num_samples, slice_inputs
+from .registry import Rule, declined, find_rule
+
+#: Why a parameter whose layer has a rule is sent to the generic engine by the guard.
+GUARD = (
+    "exactness guard: the rule's gradient differs from autograd's (relative error {err:.1e}); "
+    "the layer's forward is not the one its rule assumes, or the parameter is also used "
+    "outside the layer"
+)
+
+
+@dataclass
+class Route:
+    """The run-time route of a model's ruled parameters on inputs of one signature.
+
+    Attributes:
+        covered: sorted names of the parameters whose kernel the rules compute.
+        reasons: ``{name: why}`` for the parameters whose layer has a rule but that go to
+            the generic engine (declined at run time, never ran batched, guard).
+    """
+
+    covered: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def param_slots(model: nn.Module) -> dict[int, set[tuple[int, str]]]:
+    """``{id(parameter): {(id(module), local name), ...}}``: the module slots holding each
+    parameter, by module identity (a submodule registered under two names counts once)."""
+    slots: dict[int, set[tuple[int, str]]] = {}
+    for m in model.modules():
+        for local, p in m._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), set()).add((id(m), local))
+    return slots
+
+
+def ruled_rules(model: nn.Module) -> dict[str, tuple[str, str, Rule]]:
+    """``{param full name: (module name, local name, rule)}`` for trainable parameters of
+    ruled modules (the rule found along the module type's MRO), excluding parameters held
+    by more than one module slot (tied weights).
+
+    Slots are counted by module identity, not by name: a submodule registered under two
+    names (``self.fc`` and ``self.net[0]``) holds its parameters once."""
+    slots = param_slots(model)
+    out: dict[str, tuple[str, str, Rule]] = {}
+    for mname, m in model.named_modules():
+        found = find_rule(type(m))
+        if found is None or declined(m) is not None:
+            continue
+        for local, p in m.named_parameters(recurse=False):
+            full = f"{mname}.{local}" if mname else local
+            if p.requires_grad and len(slots[id(p)]) == 1:
+                out[full] = (mname, local, found[1])
+    return out
+
+
+def ruled_params(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """``{param full name: (module name, local name)}`` of :func:`ruled_rules`: trainable
+    parameters of ruled modules, each once, tied weights excluded."""
+    return {n: (mn, local) for n, (mn, local, _) in ruled_rules(model).items()}
+
+
+def covered_params(fm: FunctionalModel) -> dict[str, tuple[str, str]]:
+    """:func:`ruled_params` restricted to the parameters the kernel is taken over."""
+    return {n: v for n, v in ruled_params(fm.model).items() if n in fm.params}
+
+
+def signature(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple:
+    """What a remembered route or plan depends on: mode, output reduction, trainable
+    parameters, the parameters the rule table covers now and the rule each one takes (a
+    rule registered or removed later changes it, a subclass's own rule included) and the
+    per-sample input shapes."""
+    return (
+        fm.model.training,
+        id(fm.output_fn),
+        tuple(sorted(fm.params)),
+        tuple((n, r[2]) for n, r in sorted(ruled_rules(fm.model).items())),
+        tuple((t.shape[1:], t.dtype, t.device) for t in xs),
+    )
+
+
+def validate(
+    fm: FunctionalModel,
+    covered: Mapping[str, Any],
+    forms: dict[str, list[Form]],
+    out: Tensor,
+    notes: Mapping[str, str] | None = None,
+) -> Route:
+    """The covered parameters whose rules reproduce autograd exactly on this block.
+
+    Exactness guard: autograd's gradient of a fixed random combination ``r [c, O]`` of the
+    outputs, ``sum_{i,o} r[i, o] J_o(x_i)``, must equal the rules' prediction within
+    ``1e-4`` (float32 and below) or ``1e-9`` relative; a parameter that is also used
+    outside its layer (or whose layer a rule declined, or never ran as a module) fails
+    and is left to the generic engine, with the reason (``notes`` from
+    :func:`~lazymeter.ntk.capture.capture`) in :attr:`Route.reasons`. Cost: one backward
+    pass over the block."""
+    notes = notes or {}
+    reasons = {n: notes.get(n, "no form") for n in covered if n not in forms}
+    merged = {n: merge(f) for n, f in forms.items()}
+    if merged:
+        gen = torch.Generator(device=out.device).manual_seed(0)  # the user's RNG untouched
+        r = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
+        names = sorted(merged)
+        named = dict(fm.model.named_parameters())
+        with torch.enable_grad():
+            actual = torch.autograd.grad((out * r).sum(), [named[n] for n in names])
+        for n, act in zip(names, actual, strict=True):
+            pred = predicted_grad(merged[n], r, act.shape)
+            low = act.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            tol = 1e-4 if low else 1e-9
+            err, scale = float((pred - act).norm()), float(act.norm()) + 1e-30
+            if err > tol * scale:
+                why = GUARD.format(err=err / scale)
+                reasons[n] = why + (f" ({notes[n]})" if n in notes else "")
+    return Route([n for n in sorted(covered) if n not in reasons], reasons)
+
+
+def route_details(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> Route:
+    """The :class:`Route` on inputs shaped like ``xs``: one hooked forward and backward
+    on ``xs`` and the exactness guard, remembered per model and input signature."""
+    key = signature(fm, xs, True)
+    known = CACHE.routes.get(fm.model, {}).get(key)
+    if known is not None:
+        return known
+    covered = covered_params(fm)
+    forms, out, notes = capture(fm, xs, covered, n_out)
+    found = validate(fm, covered, forms, out, notes)
+    CACHE.routes.setdefault(fm.model, {})[key] = found
+    return found
+
+
+def route(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[str]:
+    """Names of the trainable parameters whose kernel the rules compute on inputs shaped
+    like ``xs`` (the rest go to the generic engine): one hooked forward and backward on
+    ``xs`` and the exactness guard, remembered per model and input signature."""
+    return route_details(fm, xs, n_out).covered
+
+
+def probe(xs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The (at most two) samples of ``xs`` that routing runs on."""
+    return slice_inputs(xs, 0, min(2, num_samples(xs)))
+
+
+def coverage(model: nn.Module, x: Any = None, *, output_fn: OutputFn | None = None) -> float:
+    """Fraction of trainable parameter entries whose NTK the per-layer rules compute.
+
+    With ``x`` (inputs, as for :func:`~lazymeter.empirical_ntk`): the route the structured
+    engine actually takes on them, i.e. after rules that decline at run time (a layer
+    applied without the batch dimension, a configuration a rule does not handle) and the
+    exactness guard (a parameter also used outside its layer) have moved parameters to
+    the generic engine. Without ``x``: the parameters of layers that have a rule,
+    counted once however many names they have and excluding tied weights; an upper
+    bound of the run-time figure. :func:`~lazymeter.ntk.explain` says, per parameter, why.
+    """
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not total:
+        return 0.0
+    named = dict(model.named_parameters())
+    if x is None:
+        names = list(ruled_params(model))
+    else:
+        fm = FunctionalModel(model, output_fn)
+        xs = as_inputs(x, "x", fm.device)
+        names = route(fm, probe(xs), fm.num_outputs(xs))
+    return sum(named[n].numel() for n in names) / total
