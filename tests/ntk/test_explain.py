@@ -1,0 +1,141 @@
+"""``lazymeter.ntk.explain``: each trainable parameter's route and the reason it is not
+ruled, on a model mixing covered, subclassed and uncovered layers; it agrees with
+``coverage`` and the kernel stays exact whatever the route."""
+
+import pytest
+import torch
+from architectures import naive_ntk
+from torch import nn
+
+import lazymeter as lm
+from lazymeter.ntk import RULES, coverage, explain, register_rule, unregister_rule
+
+
+class SameLinear(nn.Linear):
+    """A subclass with Linear's forward: the Linear rule is found along the MRO and holds."""
+
+
+class DoubledLinear(nn.Linear):
+    """A subclass that changes forward: the Linear rule is found but the guard rejects it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class Custom(nn.Module):
+    """A layer with a raw parameter and no rule."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d, dtype=torch.float64))
+
+    def forward(self, x):
+        return x * self.w
+
+
+class Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.same = SameLinear(6, 6)
+        self.doubled = DoubledLinear(6, 5)
+        self.custom = Custom(5)
+        self.head = nn.Linear(5, 2)
+        self.alias = self.fc  # one layer under two names: listed and counted once
+
+    def forward(self, x):
+        h = torch.tanh(self.alias(x))
+        h = torch.tanh(self.same(h))
+        h = torch.tanh(self.custom(self.doubled(h)))
+        return self.head(h)
+
+
+@pytest.fixture
+def mixed():
+    torch.manual_seed(0)
+    return Mixed().double(), torch.randn(5, 4, dtype=torch.float64)
+
+
+def test_explain_names_each_route_and_reason(mixed):
+    model, x = mixed
+    ex = explain(model, x)
+    names = [r.name for r in ex.rows]
+    assert names == [n for n, _ in model.named_parameters()]  # each parameter once
+    assert len(set(names)) == len(names) == 9
+    assert ex["fc.weight"].aliases == ("alias.weight",) and ex["alias.bias"].name == "fc.bias"
+
+    for n in ("fc.weight", "fc.bias", "head.weight", "head.bias"):
+        assert ex[n].ruled and ex[n].rule == "Linear" and ex[n].reason is None
+    for n in ("same.weight", "same.bias"):  # covered through the MRO
+        r = ex[n]
+        assert r.ruled and r.rule == "Linear" and r.layer_type == "SameLinear", r
+    for n in ("doubled.weight", "doubled.bias"):  # rule found, guard rejects it
+        r = ex[n]
+        assert not r.ruled and r.rule == "Linear" and r.route == "generic"
+        assert "exactness guard" in r.reason and "forward" in r.reason
+        assert "DoubledLinear inherits the rule for Linear" in r.reason
+    r = ex["custom.w"]
+    assert not r.ruled and r.rule is None and r.layer_type == "Custom"
+    assert "no rule for Custom" in r.reason and "register_rule(Custom)" in r.reason
+
+    assert ex.covered == pytest.approx(coverage(model, x))
+    ruled = sum(p.numel() for n, p in model.named_parameters() if ex[n].ruled)
+    assert ex.covered == pytest.approx(ruled / sum(p.numel() for p in model.parameters()))
+    assert {r.name for r in ex.generic} == {"doubled.weight", "doubled.bias", "custom.w"}
+
+    text = str(ex)
+    assert text.splitlines()[0].split() == ["parameter", "layer", "entries", "route", "reason"]
+    for n in names:
+        assert n in text
+    assert "rule Linear" in text and "no rule for Custom" in text and "exactness guard" in text
+    assert f"{ex.covered:.1%}" in text
+
+    K = lm.empirical_ntk(model, x, method="structured")  # exact whatever the route
+    ref = naive_ntk(model, x)
+    torch.testing.assert_close(K, ref, rtol=0, atol=1e-8 * max(1.0, ref.abs().max().item()))
+
+
+def test_explain_reports_static_and_run_time_declines_and_tied_weights():
+    torch.manual_seed(1)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(6, 4, max_norm=1.0)  # declined by its configuration
+            self.custom = Custom(4)
+            self.out = nn.Linear(4, 6, bias=False)
+            self.tied = nn.Linear(4, 6, bias=False)
+            self.tied.weight = self.out.weight  # one weight, two layers
+
+        def forward(self, t):
+            h = self.custom(self.emb(t)).mean(1)
+            return self.out(h) + self.tied(torch.tanh(h))
+
+    def custom_rule(m, args, out):
+        return "this call is not handled"  # declines at run time, with a reason
+
+    model, x = Model().double(), torch.randint(0, 6, (4, 3))
+    register_rule(Custom)(custom_rule)
+    try:
+        ex = explain(model, x)
+    finally:
+        unregister_rule(Custom)
+    assert Custom not in RULES
+    assert "declines this configuration: max_norm" in ex["emb.weight"].reason
+    assert "declined: this call is not handled" in ex["custom.w"].reason
+    assert ex["custom.w"].rule == "Custom" and not ex["custom.w"].ruled
+    r = ex["out.weight"]
+    assert r.aliases == ("tied.weight",) and "tied between layers" in r.reason
+    assert "out.weight" in r.reason and "tied.weight" in r.reason
+    assert ex.covered == 0.0 == coverage(model, x)
+
+
+def test_a_rule_returning_none_is_reported_too():
+    model = nn.Sequential(Custom(3), nn.Linear(3, 2)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    register_rule(Custom)(lambda m, args, out: None)
+    try:
+        r = explain(model, x)["0.w"]
+    finally:
+        unregister_rule(Custom)
+    assert not r.ruled and "returned None" in r.reason
