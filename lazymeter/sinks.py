@@ -333,9 +333,18 @@ class TensorBoardSink:
             w.add_text(tag, text, step)
 
     def write_figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib ``Figure`` as an image, rendered with the Agg canvas directly
+        (``SummaryWriter.add_figure`` would import pyplot, a global side effect)."""
         w = self.writer
-        if w is not None:
-            w.add_figure(tag, figure, step, close=True)
+        if w is None:
+            return
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+        w.add_image(tag, rgba[..., :3].copy(), step, dataformats="HWC")
 
     def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Hyperparameters with the run's final metrics (TensorBoard's HPARAMS tab)."""

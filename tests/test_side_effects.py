@@ -141,6 +141,15 @@ def test_library_figures_use_neither_matplotlib_use_nor_pyplot(tmp_path):
                 if (e.name or "").split(".")[0] == "lazymeter":
                     raise
         t._plot({str(tmp_path)!r})
+        # The meter's TensorBoard figures (spectrum) are rendered without pyplot too.
+        import torch
+        import lazymeter as lm
+        x = torch.randn(12, 3, dtype=torch.float64)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        meter = lm.LazyMeter(net.double(), probe=(x, x.sum(1, keepdim=True)),
+                             log_dir={str(tmp_path / "tb")!r}, tb_figures=True)
+        meter.measure()
+        meter.close()
         assert "matplotlib.pyplot" not in sys.modules, "the library imported matplotlib.pyplot"
         assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
         print("ok")
