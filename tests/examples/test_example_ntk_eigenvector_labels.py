@@ -1,26 +1,20 @@
 """NTK-eigenvector labels (paper Figure 5): the label construction and the example script."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from architectures import naive_ntk
+from example_scripts import load_example as load_script
 
 import lazymeter as lm
 from lazymeter.tasks.eigenlabels import EigenLabelsConfig, eigenvector_labels, train
 from lazymeter.tasks.polynomial import QuadraticNet
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ntk_eigenvector_labels.py"
-
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("ntk_eigenvector_labels", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ntk_eigenvector_labels")
 
 
 def tiny():

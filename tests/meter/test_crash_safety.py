@@ -6,7 +6,7 @@ TensorBoard keeps the crashed run's orphaned events, see the end of the resume t
 A torn last line of history.jsonl is skipped with a warning; a broken line followed
 by more rows is an error (see ``lazymeter.read_jsonl``).
 
-The runs are ``tests/crash_run.py`` subprocesses. Kills are triggered by the progress
+The runs are ``tests/meter/crash_run.py`` subprocesses. Kills are triggered by the progress
 lines the child prints (never by elapsed time), so a loaded machine only slows the
 test down.
 """
@@ -41,7 +41,10 @@ SCHEDULE = list(range(0, crash_run.STEPS, crash_run.EVERY))
 
 # ---------------------------------------------------------------------------- helpers
 def env() -> dict[str, str]:
-    paths = [str(HERE.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [
+        str(HERE.parents[1]),
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 

@@ -1,12 +1,11 @@
 """Student-teacher examples (paper section 6 and its appendix): smoke runs and the pieces."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from example_scripts import load_example
 
 import lazymeter as lm
 from lazymeter.tasks.student_teacher import (
@@ -16,15 +15,6 @@ from lazymeter.tasks.student_teacher import (
     threshold_accuracy,
     train_scaled,
 )
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_student_teacher_smoke_writes_losses_accuracies_diagnostics_and_figure(tmp_path):

@@ -1,7 +1,6 @@
 """The MNIST experiment: IDX reading, the digits fallback, and the example end to end."""
 
 import gzip
-import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -9,18 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from example_scripts import load_example
 
 import lazymeter as lm
 from lazymeter.tasks import mnist as M
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:

@@ -1,19 +1,14 @@
 """The (alpha, eps) sweep example (paper Figure 3) runs end to end in its smoke setting."""
 
-import importlib.util
 import itertools
 import json
 import math
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "alpha_eps_sweep.py"
+from example_scripts import load_example as load_script
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("alpha_eps_sweep", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("alpha_eps_sweep")
 
 
 def test_smoke_sweep_writes_one_cell_per_grid_point_curves_and_figure(tmp_path):

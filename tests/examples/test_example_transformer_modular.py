@@ -1,17 +1,14 @@
 """examples/transformer_modular.py (the paper's transformer experiment) end to end, smoke-sized."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from example_scripts import load_example as load_script
 
 import lazymeter as lm
 from lazymeter.tasks.transformer_modular import TransformerModularConfig, train
-
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "transformer_modular.py"
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +21,7 @@ def one_thread():
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("transformer_modular", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("transformer_modular")
 
 
 def test_smoke_sweep_writes_each_alphas_run_summary_and_figure(tmp_path):

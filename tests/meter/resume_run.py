@@ -1,8 +1,8 @@
 """A small training run with LazyMeter, split at a checkpoint (used by test_meter.py).
 
-    python tests/resume_run.py full   OUT_DIR           # steps [0, 2 * HALF) in one process
-    python tests/resume_run.py first  OUT_DIR CKPT      # steps [0, HALF), then save
-    python tests/resume_run.py second OUT_DIR CKPT      # load, steps [HALF, 2 * HALF)
+    python tests/meter/resume_run.py full   OUT_DIR           # steps [0, 2 * HALF) in one process
+    python tests/meter/resume_run.py first  OUT_DIR CKPT      # steps [0, HALF), then save
+    python tests/meter/resume_run.py second OUT_DIR CKPT      # load, steps [HALF, 2 * HALF)
 
 Writes OUT_DIR/history.json (meter.history) and the meter's log files in OUT_DIR.
 """

@@ -1,4 +1,4 @@
-"""A 2-process DDP training run with a LazyMeter, started by tests/test_distributed.py.
+"""A 2-process DDP training run with a LazyMeter, started by tests/meter/test_distributed.py.
 
 Every rank trains its half of a full batch (DDP averages the gradients, so the
 parameters follow full-batch GD exactly) and is given a *different* initial model

@@ -14,7 +14,7 @@ from lazymeter.tasks.polynomial import train
 # K0 is singular for N=2 (rank <= N*D < P): the lazy baseline says so; not under test here.
 pytestmark = pytest.mark.filterwarnings("ignore:kernel_regression:RuntimeWarning")
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "loss_decomposition.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "loss_decomposition.py"
 
 
 @pytest.fixture(scope="module")

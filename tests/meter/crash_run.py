@@ -1,6 +1,6 @@
 """A small deterministic training run with LazyMeter that checkpoints, for crash tests.
 
-    python tests/crash_run.py OUT_DIR CKPT [--fence STEP]
+    python tests/meter/crash_run.py OUT_DIR CKPT [--fence STEP]
 
 Trains a tiny MLP regression (full-batch heavy-ball GD, float64, one thread) for
 ``STEPS`` steps, measuring every ``EVERY`` steps into OUT_DIR (history.jsonl and

@@ -1,24 +1,15 @@
 """The paper's polynomial task end to end: the example script and the grokking event."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from example_scripts import load_example
 
 import lazymeter as lm
 from lazymeter.tasks.polynomial import PolynomialConfig, QuadraticNet, make_data, train
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SMALL = dict(D=20, P=110, P_test=500, N=100, eps=0.05, epochs=2000, lr_scale=8.0, per_decade=8)
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_example_smoke_run_writes_history_summary_events_and_figure(tmp_path):

@@ -1,28 +1,19 @@
 """The modular-arithmetic MLP (Figure 2): the example script, the model, and the grokking delay."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from example_scripts import load_example
 
 import lazymeter as lm
 from lazymeter.tasks.modular import modular_addition
 from lazymeter.tasks.modular_mlp import ModularMLP, ModularMLPConfig, make_optimizer, train
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Groks in ~1 s per run; train / test ~90% accuracy at ~650 / 1.5k lr-equivalent steps
 # (scale 0.5) and ~2.7k / 7.5k (scale 2) of 15k.
 SMALL = dict(p=13, N=50, lr_scale=10.0, steps=1500, per_decade=16, max_probe=32)
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_example_smoke_run_writes_history_summary_events_and_figure(tmp_path):

@@ -4,7 +4,7 @@ import os
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_training_loop_snippet_runs_as_written(tmp_path, monkeypatch):
