@@ -57,8 +57,9 @@ class LazyMeter(ScaledModel):
         output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``).
         max_probe: kernels use at most this many probe points (a fixed seeded subset); a
             measurement costs ``O(max_probe^2 * n_params)``. ``seed``: of that subset.
-        ntk_method, ntk_chunk_size, memory_budget: of :func:`lazymeter.empirical_ntk`
-            (``"auto"`` is resolved once, at construction).
+        ntk_method: ``method`` of :func:`lazymeter.empirical_ntk` (``"auto"`` is resolved
+            once, at construction); ``ntk_chunk_size``, ``memory_budget``: its
+            ``chunk_size`` and ``memory_budget``.
         scalar_every: write the scalars passed to :meth:`step` to TensorBoard every this
             many steps (and at every measurement); an event costs ~50 us.
         tb_figures: also log the quantities' figures (kernel spectrum, decomposition).
