@@ -104,20 +104,9 @@ class Engine:
         """The kernel: ``[P1, P2]`` when ``trace``, else ``[P1, P2, O, O]``."""
         raise NotImplementedError
 
-    def __call__(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        return self.compute(
-            fm, x1, x2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget
-        )
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        """``engine(fm, x1, x2, *, n_out, trace, chunk_size, budget)``: :meth:`compute`."""
+        return self.compute(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
