@@ -118,6 +118,18 @@ def sharded_ntk(d: Dist, ntk: Callable[..., Tensor], x: Tensor, x2: Tensor | Non
     return (K + K.T) / 2 if x2 is None else K
 
 
+def share_probes(d: Dist, probes: tuple, full: tuple, subset: Callable[[Any, int], Any]):
+    """Rank 0's probes (and class count) on every rank: ``probes = (probe, test,
+    num_classes)``. Under ``"shard"`` every rank also runs the quantities' setup, so the
+    whole probes ``full = (full, full_test)`` travel too, cut by ``subset(p, seed_offset)``
+    to what setup uses (the lazy baseline's ``max_baseline`` points); under ``"rank0"``
+    rank 0 alone uses them and they stay where they are."""
+    if d.strategy != "shard":
+        return (*d.share(probes), *full)
+    full = tuple(None if p is None else subset(p, i) for i, p in enumerate(full))
+    return d.share((*probes, *full))
+
+
 def make_dist(model: nn.Module, distributed: str | None, device: torch.device) -> Dist | None:
     """The :class:`Dist` for a meter around ``model``, or None for a single-process meter.
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import quantities as Q
-from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, world_size
+from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
 from .failures import Warner
 from .ntk import FunctionalModel, empirical_ntk, kernel_dtype, select_method
 from .probes import Probe, check_label_variance, prepare, subsample
@@ -29,6 +29,7 @@ from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import RunLog, scalar_values
+from .validation import int_at_least
 
 _STATE_VERSION = 2
 
@@ -101,17 +102,14 @@ class LazyMeter(ScaledModel):
         distributed: str | None = "auto",
     ) -> None:
         super().__init__(model, alpha, center, output_fn)
-        for name, v in (("max_probe", max_probe), ("max_baseline", max_baseline)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 3:
-                raise ValueError(f"{name}: expected an int >= 3, got {v!r}")
-        if isinstance(scalar_every, bool) or not isinstance(scalar_every, int) or scalar_every < 1:
-            raise ValueError(f"scalar_every: expected a positive int, got {scalar_every!r}")
+        int_at_least(max_probe, "max_probe", 3), int_at_least(max_baseline, "max_baseline", 3)
+        self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
         if features and probe is None:
             raise ValueError("features: needs a probe to compute activations on")
         self.ntk_kwargs = {"method": ntk_method, "chunk_size": ntk_chunk_size}
         self.ntk_kwargs["memory_budget"] = memory_budget
         self.schedule = make_schedule(schedule)
-        self.scalar_every, self.tb_figures = scalar_every, bool(tb_figures)
+        self.tb_figures = bool(tb_figures)
         self.regime_thresholds = regime_thresholds or RegimeThresholds()
         if quantities is None:
             quantities = Q.default(
@@ -153,15 +151,10 @@ class LazyMeter(ScaledModel):
         if probe is None:  # parameter quantities only
             self.quantities = [q for q in self.quantities if not q.needs]
             return
-        if self._dist is not None:
-            # Rank 0's data everywhere: a rank's own shard would give other metrics.
-            if self._dist.strategy == "shard":  # every rank runs setup: its data too
-                full = subsample(full, max_baseline, seed)
-                full_test = full_test and subsample(full_test, max_baseline, seed + 1)
-                shared = (probe, test, num_classes, full, full_test)
-                probe, test, num_classes, full, full_test = self._dist.share(shared)
-            else:  # rank 0 alone computes the references from its own data
-                probe, test, num_classes = self._dist.share((probe, test, num_classes))
+        if self._dist is not None:  # rank 0's data everywhere (a rank's own: other metrics)
+            cut = lambda p, i: subsample(p, max_baseline, seed + i)  # noqa: E731
+            shared = share_probes(self._dist, (probe, test, num_classes), (full, full_test), cut)
+            probe, test, num_classes, full, full_test = shared
         self.probe_x, self.probe_y = probe
         if test is not None:
             self.test_x, self.test_y = test

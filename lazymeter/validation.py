@@ -55,3 +55,11 @@ def real_number(v: object, name: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name}: expected a finite number, got {v}")
     return v
+
+
+def int_at_least(v: object, name: str, minimum: int) -> int:
+    """``v`` as an int ``>= minimum`` (bools refused), else a ``ValueError`` naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return v
