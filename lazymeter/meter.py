@@ -64,6 +64,9 @@ class LazyMeter(ScaledModel):
         scalar_every: write the scalars passed to :meth:`step` to TensorBoard every this
             many steps (and at every measurement); an event costs ~50 us.
         tb_figures: also log the quantities' figures (kernel spectrum, decomposition).
+        measure_mode: ``"eval"`` (default: measurements see the model in eval mode: no
+            dropout of any kind, BatchNorm on running statistics) or ``"as_is"`` (its own
+            modes); see :class:`~lazymeter.scaled.ScaledModel`.
         regime_thresholds: of the lazy/rich read-out logged as TensorBoard text.
         distributed: for ``LazyMeter(DistributedDataParallel(model))``: ``"auto"``
             (= ``"rank0"``: rank 0 measures, the row is broadcast), ``"shard"`` (each rank
@@ -100,8 +103,9 @@ class LazyMeter(ScaledModel):
         regime_thresholds: RegimeThresholds | None = None,
         memory_budget: int | str | None = None,
         distributed: str | None = "auto",
+        measure_mode: str = "eval",
     ) -> None:
-        super().__init__(model, alpha, center, output_fn)
+        super().__init__(model, alpha, center, output_fn, measure_mode)
         int_at_least(max_probe, "max_probe", 3), int_at_least(max_baseline, "max_baseline", 3)
         self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
         if features and probe is None:

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from .distributed import unwrap
-from .ntk.functional import call_with
+from .ntk.functional import call_with, no_autocast
+
+#: ``measure_mode`` values (see :class:`ScaledModel`).
+MEASURE_MODES = ("eval", "as_is")
 
 
 class Snapshot(nn.Module):
@@ -46,6 +49,12 @@ class ScaledModel(nn.Module):
         alpha: output scale (> 0).
         center: subtract the initial model's output.
         output_fn: reduces the model's output to what the loss sees (and the NTK measures).
+        measure_mode: how measurements run the model. ``"eval"`` (default): every module in
+            eval mode for the duration of a measurement (every form of dropout off, including
+            ``training``-gated functional dropout inside attention; BatchNorm on its running
+            statistics), each module's flag restored afterwards. ``"as_is"``: the model's own
+            modes, with only ``nn.Dropout`` modules switched off (a train-mode BatchNorm then
+            has no per-sample NTK and the kernel metrics are NaN).
     """
 
     def __init__(
@@ -54,8 +63,12 @@ class ScaledModel(nn.Module):
         alpha: float = 1.0,
         center: bool = True,
         output_fn: Callable[[Any], Any] | None = None,
+        measure_mode: str = "eval",
     ) -> None:
         super().__init__()
+        if measure_mode not in MEASURE_MODES:
+            raise ValueError(f"measure_mode: expected one of {MEASURE_MODES}, got {measure_mode!r}")
+        self.measure_mode = measure_mode
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
@@ -172,18 +185,24 @@ class ScaledModel(nn.Module):
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
-        """Measure deterministically without a trace: the RNG is forked, and dropout layers
-        are switched off (kernels of a random sub-network are noise) and restored after."""
-        devices = [self._device()] if self._device().type == "cuda" else []
-        active = [m for m in self._dropouts if m.training]
+        """Measure deterministically without a trace: the RNG forked, autocast off, and the
+        model in eval mode (``measure_mode="eval"``; with ``"as_is"`` only ``nn.Dropout``
+        modules are switched off); every module's training flag is restored after."""
+        device = self._device()
+        devices = [device] if device.type == "cuda" else []
+        modes = [(m, m.training) for m in self.net.modules()]
         try:
-            with torch.random.fork_rng(devices=devices):
-                for m in active:
-                    m.training = False
+            with torch.random.fork_rng(devices=devices), no_autocast(device):
+                if self.measure_mode == "eval":
+                    for m, _ in modes:
+                        m.training = False
+                else:
+                    for m in self._dropouts:
+                        m.training = False
                 yield
         finally:
-            for m in active:
-                m.training = True
+            for m, training in modes:
+                m.training = training
 
     def check_outputs(self, x: Tensor) -> int:
         """Clear errors at construction for a model whose output the NTK cannot use;

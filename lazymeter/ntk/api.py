@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .engines import ENGINES, as_engine, choose_engine
-from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, num_samples
+from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, no_autocast, num_samples
 
 #: Bytes that the per-sample Jacobian blocks of one call may occupy when
 #: ``chunk_size`` is None (override per call with ``memory_budget=``, or for the
@@ -141,6 +141,36 @@ def empirical_ntk(
     Returns:
         ``K`` on the model's device, in ``dtype`` (see above).
     """
+    # Autocast off: a kernel inside a user's autocast region would silently be bf16/fp16.
+    device = (
+        next((p.device for p in model.parameters()), None) if isinstance(model, nn.Module) else None
+    )
+    with no_autocast(device or torch.device("cpu")):
+        return _empirical_ntk(
+            model,
+            x1,
+            x2,
+            output_fn=output_fn,
+            method=method,
+            trace_outputs=trace_outputs,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            dtype=dtype,
+        )
+
+
+def _empirical_ntk(
+    model: nn.Module,
+    x1: Any,
+    x2: Any = None,
+    *,
+    output_fn: OutputFn | None = None,
+    method: str = "auto",
+    trace_outputs: bool = True,
+    chunk_size: int | None = None,
+    memory_budget: int | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     fm = FunctionalModel(model, output_fn)
     target = kernel_dtype(fm.dtype, dtype)
     if target != fm.dtype:

@@ -82,6 +82,15 @@ def call_with(
                 slots[local] = t
 
 
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``'s type: a kernel computed inside a user's
+    ``torch.autocast`` region would otherwise silently run in bfloat16/float16."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def tensor_attributes_kept(model: nn.Module) -> Iterator[None]:
     """Run a forward that must not leave traces in ``model``: tensor attributes that hooks
