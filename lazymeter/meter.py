@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from . import quantities as Q
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
 from .failures import Warner
-from .ntk import FunctionalModel, empirical_ntk, kernel_dtype, select_method
+from .ntk import FunctionalModel, coverage, empirical_ntk, kernel_dtype, select_method
 from .probes import Probe, check_label_variance, prepare, subsample
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
@@ -143,6 +143,7 @@ class LazyMeter(ScaledModel):
         if self._dist is not None and not self._dist.main:
             self.log_dir, writer = None, None  # one writer per run: rank 0
         self._log = RunLog(self.log_dir, writer)
+        self._log.write_meta({"ntk_engine": self.ntk_engine, "measure_mode": measure_mode})
 
     # ------------------------------------------------------------------ construction
     def _init_probes(
@@ -165,13 +166,6 @@ class LazyMeter(ScaledModel):
         self._num_classes = num_classes
         check_label_variance({"probe": probe, "test_probe": test}, num_classes)
         self._n_out = self.check_outputs(self.probe_x)
-        if self.ntk_kwargs["method"] == "auto":
-            try:  # resolved once: every measurement has the same shapes
-                self.ntk_kwargs["method"] = select_method(
-                    self.net, self.probe_x, output_fn=self.output_fn
-                )
-            except ValueError:
-                pass  # reported (once) by the first NTK computation below
         if self._computes:
             with self.measuring():
                 self._setup({"train": full, "test": full_test})
@@ -354,6 +348,27 @@ class LazyMeter(ScaledModel):
     def last_step(self) -> int | None:
         """The last step passed to :meth:`step` (None before the first)."""
         return self._step
+
+    @property
+    def ntk_engine(self) -> dict[str, Any]:
+        """Which NTK engine measures: ``method`` (as asked), ``engine`` (as run: for
+        ``"auto"`` its choice, remembered after any fallback past engines that failed on
+        this model) and, for ``"structured"``, ``coverage`` (the fraction of trainable
+        entries its rules compute on the probe). Also in ``log_dir/meta.json`` and the
+        TensorBoard text tab."""
+        info: dict[str, Any] = {"method": self.ntk_kwargs["method"], "engine": None}
+        if self.probe_x is None:
+            return info
+        kw = {"output_fn": self.output_fn}
+        try:
+            info["engine"] = info["method"]
+            if info["method"] == "auto":
+                info["engine"] = select_method(self.net, self.probe_x, **kw)
+            if info["engine"] == "structured":
+                info["coverage"] = coverage(self.net, self.probe_x, **kw)
+        except (ValueError, RuntimeError) as e:  # no NTK at all (train-mode BatchNorm, as_is)
+            info["engine"], info["error"] = None, str(e)
+        return info
 
     @property
     def baseline(self) -> dict[str, float]:

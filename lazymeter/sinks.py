@@ -402,6 +402,19 @@ class RunLog:
             check_writable(log_dir)
             self.jsonl = JsonlSink(fresh_history(log_dir))
         self.tb = TensorBoardSink(log_dir, writer)
+        self._meta_text: str | None = None
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """What the run's numbers depend on (engine, modes): ``log_dir/meta.json`` (written
+        whole, then renamed into place) and, with the first row (TensorBoard's writer is
+        made lazily, after a resumed run has set its purge step), a text entry."""
+        text = json.dumps(meta, indent=1, default=str)
+        if self.jsonl is not None:
+            path = os.path.join(os.path.dirname(self.jsonl.path), "meta.json")
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            os.replace(path + ".tmp", path)
+        self._meta_text = f"```\n{text}\n```"
 
     def write_row(
         self,
@@ -421,6 +434,9 @@ class RunLog:
                 error = e
         self.tb.write(row, step, flush=False)
         if self.tb.enabled:
+            if self._meta_text is not None:
+                self.tb.write_text("lazymeter/meta", self._meta_text, step)
+                self._meta_text = None
             for tag, text in (texts or {}).items():
                 self.tb.write_text(tag, text, step)
             for tag, fig in (figures() if figures else {}).items():
@@ -435,7 +451,9 @@ class RunLog:
 
     def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
         """After loading a checkpoint: the files continue exactly as ``history`` does
-        (whatever a crashed run logged after the checkpoint is dropped)."""
+        (whatever a crashed run logged after the checkpoint is dropped; the run's meta text
+        was written by the run that made the checkpoint)."""
+        self._meta_text = None
         if self.jsonl is not None:
             self.jsonl.rewrite(history)
         if step is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .engines import ENGINES, as_engine, choose_engine
+from .cache import CACHE
+from .engines import ENGINES, as_engine, choose_engine, ranked_engines
 from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, no_autocast, num_samples
+
+logger = logging.getLogger("lazymeter")
 
 #: Bytes that the per-sample Jacobian blocks of one call may occupy when
 #: ``chunk_size`` is None (override per call with ``memory_budget=``, or for the
@@ -85,10 +89,14 @@ def select_method(
     output_fn: OutputFn | None = None,
     trace_outputs: bool = True,
 ) -> str:
-    """The engine ``method="auto"`` would use for these shapes (to resolve it once for many
-    calls on same-shaped inputs, as :class:`~lazymeter.LazyMeter` does)."""
+    """The engine ``method="auto"`` uses for these shapes: the one it ran successfully on
+    this model and input signature if it has (after falling back past failing engines),
+    else its first choice, the cheapest applicable engine."""
     fm = FunctionalModel(model, output_fn)
     xs1 = as_inputs(x1, "x1", fm.device)
+    known = CACHE.methods.get(fm.model, {}).get(_auto_key(fm, xs1, trace_outputs))
+    if known is not None:
+        return known
     n2 = None if x2 is None else num_samples(as_inputs(x2, "x2", fm.device))
     return choose_method(fm, xs1, n2, fm.num_outputs(xs1), trace_outputs)
 
@@ -193,18 +201,69 @@ def _empirical_ntk(
         raise ValueError(f"memory_budget: expected a positive number of bytes, got {memory_budget}")
 
     n_out = fm.num_outputs(xs1)
-    if method == "auto":
-        method = choose_method(
-            fm, xs1, None if xs2 is None else num_samples(xs2), n_out, trace_outputs
-        )
+    run = dict(n_out=n_out, trace=trace_outputs, chunk_size=chunk_size, budget=budget)
+    if method != "auto":
+        return _run(method, fm, xs1, xs2, **run)
+    # auto: the cheapest applicable engine; if it fails on this model (an op without a
+    # batching or forward-mode rule, ...), the next one, and the one that worked is
+    # remembered for this model and input signature.
+    key = _auto_key(fm, xs1, trace_outputs)
+    known = CACHE.methods.get(fm.model, {}).get(key)
+    if known is not None and known in ENGINES:
+        return _run(known, fm, xs1, xs2, **run)
+    n2 = None if xs2 is None else num_samples(xs2)
+    tried: list[str] = []
+    for name, why in ranked_engines(fm, xs1, n2, n_out, trace_outputs):
+        if why is not None:
+            continue
+        try:
+            K = _run(name, fm, xs1, xs2, **run)
+        except (RuntimeError, NotImplementedError) as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            tried.append(f"{name} ({first})")
+            logger.warning(
+                "lazymeter: method='auto': engine %r failed on this model (%s); trying the next",
+                name,
+                first,
+            )
+            continue
+        CACHE.methods.setdefault(fm.model, {})[key] = name
+        return K
+    raise RuntimeError(
+        "method='auto': every applicable engine failed: " + "; ".join(tried or ["none applies"])
+    )
+
+
+def _auto_key(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple:
+    return (
+        fm.model.training,
+        id(fm.output_fn),
+        tuple(sorted(fm.params)),
+        trace,
+        tuple((t.shape[1:], t.dtype, t.device) for t in xs),
+    )
+
+
+def _run(
+    method: str,
+    fm: FunctionalModel,
+    xs1: tuple[Tensor, ...],
+    xs2: tuple[Tensor, ...] | None,
+    *,
+    n_out: int,
+    trace: bool,
+    chunk_size: int | None,
+    budget: int,
+) -> Tensor:
+    """One engine's kernel, its block size planned by the engine when not given."""
     engine = as_engine(ENGINES[method], method)
     if chunk_size is None:
         longest = max(num_samples(xs1), 0 if xs2 is None else num_samples(xs2))
         chunk_size = engine.plan_chunk(
-            fm, xs1, n_out=n_out, trace=trace_outputs, budget=budget, n_samples=longest
+            fm, xs1, n_out=n_out, trace=trace, budget=budget, n_samples=longest
         )
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
         return engine.compute(
-            fm, xs1, xs2, n_out=n_out, trace=trace_outputs, chunk_size=chunk_size, budget=budget
+            fm, xs1, xs2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget
         )

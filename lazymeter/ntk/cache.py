@@ -28,6 +28,8 @@ class NTKCache:
             model for ``method="auto"``).
         casts: ``model -> cast copy``: the model in another dtype (``empirical_ntk(...,
             dtype=)``), refreshed in place at each call.
+        methods: ``model -> {signature: engine name}``: what ``method="auto"`` ran
+            successfully (after falling back past engines that failed on this model).
     """
 
     def __init__(self) -> None:
@@ -44,6 +46,9 @@ class NTKCache:
             weakref.WeakKeyDictionary()
         )
         self.casts: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+        self.methods: weakref.WeakKeyDictionary[nn.Module, dict[Any, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def tables(self) -> dict[str, weakref.WeakKeyDictionary]:
         """``{name: table}`` of every memo table."""
@@ -53,6 +58,7 @@ class NTKCache:
             "costs": self.costs,
             "flops": self.flops,
             "casts": self.casts,
+            "methods": self.methods,
         }
 
     def clear(self, model: nn.Module | None = None) -> None:

@@ -179,6 +179,22 @@ def unregister_engine(name: str) -> Engine | None:
     return ENGINES.pop(name, None)
 
 
+def ranked_engines(
+    fm: FunctionalModel, x1: tuple[Tensor, ...], n2: int | None, n_out: int, trace: bool
+):
+    """Yield ``(name, reason)`` for every registered engine, cheapest estimated cost first
+    (ties: registration order); ``reason`` is None when it applies. Applicability is asked
+    lazily, so an expensive test runs only when its engine is next in line."""
+    ranked = []
+    for order, (name, obj) in enumerate(ENGINES.items()):
+        eng = as_engine(obj, name)
+        c = float(eng.cost(fm, x1, n2, n_out, trace))
+        ranked.append((math.inf if math.isnan(c) else c, order, name, eng))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    for _, _, name, eng in ranked:
+        yield name, eng.applicable(fm, x1, n_out)
+
+
 def choose_engine(
     fm: FunctionalModel, x1: tuple[Tensor, ...], n2: int | None, n_out: int, trace: bool
 ) -> str:
@@ -189,19 +205,33 @@ def choose_engine(
     the first that does is taken (so an expensive applicability test runs only when its
     engine would win).
     """
-    ranked = []
-    for order, (name, obj) in enumerate(ENGINES.items()):
-        eng = as_engine(obj, name)
-        c = float(eng.cost(fm, x1, n2, n_out, trace))
-        ranked.append((math.inf if math.isnan(c) else c, order, name, eng))
-    ranked.sort(key=lambda r: (r[0], r[1]))
     reasons = []
-    for _, _, name, eng in ranked:
-        why = eng.applicable(fm, x1, n_out)
+    for name, why in ranked_engines(fm, x1, n2, n_out, trace):
         if why is None:
             return name
         reasons.append(f"{name}: {why}")
     raise ValueError("method='auto': no registered engine applies (" + "; ".join(reasons) + ")")
+
+
+def recurrent_layers(fm: FunctionalModel) -> str | None:
+    """Why ``torch.func.vmap`` cannot run this model per sample, or None: recurrent layers
+    (``nn.RNN``/``nn.GRU``/``nn.LSTM``) make their hidden state inside ``forward`` and
+    update it in place, which vmap cannot batch."""
+    for name, m in fm.model.named_modules():
+        if isinstance(m, torch.nn.RNNBase):
+            return (
+                f"the recurrent layer {name!r} ({type(m).__name__}) builds its hidden state "
+                "inside forward, which torch.func.vmap cannot batch; method='loop' computes "
+                "its kernel (method='auto' picks it)"
+            )
+    return None
+
+
+def refuse_recurrent(fm: FunctionalModel, method: str) -> None:
+    """A clear ``ValueError`` instead of torch's vmap error deep inside a recurrent layer."""
+    why = recurrent_layers(fm)
+    if why is not None:
+        raise ValueError(f"method={method!r}: {why}")
 
 
 class JacobianEngine(Engine):
@@ -210,8 +240,13 @@ class JacobianEngine(Engine):
     Cost: ``O (P1 + P2)`` backward passes plus ``P1 P2 O n`` (traced) or
     ``P1 P2 O^2 n`` (untraced) multiply-adds. Memory: two ``[chunk, O, n]``
     Jacobian blocks, or all of them when they fit in ``budget`` bytes (the
-    symmetric kernel then computes every Jacobian exactly once). Applies to every model.
+    symmetric kernel then computes every Jacobian exactly once). Applies to every model
+    ``torch.func.vmap`` can run per sample (not recurrent layers: see ``"loop"``).
     """
+
+    def applicable(self, fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> str | None:
+        """Not for recurrent layers (vmap cannot batch their hidden state)."""
+        return recurrent_layers(fm)
 
     def cost(
         self,
@@ -242,6 +277,7 @@ class JacobianEngine(Engine):
         budget: int,
     ) -> Tensor:
         """See the class docstring."""
+        refuse_recurrent(fm, "jacobian")
         total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
         rows = lambda xs: jacobian_rows(fm, xs, n_out)  # noqa: E731
         return blocked_kernel(
@@ -270,7 +306,11 @@ class NTVPEngine(Engine):
     """
 
     def applicable(self, fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> str | None:
-        """Not where an operation lacks forward-mode AD (``parametrizations.weight_norm``)."""
+        """Not where an operation lacks forward-mode AD (``parametrizations.weight_norm``),
+        nor for recurrent layers (vmap cannot batch their hidden state)."""
+        why = recurrent_layers(fm)
+        if why is not None:
+            return why
         if fm.supports_forward_ad(x1):
             return None
         return "an operation of the model has no forward-mode AD formula (torch.func.jvp)"
@@ -320,6 +360,7 @@ class NTVPEngine(Engine):
         budget: int,
     ) -> Tensor:
         """See the class docstring."""
+        refuse_recurrent(fm, "ntvp")
         params = fm.params
 
         def rows(xs: tuple[Tensor, ...]) -> dict[str, Tensor]:
@@ -363,6 +404,78 @@ class NTVPEngine(Engine):
             ) from e
 
 
-#: The generic engines, registered as ``"jacobian"`` and ``"ntvp"``.
+class LoopEngine(Engine):
+    """Per-sample autograd loop: each sample's forward on a batch of one (no ``vmap``),
+    then one backward pass per output, ``J[i, o] = d f_o(x_i) / d theta``; contracted as in
+    ``"jacobian"``. Exact for every model whose forward runs on one sample, recurrent
+    layers included. Cost: ``P`` forward and ``P O`` backward passes of one sample, in
+    Python (the slowest engine: ``method="auto"`` takes it only when no faster engine
+    applies or the faster ones fail). Memory: as ``"jacobian"``.
+    """
+
+    def cost(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        n2: int | None,
+        n_out: int,
+        trace: bool,
+    ) -> float:
+        """``inf``: the last resort."""
+        return math.inf
+
+    def compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """See the class docstring."""
+
+        def rows(xs: tuple[Tensor, ...]) -> list[Tensor]:
+            per_param: list[list[Tensor]] = [[] for _ in fm.params]
+            with torch.enable_grad():
+                for i in range(num_samples(xs)):
+                    leaves = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}
+                    out = fm.batched(leaves, tuple(t[i : i + 1] for t in xs))[0]  # [O]
+                    grads = [
+                        torch.autograd.grad(
+                            out[o], list(leaves.values()), retain_graph=True, allow_unused=True
+                        )
+                        for o in range(n_out)
+                    ]
+                    for k, leaf in enumerate(leaves.values()):
+                        per_param[k].append(
+                            torch.stack(
+                                [
+                                    (torch.zeros_like(leaf) if g[k] is None else g[k]).reshape(-1)
+                                    for g in grads
+                                ]
+                            )
+                        )
+            return [torch.stack(r) for r in per_param]  # [c, O, n_p] per parameter
+
+        total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
+        return blocked_kernel(
+            x1,
+            x2,
+            chunk_size,
+            trace=trace,
+            n_out=n_out,
+            like=next(iter(fm.params.values())),
+            row_fn=rows,
+            col_fn=rows,
+            pair_fn=lambda a, b: contract(a, b, trace),
+            cache_cols=total <= budget,
+        )
+
+
+#: The generic engines, registered as ``"jacobian"``, ``"ntvp"`` and ``"loop"``.
 jacobian_contraction = register_engine("jacobian", JacobianEngine())
 ntk_vector_products = register_engine("ntvp", NTVPEngine())
+autograd_loop = register_engine("loop", LoopEngine())

@@ -44,7 +44,14 @@ from . import rules  # noqa: F401 - registers the built-in rules
 from .blocks import blocked_kernel, jacobian_rows
 from .cache import CACHE
 from .capture import GRADIENT_MODE, capture
-from .engines import Engine, jacobian_contraction, ntk_vector_products, register_engine
+from .engines import (
+    Engine,
+    jacobian_contraction,
+    ntk_vector_products,
+    recurrent_layers,
+    refuse_recurrent,
+    register_engine,
+)
 from .forms import (
     Dense,
     Form,
@@ -120,7 +127,11 @@ class StructuredEngine(Engine):
 
     def applicable(self, fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> str | None:
         """Applies when at least half of the trainable entries take a rule on these
-        inputs (as routed at run time: after declines and the exactness guard)."""
+        inputs (as routed at run time: after declines and the exactness guard); not for
+        recurrent layers (its generic part runs under vmap)."""
+        why = recurrent_layers(fm)
+        if why is not None:
+            return why
         ruled, run_time = _ruled_entries(fm, x1, n_out)
         if run_time and 2 * ruled >= fm.n_params:
             return None
@@ -180,6 +191,7 @@ class StructuredEngine(Engine):
         budget: int,
     ) -> Tensor:
         """Per-layer structured NTK (see the module docstring); exact for every model."""
+        refuse_recurrent(fm, "structured")
         covered = covered_params(fm)
         state: dict[str, Any] = {"checked": False, "generic": None}
         key = signature(fm, x1, trace)
