@@ -46,7 +46,9 @@ class LazyMeter(ScaledModel):
         model: the network to train; the meter's parameters are exactly its parameters.
         alpha: output scale (> 0). Large alpha = lazy, small alpha = rich.
         center: subtract the initial model's output (so the initial function is 0).
-        probe: ``(x, y)`` training points to measure on; ``test_probe``: held-out points.
+        probe: ``(x, y)`` training points to measure on (tensors or numpy arrays, a
+            ``DataLoader``, or a list of ``(x, y)`` batches: the first points, read without
+            touching the user's iterators or RNG); ``test_probe``: held-out points.
         schedule: int k (every k steps), ``"log"`` (8 log-spaced steps per decade),
             ``"log:N"``, or a callable ``step -> bool``; quantities may have their own.
         log_dir: directory for ``history.jsonl`` and TensorBoard event files.
@@ -150,8 +152,9 @@ class LazyMeter(ScaledModel):
         self, probe: Any, test_probe: Any, max_probe: int, max_baseline: int, seed: int
     ) -> None:
         self._seed = seed
+        dtype = next(p.dtype for p in self.net.parameters() if p.requires_grad)
         probe, test, full, full_test, num_classes = prepare(
-            probe, test_probe, self._device(), max_probe, seed
+            probe, test_probe, self._device(), max_probe, seed, max(max_probe, max_baseline), dtype
         )
         if probe is None:  # parameter quantities only
             self.quantities = [q for q in self.quantities if not q.needs]
@@ -260,11 +263,18 @@ class LazyMeter(ScaledModel):
         ctx = self._context(int(row["step"]))
         failures: list[tuple[str, Exception]] = []
         if self._computes:
+            try:
+                self.check_structure()
+                changed = None
+            except ValueError as e:  # every quantity would compare against a stale snapshot
+                changed = e
             with self.measuring(), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
                 for q in due:
                     ctx.current = q.name
                     try:
+                        if changed is not None:
+                            raise changed
                         row.update(q.compute(ctx))
                     except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
                         row.update(dict.fromkeys(q.keys(ctx), math.nan))

@@ -13,6 +13,71 @@ Probe = tuple[Tensor, Tensor]
 logger = logging.getLogger("lazymeter")
 
 
+def _tensor(v: Any, name: str, part: str, dtype: torch.dtype | None) -> Any:
+    """A numpy array (or anything ``numpy.asarray`` takes, not a tensor) as a tensor;
+    floating arrays in ``dtype`` (the model's), so ``x`` fits the model as it is."""
+    if isinstance(v, Tensor) or not hasattr(v, "__array__"):
+        return v
+    import numpy as np
+
+    t = torch.from_numpy(np.ascontiguousarray(np.asarray(v)))
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+
+def collect(probe: Any, name: str, limit: int, dtype: torch.dtype | None = None) -> Any:
+    """``(x, y)`` from what users have at hand: a pair of tensors or numpy arrays, a
+    ``DataLoader`` over an ``(x, y)`` dataset (its first ``limit`` items, read from the
+    dataset by index: deterministic, no shuffling, no RNG drawn, the user's iterators
+    untouched), or a re-iterable of ``(x, y)`` batches (a list; batches are taken until
+    ``limit`` points). A one-shot iterator is refused: reading it would consume it."""
+    if probe is None:
+        return None
+    from torch.utils.data import DataLoader
+
+    if isinstance(probe, DataLoader):
+        data = probe.dataset
+        try:
+            n = min(len(data), limit)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"{name}: the DataLoader's dataset has no length (an IterableDataset); pass "
+                "(x, y) tensors or a list of (x, y) batches"
+            ) from None
+        batch = probe.collate_fn([data[i] for i in range(n)])
+        return _pair(batch, name, dtype)
+    if isinstance(probe, (tuple, list)) and len(probe) == 2 and not _is_batch(probe[0]):
+        return tuple(_tensor(v, name, part, dtype) for v, part in zip(probe, "xy", strict=True))
+    if isinstance(probe, (tuple, list)) and probe and all(_is_batch(b) for b in probe):
+        xs, ys, seen = [], [], 0
+        for b in probe:
+            x, y = _pair(b, name, dtype)
+            xs.append(x[: limit - seen])
+            ys.append(y[: limit - seen])
+            seen += len(xs[-1])
+            if seen >= limit:
+                break
+        return torch.cat(xs), torch.cat(ys)
+    if hasattr(probe, "__next__"):
+        raise TypeError(
+            f"{name}: got a one-shot iterator, which reading would consume; pass the "
+            "DataLoader itself, a list of (x, y) batches, or (x, y) tensors"
+        )
+    return probe  # as_probe says what is wrong with it
+
+
+def _is_batch(v: Any) -> bool:
+    return isinstance(v, (tuple, list)) and len(v) == 2
+
+
+def _pair(batch: Any, name: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
+    if not _is_batch(batch):
+        raise TypeError(
+            f"{name}: expected batches of (x, y), got {type(batch).__name__}; a dataset of "
+            "dicts needs converting to (x, y) first"
+        )
+    return _tensor(batch[0], name, "x", dtype), _tensor(batch[1], name, "y", dtype)
+
+
 def as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
     """Validate an ``(x, y)`` probe (None passes through) and put it on ``device``.
 
@@ -80,13 +145,17 @@ def prepare(
     device: torch.device,
     max_probe: int,
     seed: int,
+    limit: int = 2048,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Probe | None, Probe | None, Probe | None, Probe | None, int | None]:
-    """``(probe, test, full, full_test, num_classes)``: validated probes, their measurement
+    """``(probe, test, full, full_test, num_classes)``: validated probes (from tensors,
+    numpy arrays, a DataLoader or a list of batches: :func:`collect`, at most ``limit``
+    points), their measurement
     subsets (at most ``max_probe`` seeded points; the test subset with ``seed + 1``), the
     whole probes, and the class count for integer labels (None for regression targets).
     Labels with zero variance are a ``ValueError`` (alignment is undefined)."""
-    full = as_probe(probe, "probe", device)
-    full_test = as_probe(test_probe, "test_probe", device)
+    full = as_probe(collect(probe, "probe", limit, dtype), "probe", device)
+    full_test = as_probe(collect(test_probe, "test_probe", limit, dtype), "test_probe", device)
     if full_test is not None and full is None:
         raise ValueError("test_probe: needs a training probe too (pass probe=(x, y))")
     if full is None:

@@ -116,10 +116,18 @@ class ScaledModel(nn.Module):
         ``optimizer="adam"`` returns ``lr / alpha`` to keep that speed fixed.
         """
         if optimizer == "sgd":
-            return lr / self.alpha**2
-        if optimizer == "adam":
-            return lr / self.alpha
-        raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {optimizer!r}")
+            out = lr / self.alpha / self.alpha  # not alpha**2: no OverflowError
+        elif optimizer == "adam":
+            out = lr / self.alpha
+        else:
+            raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {optimizer!r}")
+        if not (math.isfinite(out) and out > 0):
+            raise ValueError(
+                f"alpha: lr / alpha{'^2' if optimizer == 'sgd' else ''} = {lr} / "
+                f"{self.alpha:g}{'^2' if optimizer == 'sgd' else ''} is {out}, not a usable "
+                "learning rate; pick alpha (and lr) so that it is a finite positive float"
+            )
+        return out
 
     def _reduce(self, out: Any) -> Any:
         return out if self.output_fn is None else self.output_fn(out)
@@ -164,6 +172,28 @@ class ScaledModel(nn.Module):
             return a * (t - t0) if t0 is not None else a * t
 
         return tree_map(scale, out) if out0 is None else tree_map(scale, out, out0)
+
+    def check_structure(self) -> None:
+        """A ``ValueError`` naming the first trainable parameter whose name or shape no
+        longer matches the snapshot taken at construction (a layer replaced or resized
+        after the meter was built): measurements against ``theta0``/``K0`` would be
+        meaningless."""
+        snap = self.snapshot.as_dict()
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name not in snap:
+                raise ValueError(
+                    f"model: parameter {name!r} is not in the snapshot taken when the meter was "
+                    "built (a layer added or replaced afterwards?); build the meter after the "
+                    "model is final"
+                )
+            if snap[name].shape != p.shape:
+                raise ValueError(
+                    f"model: parameter {name!r} has shape {tuple(p.shape)} but "
+                    f"{tuple(snap[name].shape)} in the snapshot taken when the meter was built "
+                    "(a layer replaced afterwards?); build the meter after the model is final"
+                )
 
     def own_state(self) -> dict[str, Tensor]:
         """The model's parameters and *copies* of its buffers, for :func:`call_with`
