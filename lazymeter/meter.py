@@ -51,7 +51,8 @@ class LazyMeter(ScaledModel):
             touching the user's iterators or RNG); ``test_probe``: held-out points.
         schedule: int k (every k steps), ``"log"`` (8 log-spaced steps per decade),
             ``"log:N"``, or a callable ``step -> bool``; quantities may have their own.
-        log_dir: directory for ``history.jsonl`` and TensorBoard event files.
+        log_dir: directory for ``history.jsonl`` and (``tensorboard=True``) TensorBoard
+            event files.
         quantities: what to measure (:class:`~lazymeter.Quantity` objects, deep-copied);
             None = :func:`lazymeter.quantities.default` from the shorthand keywords
             ``centering``, ``spectrum_k``, ``ridge``, ``max_baseline``, ``features``,
@@ -106,6 +107,7 @@ class LazyMeter(ScaledModel):
         memory_budget: int | str | None = None,
         distributed: str | None = "auto",
         measure_mode: str = "eval",
+        tensorboard: bool = True,
     ) -> None:
         super().__init__(model, alpha, center, output_fn, measure_mode)
         int_at_least(max_probe, "max_probe", 3), int_at_least(max_baseline, "max_baseline", 3)
@@ -144,7 +146,7 @@ class LazyMeter(ScaledModel):
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         if self._dist is not None and not self._dist.main:
             self.log_dir, writer = None, None  # one writer per run: rank 0
-        self._log = RunLog(self.log_dir, writer)
+        self._log = RunLog(self.log_dir, writer, tensorboard)
         self._log.write_meta({"ntk_engine": self.ntk_engine, "measure_mode": measure_mode})
 
     # ------------------------------------------------------------------ construction

@@ -396,12 +396,12 @@ class RunLog:
     """One run's sinks: ``log_dir/history.jsonl`` (a fresh file; an earlier run's is moved
     aside) and TensorBoard (in ``log_dir``, or the given ``writer``). Either may be absent."""
 
-    def __init__(self, log_dir: str | None, writer: Any = None) -> None:
+    def __init__(self, log_dir: str | None, writer: Any = None, tensorboard: bool = True) -> None:
         self.jsonl: JsonlSink | None = None
         if log_dir is not None:
             check_writable(log_dir)
             self.jsonl = JsonlSink(fresh_history(log_dir))
-        self.tb = TensorBoardSink(log_dir, writer)
+        self.tb = TensorBoardSink(log_dir if tensorboard else None, writer)
         self._meta_text: str | None = None
 
     def write_meta(self, meta: dict[str, Any]) -> None:

@@ -13,8 +13,10 @@
 The callback builds a :class:`~lazymeter.LazyMeter` around the LightningModule when fitting
 starts (on the module's device), exposes it as ``pl_module.lazymeter``, steps it after every
 optimiser step with the training loss, logs its measurements through the trainer's loggers
-(``lazymeter/...`` keys), logs the loss only every ``log_every_n_steps``, measures on global
-rank zero only, and saves/restores its state with the trainer's checkpoints.
+(``lazymeter/...`` keys) at the step ``self.log`` uses for the same batch, logs the loss
+only where Lightning would (every ``log_every_n_steps``), measures on global rank zero only,
+writes ``history.jsonl`` into the trainer's log directory when no ``log_dir`` is given (so
+``lazymeter report`` reads the run), and saves/restores its state with the checkpoints.
 """
 
 from __future__ import annotations
@@ -79,11 +81,19 @@ class LazyMeterCallback(pl.Callback):
         if stage != "fit":
             return
         if self.meter is None:
+            kwargs = dict(self.kwargs)
+            if kwargs.get("log_dir") is None and trainer.is_global_zero:
+                # history.jsonl beside the logger's files (so `lazymeter report DIR` works on
+                # the run); TensorBoard scalars go through the trainer's loggers instead.
+                kwargs["log_dir"] = trainer.log_dir or trainer.default_root_dir
+                kwargs.setdefault("tensorboard", False)
+            elif not trainer.is_global_zero:
+                kwargs["log_dir"] = None  # one writer per run
             self.meter = LazyMeter(
                 pl_module,
                 probe=self._to(self.probe, pl_module.device),
                 test_probe=self._to(self.test_probe, pl_module.device),
-                **self.kwargs,
+                **kwargs,
             )
         # Not registered as a submodule: the meter holds the module, not the other way round.
         object.__setattr__(pl_module, self.attribute, self.meter)
@@ -105,8 +115,10 @@ class LazyMeterCallback(pl.Callback):
     ) -> None:
         if self.meter is None or not trainer.is_global_zero:
             return
-        step = trainer.global_step
-        if self.meter.last_step is not None and step <= self.meter.last_step:
+        # The batch just trained was logged by self.log at global_step before its optimiser
+        # step: the meter's row for it carries the same step.
+        step = trainer.global_step - 1
+        if step < 0 or (self.meter.last_step is not None and step <= self.meter.last_step):
             return  # gradient accumulation: no optimiser step since the last call
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         scalars = {}
@@ -114,7 +126,7 @@ class LazyMeterCallback(pl.Callback):
             scalars["train_loss"] = float(loss.detach())
         row = self.meter.step(step=step, **scalars)
         metrics: dict[str, float] = {}
-        if scalars and step % max(trainer.log_every_n_steps, 1) == 0:
+        if scalars and (step + 1) % max(trainer.log_every_n_steps, 1) == 0:  # as Lightning
             metrics.update({tag_for(k): v for k, v in scalars.items()})
         if row is not None:
             metrics.update(

@@ -58,13 +58,14 @@ def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     model = Net()
     trainer(tmp_path, 12, cb).fit(model, loader())
     steps = [r["step"] for r in cb.meter.history]
-    assert steps == [1, 5, 10]  # first optimiser step, then every 5 (global_step)
+    assert steps == [0, 5, 10]  # the steps self.log uses for those batches, every 5
     rows = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
     drift = [r for r in rows if r.get("lazymeter/ntk/drift")]
-    assert [int(r["step"]) for r in drift] == [1, 5, 10]
+    assert [int(r["step"]) for r in drift] == [0, 5, 10]
     losses = [int(r["step"]) for r in rows if r.get("lazymeter/loss/train")]
-    # Every log_every_n_steps (4), plus along with each measurement.
-    assert losses == [1, 4, 5, 8, 10, 12]
+    # Where Lightning logs (every log_every_n_steps = 4: steps 3, 7, 11), plus along with
+    # each measurement.
+    assert losses == [0, 3, 5, 7, 10, 11]
     # Only the meter's own state goes into the checkpoint (the weights are there anyway).
     state = cb.state_dict()
     assert state and not any(k.startswith("model.") for k in state)
@@ -78,7 +79,7 @@ def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     first.save_checkpoint(ckpt)
     resumed_cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
     trainer(tmp_path / "resume", 12, resumed_cb).fit(Net(), loader(), ckpt_path=ckpt)
-    assert [r["step"] for r in resumed_cb.meter.history] == [1, 5, 10]  # restored + continued
+    assert [r["step"] for r in resumed_cb.meter.history] == [0, 5, 10]  # restored + continued
     assert resumed_cb.meter.history[0] == first_cb.meter.history[0]
     # The snapshot (theta0) came from the checkpoint, not from the new module's init.
     assert torch.equal(resumed_cb.meter.snapshot.t0, first_cb.meter.snapshot.t0)
@@ -104,3 +105,31 @@ def test_callback_leaves_an_aliased_module_training_every_parameter(tmp_path):
     for (n, p, v), (_, q) in zip(before, after, strict=True):
         assert q is p and isinstance(q, torch.nn.Parameter), f"{n}: replaced"
         assert not torch.equal(q.detach(), v), f"{n}: never trained"
+
+
+class SelfLogging(Net):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("mine/loss", loss)
+        return loss
+
+
+def test_rows_carry_the_step_self_log_uses_and_a_run_without_log_dir_can_be_reported(tmp_path):
+    from lazymeter.cli import main
+
+    torch.manual_seed(0)
+    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    trainer(tmp_path, 12, cb).fit(SelfLogging(), loader())
+    run_dir = tmp_path / "logs" / "version_0"
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    mine = {int(r["step"]): float(r["mine/loss"]) for r in rows if r.get("mine/loss")}
+    ours = {
+        int(r["step"]): float(r["lazymeter/loss/train"])
+        for r in rows
+        if r.get("lazymeter/loss/train")
+    }
+    assert set(mine) <= set(ours)  # every step self.log wrote, the callback wrote too
+    assert all(ours[k] == pytest.approx(v, rel=1e-6) for k, v in mine.items())
+    assert (run_dir / "history.jsonl").exists()  # no log_dir given: the logger's directory
+    assert not list(run_dir.glob("events.out.tfevents*"))  # scalars went through the loggers
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0
