@@ -373,11 +373,12 @@ class LazyMeter(ScaledModel):
             return info
         kw = {"output_fn": self.output_fn}
         try:
-            info["engine"] = info["method"]
-            if info["method"] == "auto":
-                info["engine"] = select_method(self.net, self.probe_x, **kw)
-            if info["engine"] == "structured":
-                info["coverage"] = coverage(self.net, self.probe_x, **kw)
+            with self.measuring():  # in the mode measurements see
+                info["engine"] = info["method"]
+                if info["method"] == "auto":
+                    info["engine"] = select_method(self.net, self.probe_x, **kw)
+                if info["engine"] == "structured":
+                    info["coverage"] = coverage(self.net, self.probe_x, **kw)
         except (ValueError, RuntimeError) as e:  # no NTK at all (train-mode BatchNorm, as_is)
             info["engine"], info["error"] = None, str(e)
         return info
