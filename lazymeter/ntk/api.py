@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,6 +83,20 @@ def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ..
     return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in xs)
 
 
+def _autocast_off(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run ``fn(model, ...)`` with autocast switched off on the model's device: a kernel
+    inside a user's autocast region would otherwise silently be bfloat16/float16."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+        params = model.parameters() if isinstance(model, nn.Module) else iter(())
+        device = next((p.device for p in params), torch.device("cpu"))
+        with no_autocast(device):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
 def select_method(
     model: nn.Module,
     x1: Any,
@@ -101,6 +117,7 @@ def select_method(
     return choose_method(fm, xs1, n2, fm.num_outputs(xs1), trace_outputs)
 
 
+@_autocast_off
 def empirical_ntk(
     model: nn.Module,
     x1: Any,
@@ -149,36 +166,6 @@ def empirical_ntk(
     Returns:
         ``K`` on the model's device, in ``dtype`` (see above).
     """
-    # Autocast off: a kernel inside a user's autocast region would silently be bf16/fp16.
-    device = (
-        next((p.device for p in model.parameters()), None) if isinstance(model, nn.Module) else None
-    )
-    with no_autocast(device or torch.device("cpu")):
-        return _empirical_ntk(
-            model,
-            x1,
-            x2,
-            output_fn=output_fn,
-            method=method,
-            trace_outputs=trace_outputs,
-            chunk_size=chunk_size,
-            memory_budget=memory_budget,
-            dtype=dtype,
-        )
-
-
-def _empirical_ntk(
-    model: nn.Module,
-    x1: Any,
-    x2: Any = None,
-    *,
-    output_fn: OutputFn | None = None,
-    method: str = "auto",
-    trace_outputs: bool = True,
-    chunk_size: int | None = None,
-    memory_budget: int | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
     fm = FunctionalModel(model, output_fn)
     target = kernel_dtype(fm.dtype, dtype)
     if target != fm.dtype:
