@@ -130,7 +130,7 @@ class LazyMeter(ScaledModel):
         self._own_schedules = [q for q in self.quantities if self._schedules[id(q)] is not None]
         net = self.net
         for q in self.quantities:
-            q.bind(net, self.alpha, self.center)
+            q.bind(net, self.alpha, self.center, self.output_fn)
         self._distributed = distributed
         self._dist: Dist | None = make_dist(model, distributed, self._device())
         if self._dist is not None:
@@ -139,6 +139,7 @@ class LazyMeter(ScaledModel):
         self._scalars: dict[str, float] = {}
         self._step: int | None = None  # last step seen
         self._warner = Warner()
+        self._returned: dict[int, list[str]] = {}  # each quantity's keys when it last worked
         for name in ("probe_x", "probe_y", "test_x", "test_y", "K0", "K0_test"):
             self.register_buffer(name, None)
         self._num_classes: int | None = None
@@ -277,9 +278,14 @@ class LazyMeter(ScaledModel):
                     try:
                         if changed is not None:
                             raise changed
-                        row.update(q.compute(ctx))
+                        out = q.compute(ctx)
+                        self._returned[id(q)] = list(out)
+                        row.update(out)
                     except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
-                        row.update(dict.fromkeys(q.keys(ctx), math.nan))
+                        keys = q.keys(ctx)
+                        if keys is None:  # the columns it had last time keep existing, as NaN
+                            keys = self._returned.get(id(q), [q.name])
+                        row.update(dict.fromkeys(keys, math.nan))
                         failures.append((q.name, e))
             failures += ctx.soft_failures
         if self._dist is not None:

@@ -13,7 +13,7 @@ Probe = tuple[Tensor, Tensor]
 logger = logging.getLogger("lazymeter")
 
 
-def _tensor(v: Any, name: str, part: str, dtype: torch.dtype | None) -> Any:
+def _tensor(v: Any, dtype: torch.dtype | None) -> Any:
     """A numpy array (or anything ``numpy.asarray`` takes, not a tensor) as a tensor;
     floating arrays in ``dtype`` (the model's), so ``x`` fits the model as it is."""
     if isinstance(v, Tensor) or not hasattr(v, "__array__"):
@@ -46,7 +46,7 @@ def collect(probe: Any, name: str, limit: int, dtype: torch.dtype | None = None)
         batch = probe.collate_fn([data[i] for i in range(n)])
         return _pair(batch, name, dtype)
     if isinstance(probe, (tuple, list)) and len(probe) == 2 and not _is_batch(probe[0]):
-        return tuple(_tensor(v, name, part, dtype) for v, part in zip(probe, "xy", strict=True))
+        return tuple(_tensor(v, dtype) for v in probe)
     if isinstance(probe, (tuple, list)) and probe and all(_is_batch(b) for b in probe):
         xs, ys, seen = [], [], 0
         for b in probe:
@@ -75,7 +75,7 @@ def _pair(batch: Any, name: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
             f"{name}: expected batches of (x, y), got {type(batch).__name__}; a dataset of "
             "dicts needs converting to (x, y) first"
         )
-    return _tensor(batch[0], name, "x", dtype), _tensor(batch[1], name, "y", dtype)
+    return _tensor(batch[0], dtype), _tensor(batch[1], dtype)
 
 
 def as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:

@@ -8,8 +8,8 @@ economy/business/full):
 * :data:`ECONOMY`: parameter movement, kernel drift/CKA and alignment (one kernel per
   probe and measurement);
 * :data:`DEFAULT`: + the kernel spectrum and the lazy (``K_0``) baseline;
-* :data:`FULL`: the default set (feature CKA and the linearised shadow need arguments:
-  ``FeatureCKA(layers)``, ``LinearizedShadow()``).
+* :data:`FULL`: + the linearised shadow (``meter.linearized``, ``lin_gap_*``); feature CKA
+  needs layer names: add ``FeatureCKA(layers)``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DEFAULT: list[Quantity] = [
     Spectrum(),
     LazyBaseline(),
 ]
-FULL: list[Quantity] = DEFAULT
+FULL: list[Quantity] = [*DEFAULT, LinearizedShadow()]
 
 
 def default(

@@ -61,7 +61,7 @@ class Quantity:
         for title, keys in cls.charts.items():
             register_chart(title, keys)
 
-    def bind(self, model: nn.Module, alpha: float, center: bool) -> None:
+    def bind(self, model: nn.Module, alpha: float, center: bool, output_fn: Any = None) -> None:
         """At construction, before anything is measured: raise ``ValueError``/``TypeError``
         for a configuration that cannot work with ``model`` (naming the argument and the
         fix), and build what the quantity needs from the model itself."""
@@ -73,9 +73,10 @@ class Quantity:
         """``{key: value}`` for this measurement."""
         raise NotImplementedError(f"{type(self).__name__}.compute")
 
-    def keys(self, ctx: MeasureContext) -> list[str]:
-        """Keys recorded as NaN if :meth:`compute` fails."""
-        return [self.name]
+    def keys(self, ctx: MeasureContext) -> list[str] | None:
+        """Keys recorded as NaN if :meth:`compute` fails; None (the default): the keys it
+        returned the last time it succeeded, else ``[name]`` (the meter remembers them)."""
+        return None
 
     def figures(self, ctx: MeasureContext, row: Mapping[str, float]) -> dict[str, Figure]:
         """``{tag: matplotlib Figure}`` to log at a measurement (``tb_figures=True``)."""

@@ -50,7 +50,7 @@ class FeatureCKA(Quantity):
         self.layers = list(layers)
         self.initial: dict[str, Tensor] = {}
 
-    def bind(self, model: nn.Module, alpha: float, center: bool) -> None:
+    def bind(self, model: nn.Module, alpha: float, center: bool, output_fn: Any = None) -> None:
         for name in self.layers:
             try:
                 model.get_submodule(name)

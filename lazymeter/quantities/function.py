@@ -31,10 +31,7 @@ class FunctionQuantity(Quantity):
         if not callable(fn):
             raise TypeError(f"metrics: {name!r} is not callable; pass fn(model) -> dict")
         self.name, self.fn, self.schedule = name, fn, schedule  # type: ignore[misc]
-        self.last_keys: list[str] = [name]
-
-    def keys(self, ctx: MeasureContext) -> list[str]:
-        return list(self.last_keys)
+        self.last_keys: list[str] = []  # for the decomposition figure
 
     def compute(self, ctx: MeasureContext) -> Mapping[str, float]:
         out = {k: float(v) for k, v in self.fn(ctx.model).items()}

@@ -37,10 +37,13 @@ class LinearizedShadow(Quantity):
         self.output_fn = output_fn
         self.shadow: Linearized | None = None
 
-    def bind(self, model: torch.nn.Module, alpha: float, center: bool) -> None:
-        """Builds the shadow around the model's current (initial) parameters."""
+    def bind(
+        self, model: torch.nn.Module, alpha: float, center: bool, output_fn: Any = None
+    ) -> None:
+        """Builds the shadow around the model's current (initial) parameters, reducing its
+        output with this quantity's ``output_fn``, else the meter's."""
         if self.shadow is None:
-            self.shadow = Linearized(model, alpha, center, self.output_fn)
+            self.shadow = Linearized(model, alpha, center, self.output_fn or output_fn)
 
     def keys(self, ctx: MeasureContext) -> list[str]:
         return [f"lin_gap_{s}" for s in SPLITS if ctx.has(s)]

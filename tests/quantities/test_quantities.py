@@ -192,3 +192,31 @@ def test_docs_metric_table_is_the_quantities_table():
     with open(docs, encoding="utf-8") as f:
         text = f.read()
     assert Q.metric_table() in text, "regenerate with: python -m lazymeter.quantities"
+
+
+def test_a_quantity_failing_after_it_worked_keeps_its_last_columns_as_nan():
+    class Flaky(lm.Quantity):
+        name = "flaky"
+        calls = 0
+
+        def compute(self, ctx):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise RuntimeError("once")
+            return {"flaky_a": 1.0, "flaky_b": 2.0}
+
+    x, y = regression()
+    meter = lm.LazyMeter(mlp(), probe=(x, y), quantities=[Flaky()])
+    assert meter.measure()["flaky_a"] == 1.0
+    with pytest.warns(RuntimeWarning, match="could not measure flaky"):
+        row = meter.measure()
+    assert math.isnan(row["flaky_a"]) and math.isnan(row["flaky_b"])
+
+
+def test_full_preset_adds_the_linearised_shadow_with_the_meters_output_fn():
+    x, y = regression()
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    meter = lm.LazyMeter(model, probe=(x, y), quantities=Q.FULL, output_fn=lambda o: o[:, :1])
+    row = meter.measure()
+    assert row["lin_gap_train"] == 0.0  # nothing trained: network = its linearisation
+    assert meter.linearized(x).shape == (len(x), 1)
