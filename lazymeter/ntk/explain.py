@@ -17,7 +17,7 @@ from torch import nn
 
 from .functional import FunctionalModel, OutputFn, as_inputs
 from .registry import declined, find_rule
-from .routing import param_slots, probe, route_details
+from .routing import param_slots, probe, route_details, ruled_params
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,12 @@ class ParamRoute:
         numel: its number of entries.
         rule: the registered type whose rule the layer's type resolves to along its MRO
             (``"Linear"`` for a subclass of ``nn.Linear``), or None when there is none.
-        ruled: whether that rule computes the parameter's kernel (else: generic engine).
+        ruled: whether rules compute the parameter's kernel (its layer's rule, or
+            operator rules; else: the generic engine).
         reason: why the parameter goes to the generic engine (None when ``ruled``).
+        ops: the operations whose operator rules compute it (``("einsum",)``,
+            ``("embedding", "linear")`` for a tied embedding), empty when its layer's rule
+            does or it goes to the generic engine.
     """
 
     name: str
@@ -44,11 +48,14 @@ class ParamRoute:
     rule: str | None
     ruled: bool
     reason: str | None
+    ops: tuple[str, ...] = ()
 
     @property
     def route(self) -> str:
-        """``"rule <type>"`` or ``"generic"``."""
-        return f"rule {self.rule}" if self.ruled else "generic"
+        """``"rule <type>"``, ``"ops <op>+<op>"`` or ``"generic"``."""
+        if not self.ruled:
+            return "generic"
+        return f"ops {'+'.join(self.ops)}" if self.ops else f"rule {self.rule}"
 
 
 class Explanation:
@@ -104,10 +111,11 @@ class Explanation:
             cells[2] = row[2].rjust(widths[2])
             lines.append("  ".join([*cells, row[4]]).rstrip())
         n_ruled = sum(r.ruled for r in self.rows)
+        n_ops = sum(bool(r.ops) for r in self.rows)
         lines.append(
             f"rules compute {self.covered:.1%} of {self.total} trainable entries "
-            f"({n_ruled} of {len(self.rows)} parameters); the rest goes to the generic "
-            "Jacobian engine"
+            f"({n_ruled} of {len(self.rows)} parameters: {n_ops} by operator rules); the "
+            "rest goes to the generic Jacobian engine"
         )
         return "\n".join(lines)
 
@@ -116,7 +124,8 @@ class Explanation:
 
 
 def _why_generic(model: nn.Module, m: nn.Module, p: Any, slots: dict) -> str:
-    """The static reason a parameter of ``m`` is not ruled."""
+    """The static reason a parameter of ``m`` takes no module rule (when the operator
+    rules gave no reason either)."""
     found = find_rule(type(m))
     name = type(m).__name__
     if found is None:
@@ -158,6 +167,7 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
     xs = as_inputs(x, "x", fm.device)
     found = route_details(fm, probe(xs), fm.num_outputs(xs))
     covered = set(found.covered)
+    ruled = ruled_params(model)
     slots = param_slots(model)
     aliases: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -171,6 +181,8 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
         rule = find_rule(type(m))
         if name in covered:
             reason = None
+        elif name not in ruled and name in found.reasons:
+            reason = f"{_why_generic(model, m, p, slots)}; operator rules: {found.reasons[name]}"
         elif name in found.reasons:
             reason = found.reasons[name]
             if rule is not None and rule[0] is not type(m) and reason.startswith("exactness"):
@@ -191,6 +203,7 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
                 rule=None if rule is None else rule[0].__name__,
                 ruled=name in covered,
                 reason=reason,
+                ops=tuple(found.ops.get(name, ())),
             )
         )
     return Explanation(rows)

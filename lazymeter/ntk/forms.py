@@ -9,6 +9,11 @@ A rule describes each parameter's per-sample Jacobian ``J [c, O, n_p]`` (``c`` s
   without positions; nothing of size ``n_p`` per sample is formed.
 * :class:`Dense`: the explicit ``[c, O, n_p]`` Jacobian (biases, norm scales).
 
+Either form may carry an ``index``: the flat position in the parameter of each entry of
+the form's own layout. Operator-level rules (:mod:`lazymeter.ntk.ops`) see a view of a
+parameter (``W.T``, ``in_proj_weight[:E]``, ``W_pos[:T]``); the kernel of one use does not
+depend on the layout, and :func:`parts` says how several uses of one parameter add up.
+
 Per block, each :class:`Outer` is contracted pairwise (:class:`Pairwise`,
 :func:`pair_outer`) or materialised into a :class:`Dense` (:func:`materialize`),
 whichever :func:`outer_costs` says is cheaper.
@@ -42,6 +47,7 @@ class Outer:
     din: int = 0
     transpose: bool = False  # parameter stored as [din, dout] (an embedding table)
     bias: str | None = None  # the layer's bias, foldable into this form as an input of 1s
+    index: Tensor | None = None  # flat parameter position of each entry of the layout
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Dense:
     flattened); kernel of two blocks: ``c1 c2 O n_p`` multiply-adds traced."""
 
     J: Tensor
+    index: Tensor | None = None  # flat parameter position of each of the n_p columns
 
 
 Form = Outer | Dense
@@ -72,7 +79,7 @@ def merge(forms: list[Form]) -> Form:
     if len(forms) == 1:
         return forms[0]
     if all(isinstance(f, Dense) for f in forms):
-        return Dense(sum(f.J for f in forms))  # type: ignore[misc]
+        return Dense(sum(f.J for f in forms), forms[0].index)  # type: ignore[misc]
     if all(isinstance(f, Outer) for f in forms):
         f0 = forms[0]
         assert isinstance(f0, Outer)
@@ -83,23 +90,86 @@ def merge(forms: list[Form]) -> Form:
             din=f0.din,
             transpose=f0.transpose,
             bias=f0.bias,
+            index=f0.index,
         )
     raise TypeError("mixed forms")
+
+
+def _layout(f: Form) -> tuple:
+    """What must agree for two uses of a parameter to be merged by :func:`merge`."""
+    if isinstance(f, Dense):
+        return ("dense", f.J.shape[2])
+    return ("outer", f.idx is None, f.din, f.g.shape[3], f.transpose)
+
+
+def _same_index(forms: list[Form]) -> bool:
+    first = forms[0].index
+    return all(
+        (f.index is None and first is None)
+        or (f.index is not None and first is not None and torch.equal(f.index, first))
+        for f in forms
+    )
+
+
+def scatter(form: Form, numel: int) -> Dense:
+    """``form`` as a dense Jacobian ``[c, O, numel]`` in the parameter's own flat layout
+    (entries a use repeats, as in ``W.expand(...)``, add up); cost ``c O numel``."""
+    d = form if isinstance(form, Dense) else materialize(form)
+    if d.index is None:
+        return Dense(d.J)
+    J = torch.zeros((*d.J.shape[:2], numel), dtype=d.J.dtype, device=d.J.device)
+    J.index_add_(2, d.index, d.J)
+    return Dense(J)
+
+
+def parts(forms: list[Form], numel: int) -> list[Form]:
+    """Forms whose kernels add up to the kernel of one parameter used ``len(forms)`` times.
+
+    * Uses in one layout (a layer run several times, the same view of a parameter in
+      several products): one form (:func:`merge`), positions concatenated.
+    * Uses of disjoint entries, each touching an entry at most once (the query, key and
+      value slices of a packed projection): the forms as they are; the kernel of
+      disjoint parts is the sum of their kernels, with no cross terms.
+    * Otherwise (overlapping uses in different layouts, e.g. a tied embedding that is
+      also the unembedding; a use that repeats entries): every use scattered into one
+      dense ``[c, O, numel]`` Jacobian (:func:`scatter`), which sums the cross terms.
+    """
+    if len(forms) == 1 and forms[0].index is None:
+        return forms
+    if len({_layout(f) for f in forms}) == 1 and _same_index(forms):
+        f = merge(forms)
+        if f.index is None or f.index.unique().numel() == f.index.numel():
+            return [f]
+        return [scatter(f, numel)]
+    if all(f.index is not None for f in forms):
+        flat = torch.cat([f.index for f in forms])  # type: ignore[misc]
+        if flat.unique().numel() == flat.numel():
+            return forms
+    total = scatter(forms[0], numel)
+    for f in forms[1:]:
+        total.J.add_(scatter(f, numel).J)
+    return [total]
 
 
 def predicted_grad(form: Form, r: Tensor, shape: torch.Size) -> Tensor:
     """``sum_{i,o} r[i, o] J_o(x_i)`` reshaped to the parameter: what autograd must match
     (``r [c, O]``); cost ``c O n_p`` for a dense form, ``c O S dout + c S dout din`` else."""
     if isinstance(form, Dense):
-        return torch.einsum("io,ion->n", r, form.J).reshape(shape)
-    gr = torch.einsum("io,iosd->isd", r, form.g)  # [c, S, dout]
-    if form.idx is not None:
-        W = torch.zeros(form.din, gr.shape[2], dtype=gr.dtype, device=gr.device)
-        W.index_add_(0, form.idx.reshape(-1), gr.reshape(-1, gr.shape[2]))
-        return W.reshape(shape)
-    assert form.h is not None
-    spec = "isd,ise->ed" if form.transpose else "isd,ise->de"
-    return torch.einsum(spec, gr, form.h).reshape(shape)
+        flat = torch.einsum("io,ion->n", r, form.J)
+    else:
+        gr = torch.einsum("io,iosd->isd", r, form.g)  # [c, S, dout]
+        if form.idx is not None:
+            W = torch.zeros(form.din, gr.shape[2], dtype=gr.dtype, device=gr.device)
+            W.index_add_(0, form.idx.reshape(-1), gr.reshape(-1, gr.shape[2]))
+            flat = W.reshape(-1)
+        else:
+            assert form.h is not None
+            spec = "isd,ise->ed" if form.transpose else "isd,ise->de"
+            flat = torch.einsum(spec, gr, form.h).reshape(-1)
+    if form.index is None:
+        return flat.reshape(shape)
+    out = torch.zeros(shape.numel(), dtype=flat.dtype, device=flat.device)
+    return out.index_add_(0, form.index, flat).reshape(shape)
 
 
 def materialize(form: Outer) -> Dense:
@@ -113,7 +183,7 @@ def materialize(form: Outer) -> Dense:
         assert form.h is not None
         spec = "iosd,ise->ioed" if form.transpose else "iosd,ise->iode"
         J = torch.einsum(spec, form.g, form.h)  # the parameter's layout
-    return Dense(J.reshape(c, no, -1))
+    return Dense(J.reshape(c, no, -1), form.index)
 
 
 def outer_costs(f: Outer, c: int, trace: bool) -> tuple[float, float]:
@@ -133,6 +203,7 @@ def fold_bias(f: Outer) -> Outer:
     """Weight and bias as one form: ``y = W h + b = [W, b] [h; 1]``, so the bias costs one
     more input column instead of a contraction of its own."""
     assert f.h is not None
+    assert f.index is None
     ones = torch.ones((*f.h.shape[:-1], 1), dtype=f.h.dtype, device=f.h.device)
     return Outer(g=f.g, h=torch.cat([f.h, ones], -1), din=f.din + 1)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from .cache import CACHE
-from .capture import capture
-from .forms import Dense, merge, outer_costs
+from .forms import Dense, outer_costs, parts
 from .functional import FunctionalModel, slice_inputs
-from .routing import covered_params, signature
+from .routing import block_forms, probe, route_details, signature
 
 
 def costs(
@@ -30,18 +29,18 @@ def costs(
     known = CACHE.costs.get(fm.model, {}).get(key)
     if known is not None:
         return known
-    covered = covered_params(fm)
-    forms, out, _ = capture(fm, slice_inputs(xs, 0, 1), covered, n_out)
-    del out
+    found = route_details(fm, probe(xs), n_out)
+    forms, _ = block_forms(fm, slice_inputs(xs, 0, 1), n_out, found)
     itemsize = fm.dtype.itemsize
     o2 = 1 if trace else n_out**2
-    n_generic = fm.n_params - sum(fm.params[n].numel() for n in forms)
+    n_generic = fm.n_params - sum(fm.params[n].numel() for n in found.covered)
     features = n_out * itemsize * n_generic
     work = 2 * n_out * itemsize * n_generic
     work += n_out * fm.activation_bytes(xs)  # the block is replicated O times
     pair = 0
     c_guess = 128
-    for f in map(merge, forms.values()):
+    every = [f for n, fs in forms.items() for f in parts(fs, fm.params[n].numel())]
+    for f in every:
         if isinstance(f, Dense):
             features += f.J.numel() * itemsize
             continue

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 
 from .cache import CACHE
 from .capture import capture
-from .forms import Form, merge, predicted_grad
+from .forms import Form, parts, predicted_grad
 from .functional import FunctionalModel, OutputFn, as_inputs, num_samples, slice_inputs
+from .ops import OP_RULES
+from .ops.capture import capture_ops
 from .registry import Rule, declined, find_rule
 
 #: Why a parameter whose layer has a rule is sent to the generic engine by the guard.
@@ -38,12 +40,16 @@ class Route:
 
     Attributes:
         covered: sorted names of the parameters whose kernel the rules compute.
-        reasons: ``{name: why}`` for the parameters whose layer has a rule but that go to
-            the generic engine (declined at run time, never ran batched, guard).
+        reasons: ``{name: why}`` for the parameters that go to the generic engine
+            (a module rule declined at run time, an operation without a rule used the
+            parameter, the exactness guard, ...).
+        ops: ``{name: [operation, ...]}`` for the covered parameters computed by
+            operator rules (:mod:`lazymeter.ntk.ops`); the others take their layer's rule.
     """
 
     covered: list[str]
     reasons: dict[str, str] = field(default_factory=dict)
+    ops: dict[str, list[str]] = field(default_factory=dict)
 
 
 def param_slots(model: nn.Module) -> dict[int, set[tuple[int, str]]]:
@@ -98,6 +104,7 @@ def signature(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple
         id(fm.output_fn),
         tuple(sorted(fm.params)),
         tuple((n, r[2]) for n, r in sorted(ruled_rules(fm.model).items())),
+        tuple(sorted((k, id(v)) for k, v in OP_RULES.items())),
         tuple((t.shape[1:], t.dtype, t.device) for t in xs),
     )
 
@@ -120,7 +127,7 @@ def validate(
     pass over the block."""
     notes = notes or {}
     reasons = {n: notes.get(n, "no form") for n in covered if n not in forms}
-    merged = {n: merge(f) for n, f in forms.items()}
+    merged = {n: parts(f, fm.params[n].numel()) for n, f in forms.items()}
     if merged:
         gen = torch.Generator(device=out.device).manual_seed(0)  # the user's RNG untouched
         r = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
@@ -129,7 +136,7 @@ def validate(
         with torch.enable_grad():
             actual = torch.autograd.grad((out * r).sum(), [named[n] for n in names])
         for n, act in zip(names, actual, strict=True):
-            pred = predicted_grad(merged[n], r, act.shape)
+            pred = sum(predicted_grad(f, r, act.shape) for f in merged[n])
             low = act.dtype in (torch.float16, torch.bfloat16, torch.float32)
             tol = 1e-4 if low else 1e-9
             err, scale = float((pred - act).norm()), float(act.norm()) + 1e-30
@@ -139,16 +146,87 @@ def validate(
     return Route([n for n in sorted(covered) if n not in reasons], reasons)
 
 
+def block_forms(
+    fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int, known: Route | None = None
+) -> tuple[dict[str, list[Form]], Route]:
+    """Every covered parameter's forms on the block ``xs``, and the route.
+
+    Without ``known``: the module rules' hooked forward and backward
+    (:func:`~lazymeter.ntk.capture.capture`), the operator rules' traced forward
+    (:func:`~lazymeter.ntk.ops.capture.capture_ops`) for every parameter no module rule
+    gave a form (raw parameters, tied weights, layers that never ran as modules), and
+    the exactness guard over both. With ``known``: each covered parameter's forms by the
+    route it takes, without the guard.
+    """
+    if known is not None:
+        mod = {
+            n: v for n, v in covered_params(fm).items() if n in known.covered and n not in known.ops
+        }
+        forms: dict[str, list[Form]] = {}
+        if mod:
+            forms, out, _ = capture(fm, xs, mod, n_out)
+            del out
+        if known.ops:
+            forms.update(capture_ops(fm, xs, sorted(known.ops), n_out)[0])
+        return forms, known
+    covered: dict[str, Any] = dict(covered_params(fm))
+    forms, out, notes = capture(fm, xs, covered, n_out)
+    rest = [n for n in fm.params if n not in forms]
+    ops: dict[str, list[str]] = {}
+    if rest:
+        try:
+            op_forms, op_notes, ops = capture_ops(fm, xs, rest, n_out)
+        except (RuntimeError, NotImplementedError) as e:  # no vmap batching rule, ...
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            op_forms, op_notes = {}, {n: f"tracing its operations failed ({first})" for n in rest}
+        forms.update(op_forms)
+        for n in rest:
+            if n in op_forms:
+                notes.pop(n, None)
+            elif n in notes:
+                notes[n] = f"{notes[n]}; operator rules: {op_notes[n]}"
+            else:
+                notes[n] = op_notes[n]
+        covered.update({n: None for n in rest})
+    found = validate(fm, covered, forms, out, notes)
+    found.ops = {n: v for n, v in ops.items() if n in found.covered}
+    # A layer's weight that the guard rejected (also used outside its layer, or a layer
+    # whose forward is not the one its rule assumes) may still be covered use by use.
+    guarded = [n for n in found.reasons if n in forms and n not in ops]
+    if guarded:
+        again, more = _operator_retry(fm, xs, guarded, n_out)
+        for n, fs in again.items():
+            forms[n], found.ops[n] = fs, more[n]
+            found.covered.append(n)
+            del found.reasons[n]
+        found.covered.sort()
+    return {n: f for n, f in forms.items() if n in found.covered}, found
+
+
+def _operator_retry(
+    fm: FunctionalModel, xs: tuple[Tensor, ...], names: list[str], n_out: int
+) -> tuple[dict[str, list[Form]], dict[str, list[str]]]:
+    """Operator-rule forms (and operations) of ``names`` that pass the exactness guard."""
+    try:
+        forms, _, ops = capture_ops(fm, xs, names, n_out)
+    except (RuntimeError, NotImplementedError):
+        return {}, {}
+    if not forms:
+        return {}, {}
+    _, out, _ = capture(fm, xs, {}, n_out)
+    ok = validate(fm, dict.fromkeys(forms), forms, out).covered
+    return {n: forms[n] for n in ok}, {n: ops[n] for n in ok}
+
+
 def route_details(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> Route:
-    """The :class:`Route` on inputs shaped like ``xs``: one hooked forward and backward
-    on ``xs`` and the exactness guard, remembered per model and input signature."""
+    """The :class:`Route` on inputs shaped like ``xs``: the module rules' hooked forward
+    and backward and the operator rules' traced forward on ``xs``, and the exactness
+    guard, remembered per model and input signature."""
     key = signature(fm, xs, True)
     known = CACHE.routes.get(fm.model, {}).get(key)
     if known is not None:
         return known
-    covered = covered_params(fm)
-    forms, out, notes = capture(fm, xs, covered, n_out)
-    found = validate(fm, covered, forms, out, notes)
+    found = block_forms(fm, xs, n_out)[1]
     CACHE.routes.setdefault(fm.model, {})[key] = found
     return found
 

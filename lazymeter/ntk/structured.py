@@ -43,7 +43,7 @@ from torch import Tensor
 from . import rules  # noqa: F401 - registers the built-in rules
 from .blocks import blocked_kernel, jacobian_rows
 from .cache import CACHE
-from .capture import GRADIENT_MODE, capture
+from .capture import GRADIENT_MODE
 from .engines import (
     Engine,
     jacobian_contraction,
@@ -60,24 +60,23 @@ from .forms import (
     feature_bytes,
     fold_bias,
     materialize,
-    merge,
     outer_costs,
     pair,
     pairwise,
+    parts,
 )
 from .functional import FunctionalModel, num_samples
 from .plan import block_work, plan_chunk
 from .registry import DECLINES, RULES, Rule, declined, find_rule, register_rule, unregister_rule
 from .routing import (
     Route,
+    block_forms,
     coverage,
-    covered_params,
     probe,
     route,
     route_details,
     ruled_params,
     signature,
-    validate,
 )
 
 __all__ = [
@@ -104,15 +103,11 @@ __all__ = [
 ]
 
 
-def _ruled_entries(fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> tuple[int, bool]:
-    """``(trainable entries the rules compute, whether that is the run-time route)``: the
-    rule table's static count when it is below half of ``fm.n_params`` (no trial pass),
-    else the count routed at run time on the first two samples of ``x1``."""
-    static = sum(fm.params[n].numel() for n in covered_params(fm))
-    if static < fm.n_params / 2:
-        return static, False
+def _ruled_entries(fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> int:
+    """Trainable entries the rules (module and operator) compute on inputs like ``x1``, as
+    routed at run time on its first two samples (remembered per input signature)."""
     names = route(fm, probe(x1), n_out)
-    return sum(fm.params[n].numel() for n in names), True
+    return sum(fm.params[n].numel() for n in names)
 
 
 class StructuredEngine(Engine):
@@ -132,14 +127,12 @@ class StructuredEngine(Engine):
         why = recurrent_layers(fm)
         if why is not None:
             return why
-        ruled, run_time = _ruled_entries(fm, x1, n_out)
-        if run_time and 2 * ruled >= fm.n_params:
+        ruled = _ruled_entries(fm, x1, n_out)
+        if 2 * ruled >= fm.n_params:
             return None
-        frac = ruled / fm.n_params
-        where = "on these inputs" if run_time else "in the rule table"
         return (
-            f"rules cover {frac:.0%} of the trainable entries {where} (needs at least 50%; "
-            "lazymeter.ntk.explain(model, x) names each parameter's route)"
+            f"rules cover {ruled / fm.n_params:.0%} of the trainable entries on these inputs "
+            "(needs at least 50%; lazymeter.ntk.explain(model, x) names each parameter's route)"
         )
 
     def cost(
@@ -156,7 +149,7 @@ class StructuredEngine(Engine):
         block, the per-layer contractions) is taken to be below that. Where the engine
         applies (at least half of the entries ruled) this is at most half of any generic
         estimate, so ``auto`` takes it."""
-        ruled, _ = _ruled_entries(fm, x1, n_out)
+        ruled = _ruled_entries(fm, x1, n_out)
         if ruled >= fm.n_params:
             return 0.0
         generic = min(
@@ -192,48 +185,44 @@ class StructuredEngine(Engine):
     ) -> Tensor:
         """Per-layer structured NTK (see the module docstring); exact for every model."""
         refuse_recurrent(fm, "structured")
-        covered = covered_params(fm)
-        state: dict[str, Any] = {"checked": False, "generic": None}
         key = signature(fm, x1, trace)
-        known = CACHE.routes.get(fm.model, {}).get(key)
-        if known is not None:
-            state["checked"] = True
-            state["covered"] = known.covered
-            rest = [n for n in fm.params if n not in known.covered]
-            state["generic"] = FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
+        state: dict[str, Any] = {"route": CACHE.routes.get(fm.model, {}).get(key)}
+
+        def generic_part(found: Route) -> FunctionalModel | None:
+            rest = [n for n in fm.params if n not in found.covered]
+            return FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
+
+        if state["route"] is not None:
+            state["generic"] = generic_part(state["route"])
 
         def rows(xs: tuple[Tensor, ...]):
-            forms, out, notes = capture(fm, xs, covered, n_out)
-            if not state["checked"]:
-                state["checked"] = True
-                found = validate(fm, covered, forms, out, notes)
-                state["covered"] = found.covered
+            forms, found = block_forms(fm, xs, n_out, state["route"])
+            if state["route"] is None:  # the first block routes (and is guarded)
+                state["route"] = found
                 CACHE.routes.setdefault(fm.model, {})[key] = found
-                rest = [n for n in fm.params if n not in state["covered"]]
-                state["generic"] = (
-                    FunctionalModel(fm.model, fm.output_fn, only=rest) if rest else None
-                )
-            del out
-            chosen = []
+                state["generic"] = generic_part(found)
             c = num_samples(xs)
-            covered_now = set(state["covered"])
+            covered_now = set(found.covered)
             folded = set()
-            merged = {}
-            for n in state["covered"]:
-                f = merge(forms[n])
-                if isinstance(f, Outer) and f.bias is not None and f.h is not None:
+            merged: dict[str, list[Form]] = {}
+            for n in found.covered:
+                fs = parts(forms[n], fm.params[n].numel())
+                f = fs[0]
+                if len(fs) == 1 and isinstance(f, Outer) and f.bias is not None and f.h is not None:
                     bias_name = n.rsplit(".", 1)[0] + "." + f.bias if "." in n else f.bias
-                    if bias_name in covered_now:
-                        f = fold_bias(f)
+                    if bias_name in covered_now and bias_name not in found.ops:
+                        fs = [fold_bias(f)]
                         folded.add(bias_name)
-                merged[n] = f
-            for n, f in merged.items():
+                merged[n] = fs
+            chosen = []
+            for n, fs in merged.items():
                 if n in folded:
                     continue
-                if isinstance(f, Outer):
-                    pw, materialised = outer_costs(f, max(c, chunk_size), trace)
-                    f = materialize(f) if materialised < pw else pairwise(f)
-                chosen.append(f)
+                for f in fs:
+                    if isinstance(f, Outer):
+                        pw, materialised = outer_costs(f, max(c, chunk_size), trace)
+                        f = materialize(f) if materialised < pw else pairwise(f)
+                    chosen.append(f)
             gfm = state["generic"]
             gen = jacobian_rows(gfm, xs, n_out) if gfm is not None else []
             return chosen, gen

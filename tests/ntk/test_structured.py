@@ -224,8 +224,19 @@ def test_coverage_reports_the_route_taken_at_run_time():
             return self.head(torch.tanh(self.lin(x)) + x @ self.lin.weight)
 
     model, x = Sneaky(), torch.randn(5, 4).double()
-    total = sum(p.numel() for p in model.parameters())
     assert coverage(model) == 1.0  # what the rule table suggests
+    # The guard rejects Linear's rule for lin.weight; its two uses (F.linear inside the
+    # layer, x @ W outside) are covered by operator rules and add up.
+    assert coverage(model, x) == 1.0
+    assert lm.ntk.explain(model, x)["lin.weight"].ops == ("linear", "matmul")
+    assert_exact(model, x)
+
+    class Sneakier(Sneaky):  # ... unless the outside use has no operator rule
+        def forward(self, x):
+            return self.head(torch.tanh(self.lin(x)) + torch.tensordot(x, self.lin.weight, 1))
+
+    model = Sneakier()
+    total = sum(p.numel() for p in model.parameters())
     assert coverage(model, x) == pytest.approx(1 - 16 / total)  # what actually happens
 
     renorm = nn.Sequential(nn.Embedding(6, 4, max_norm=1.0), nn.Flatten(), nn.Linear(8, 2))
@@ -242,8 +253,8 @@ def test_a_rule_registered_after_a_first_call_is_used_and_removing_it_is_safe():
             super().__init__()
             self.weight = nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
 
-        def forward(self, x):
-            return 2 * x @ self.weight.T
+        def forward(self, x):  # tensordot: no operator rule either
+            return 2 * torch.tensordot(x, self.weight.T, dims=1)
 
     torch.manual_seed(9)
     model = nn.Sequential(Scaled(), nn.Tanh(), nn.Linear(3, 2).double())
