@@ -269,20 +269,30 @@ class FunctionalModel:
         return True
 
     def activation_bytes(self, xs: tuple[Tensor, ...]) -> int:
-        """Bytes of intermediate tensors autograd saves for one sample's forward pass."""
+        """Bytes of intermediate tensors autograd saves per sample in a forward pass: the
+        difference between the saved bytes of two samples and of one, so that tensors
+        that do not grow with the batch (copies of the parameters that ``einsum`` or a
+        transpose make) are not counted."""
         params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         own = {v.data_ptr() for v in self.params.values()}
-        total = 0
 
-        def pack(t: Tensor) -> Tensor:
-            nonlocal total
-            if t.data_ptr() not in own:
-                total += t.numel() * t.element_size()
-            return t
+        def saved(n: int) -> int:
+            total = 0
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            self.batched(params, slice_inputs(xs, 0, 1))
-        return total
+            def pack(t: Tensor) -> Tensor:
+                nonlocal total
+                if t.data_ptr() not in own:
+                    total += t.numel() * t.element_size()
+                return t
+
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                self.batched(params, slice_inputs(xs, 0, n))
+            return total
+
+        one = saved(1)
+        if num_samples(xs) < 2:
+            return one
+        return max(saved(2) - one, 0)
 
 
 def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -129,3 +129,34 @@ ZOO = {
 }
 #: Models whose training steps run inside a bfloat16 autocast region.
 AUTOCAST = {"autocast_mlp"}
+
+
+def hf_gpt2(n_layer: int = 2, vocab: int = 50, d: int = 32, heads: int = 2):
+    """HuggingFace ``GPT2LMHeadModel`` on a tiny config built in code (no download; needs
+    ``transformers``): ``Conv1D`` weights through ``addmm``, the token table tied to the
+    unembedding, positions looked up without the batch dimension; last-token logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(7)
+    config = GPT2Config(
+        vocab_size=vocab, n_positions=16, n_embd=d, n_layer=n_layer, n_head=heads,
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    return (model, *_data((6,), out=vocab, tokens=vocab), lambda out: out.logits[:, -1])
+
+
+def raw_transformer():
+    """The grokking transformer with raw parameters in einsums (TransformerLens layout)."""
+    from lazymeter.tasks.transformer import RawTransformer
+
+    torch.manual_seed(8)
+    model = RawTransformer(13, 16, 2, 32, 3, n_classes=13)
+    return (model, *_data((3,), out=13, tokens=13), lambda y: y[:, -1])
+
+
+#: Models whose every parameter some rule covers (module or operator rules).
+FULLY_RULED = {
+    f.__name__: f
+    for f in (gpt2_block, transformer_encoder_layer, mha_train, mha_eval, hf_gpt2, raw_transformer)
+}

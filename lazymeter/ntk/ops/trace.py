@@ -15,6 +15,7 @@ to find the batch dimension.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+
+#: Re-dispatch a Python-level torch function with the mode active inside it (torch >= 2.6;
+#: without it such functions count as operations without a rule).
+_redispatch = getattr(torch.overrides, "redispatch_function", None)
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..forms import Form
@@ -136,6 +141,17 @@ class Tracer(TorchFunctionMode):
         self.refused: dict[str, str] = {}
         self.eps = eps
 
+    @staticmethod
+    def _composite(name: str, func: Any) -> bool:
+        """A torch function written in Python (so its operations can be traced) that has no
+        rule of its own and is not a selection."""
+        return (
+            name not in OP_RULES
+            and name not in SELECTIONS
+            and inspect.isfunction(func)
+            and (getattr(func, "__module__", "") or "").startswith("torch.")
+        )
+
     def find(self, obj: Any) -> Tracked | None:
         return self.tracked.get(id(obj)) if isinstance(obj, Tensor) else None
 
@@ -179,10 +195,15 @@ class Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         hits = [self.tracked[id(a)] for a in _tensors((args, kwargs)) if id(a) in self.tracked]
+        name = op_name(func)
+        if hits and _redispatch is not None and self._composite(name, func):
+            # A Python function over torch operations (F.multi_head_attention_forward):
+            # run its body with the mode active, so each operation inside is seen.
+            with self:
+                return _redispatch(func, types, args, kwargs)
         out = func(*args, **kwargs)
         if not hits:
             return out
-        name = op_name(func)
         if not _tensors(out):  # W.shape, W.size(0), W.dim(): not a use
             return out
         if name == "data" or name == "detach":  # no gradient flows: not a use either
