@@ -113,7 +113,9 @@ class RawTransformer(nn.Module):
         """The raw-parameter twin of ``t`` (which must have no LayerNorm or attention
         biases), with ``t``'s current weights, dtype and device."""
         if not isinstance(t.ln1, nn.Identity) or t.q.bias is not None:
-            raise ValueError("from_modules: only a Transformer without LayerNorm or attention biases")
+            raise ValueError(
+                "from_modules: only a Transformer without LayerNorm or attention biases"
+            )
         d, h, dh = t.q.in_features, t.n_heads, t.d_head
         raw = cls(
             t.embed.num_embeddings, d, h, t.mlp_in.out_features, t.pos.num_embeddings,

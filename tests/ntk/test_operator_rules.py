@@ -94,22 +94,21 @@ CASES = {
         dict(E=("__getitem__",)),
     ),
     "embedding_with_padding_and_index_select": (
-        lambda m, x: F.embedding(x, m.E, padding_idx=0).tanh().sum(1)
-        + m.E.index_select(0, x[:, 0]).cos(),
+        lambda m, x: (
+            F.embedding(x, m.E, padding_idx=0).tanh().sum(1) + m.E.index_select(0, x[:, 0]).cos()
+        ),
         dict(E=(7, 3)),
         tokens(6, 3),
         dict(E=("embedding", "index_select")),
     ),
     "tied_embedding_and_unembedding": (
-        lambda m, x: (m.E[x].tanh().mean(1) @ m.E.T),
+        lambda m, x: m.E[x].tanh().mean(1) @ m.E.T,
         dict(E=(7, 4)),
         tokens(6, 3),
         dict(E=("__getitem__", "matmul")),
     ),
     "packed_projection_chunked": (
-        lambda m, x: sum(
-            (x @ w.T).tanh() * k for k, w in enumerate(m.W.chunk(3), 1)
-        ).flatten(1),
+        lambda m, x: sum((x @ w.T).tanh() * k for k, w in enumerate(m.W.chunk(3), 1)).flatten(1),
         dict(W=(6, 4)),
         floats(5, 2, 4),
         dict(W=("matmul",)),

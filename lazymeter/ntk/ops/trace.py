@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
-
-#: Re-dispatch a Python-level torch function with the mode active inside it (torch >= 2.6;
-#: without it such functions count as operations without a rule).
-_redispatch = getattr(torch.overrides, "redispatch_function", None)
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..forms import Form
+
+#: Re-dispatch a Python-level torch function with the mode active inside it (recent torch;
+#: without it such functions count as operations without a rule).
+_redispatch = getattr(torch.overrides, "redispatch_function", None)
 
 
 @dataclass
