@@ -24,6 +24,7 @@ from . import quantities as Q
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
 from .failures import Warner
 from .ntk import FunctionalModel, coverage, empirical_ntk, kernel_dtype, select_method
+from .ntk.sketch import Sketch, check_outputs, sketched_ntk
 from .probes import Probe, check_label_variance, prepare, subsample
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
@@ -64,6 +65,12 @@ class LazyMeter(ScaledModel):
         ntk_method: ``method`` of :func:`lazymeter.empirical_ntk` (``"auto"`` is resolved
             once, at construction); ``ntk_chunk_size``, ``memory_budget``: its
             ``chunk_size`` and ``memory_budget``.
+        ntk_outputs: ``"all"`` (exact kernels: one backward pass per output) or a
+            :class:`lazymeter.ntk.Sketch` (kernels estimated from ``s`` random output
+            projections, for models with hundreds or more outputs; the same projections
+            at every measurement, so that drift compares like with like). With a sketch,
+            each row carries ``ntk_sketch_rel_se``, the largest relative standard error
+            ``||SE||_F / ||K||_F`` of the kernels it measured.
         scalar_every: write the scalars passed to :meth:`step` to TensorBoard every this
             many steps (and at every measurement); an event costs ~50 us.
         tb_figures: also log the quantities' figures (kernel spectrum, decomposition).
@@ -96,6 +103,7 @@ class LazyMeter(ScaledModel):
         metrics: Mapping[str, Q.MetricFn] | None = None,
         ntk_method: str = "auto",
         ntk_chunk_size: int | None = None,
+        ntk_outputs: Any = "all",
         centering: str = "double",
         spectrum_k: int = 5,
         ridge: float = 0.0,
@@ -116,6 +124,8 @@ class LazyMeter(ScaledModel):
             raise ValueError("features: needs a probe to compute activations on")
         self.ntk_kwargs = {"method": ntk_method, "chunk_size": ntk_chunk_size}
         self.ntk_kwargs["memory_budget"] = memory_budget
+        self.ntk_kwargs["outputs"] = check_outputs(ntk_outputs)
+        self._sketch_se: list[float] = []
         self.schedule = make_schedule(schedule)
         self.tb_figures = bool(tb_figures)
         self.regime_thresholds = regime_thresholds or RegimeThresholds()
@@ -221,7 +231,13 @@ class LazyMeter(ScaledModel):
     # ------------------------------------------------------------------ measurements
     def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
         net, kw = self.net, {"output_fn": self.output_fn, **self.ntk_kwargs}
-        if self._dist is None or self._dist.strategy != "shard":
+        sharded = self._dist is not None and self._dist.strategy == "shard"
+        if isinstance(kw["outputs"], Sketch) and not sharded:
+            kw.pop("outputs")
+            found = sketched_ntk(net, x, x2, sketch=self.ntk_kwargs["outputs"], **kw)
+            self._sketch_se.append(found.rel_se)
+            return found.kernel
+        if not sharded:
             return empirical_ntk(net, x, x2, **kw)
         like = next(p for p in net.parameters() if p.requires_grad)
         like = like.new_empty(0, dtype=kernel_dtype(like.dtype))
@@ -264,6 +280,7 @@ class LazyMeter(ScaledModel):
         row: dict[str, float] = {"step": -1 if self._step is None else self._step}
         row.update(self._scalars)
         ctx = self._context(int(row["step"]))
+        self._sketch_se = []
         failures: list[tuple[str, Exception]] = []
         if self._computes:
             try:
@@ -288,6 +305,8 @@ class LazyMeter(ScaledModel):
                         row.update(dict.fromkeys(keys, math.nan))
                         failures.append((q.name, e))
             failures += ctx.soft_failures
+            if isinstance(self.ntk_kwargs["outputs"], Sketch):
+                row["ntk_sketch_rel_se"] = max(self._sketch_se, default=math.nan)
         if self._dist is not None:
             row = self._dist.share(row)  # one history on every rank: rank 0's
             failures = failures if self._dist.main else []  # rank 0 warns for the run
@@ -374,7 +393,9 @@ class LazyMeter(ScaledModel):
         this model) and, for ``"structured"``, ``coverage`` (the fraction of trainable
         entries its rules compute on the probe). Also in ``log_dir/meta.json`` and the
         TensorBoard text tab."""
+        outputs = self.ntk_kwargs["outputs"]
         info: dict[str, Any] = {"method": self.ntk_kwargs["method"], "engine": None}
+        info["outputs"] = outputs.describe() if isinstance(outputs, Sketch) else outputs
         if self.probe_x is None:
             return info
         kw = {"output_fn": self.output_fn}

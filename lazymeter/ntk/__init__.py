@@ -3,8 +3,11 @@
 Extension points: :func:`register_engine` (an :class:`Engine`: applicability, cost,
 chunk plan, compute; ``method="auto"`` takes the applicable one with the lowest cost)
 and :func:`register_rule` (a structured per-layer rule returning :class:`Outer` or
-:class:`Dense` forms; looked up along the layer type's MRO). :func:`explain` names each
-parameter's route; :func:`clear_caches` forgets what the engines remembered.
+:class:`Dense` forms; looked up along the layer type's MRO) and
+:func:`register_op_rule` (a rule per operation, for parameters used directly in
+``einsum``, ``@``, indexing, ...). :func:`explain` names each parameter's route;
+:func:`clear_caches` forgets what the engines remembered. :class:`Sketch` and
+:func:`sketched_ntk` estimate the traced kernel of many-output models.
 """
 
 from .api import (
@@ -29,8 +32,10 @@ from .engines import (
 from .explain import Explanation, ParamRoute, explain
 from .forms import Dense, Outer
 from .functional import FunctionalModel
+from .ops import OP_RULES, register_op_rule
 from .registry import DECLINES, RULES, register_rule, unregister_rule
 from .routing import coverage
+from .sketch import Sketch, SketchedKernel, sketched_ntk
 from .structured import StructuredEngine
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "MEMORY_BUDGET_ENV",
     "ENGINES",
+    "OP_RULES",
     "RULES",
     "Dense",
     "Engine",
@@ -47,6 +53,8 @@ __all__ = [
     "NTKCache",
     "Outer",
     "ParamRoute",
+    "Sketch",
+    "SketchedKernel",
     "StructuredEngine",
     "auto_chunk_size",
     "choose_engine",
@@ -59,8 +67,10 @@ __all__ = [
     "kernel_dtype",
     "parse_bytes",
     "register_engine",
+    "register_op_rule",
     "register_rule",
     "select_method",
+    "sketched_ntk",
     "unregister_engine",
     "unregister_rule",
 ]

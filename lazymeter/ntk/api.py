@@ -129,6 +129,7 @@ def empirical_ntk(
     chunk_size: int | None = None,
     memory_budget: int | str | None = None,
     dtype: torch.dtype | None = None,
+    outputs: Any = "all",
 ) -> Tensor:
     """Empirical neural tangent kernel of ``model`` between two input sets.
 
@@ -162,10 +163,23 @@ def empirical_ntk(
             request. A model of another dtype is evaluated through a cast copy of its
             parameters and buffers (kept between calls, refreshed each call), at the
             model's current parameter values; floating inputs are cast alike.
+        outputs: ``"all"`` (exact: every engine costs the equivalent of one backward
+            pass per output, per block) or a :class:`~lazymeter.ntk.sketch.Sketch`: an
+            unbiased estimate of the traced kernel from ``s`` random output projections
+            (``s`` backward passes instead of ``O``; for language-model-sized outputs).
+            :func:`~lazymeter.ntk.sketch.sketched_ntk` also returns its standard error.
 
     Returns:
         ``K`` on the model's device, in ``dtype`` (see above).
     """
+    if not (isinstance(outputs, str) and outputs == "all"):
+        from .sketch import check_outputs, sketched_ntk
+
+        return sketched_ntk(
+            model, x1, x2, sketch=check_outputs(outputs), output_fn=output_fn, method=method,
+            trace_outputs=trace_outputs, chunk_size=chunk_size, memory_budget=memory_budget,
+            dtype=dtype,
+        ).kernel  # fmt: skip
     fm = FunctionalModel(model, output_fn)
     target = kernel_dtype(fm.dtype, dtype)
     if target != fm.dtype:

@@ -30,6 +30,9 @@ class NTKCache:
             dtype=)``), refreshed in place at each call.
         methods: ``model -> {signature: engine name}``: what ``method="auto"`` ran
             successfully (after falling back past engines that failed on this model).
+        sketches: ``model -> {key: [projected output functions]}``: the random output
+            projections of :func:`lazymeter.ntk.sketch.sketched_ntk`, kept so that the
+            routes and plans keyed by the output function are reused.
     """
 
     def __init__(self) -> None:
@@ -49,6 +52,9 @@ class NTKCache:
         self.methods: weakref.WeakKeyDictionary[nn.Module, dict[Any, str]] = (
             weakref.WeakKeyDictionary()
         )
+        self.sketches: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def tables(self) -> dict[str, weakref.WeakKeyDictionary]:
         """``{name: table}`` of every memo table."""
@@ -58,6 +64,7 @@ class NTKCache:
             "costs": self.costs,
             "flops": self.flops,
             "casts": self.casts,
+            "sketches": self.sketches,
             "methods": self.methods,
         }
 

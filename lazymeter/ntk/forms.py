@@ -111,6 +111,11 @@ def _same_index(forms: list[Form]) -> bool:
     )
 
 
+def _distinct(index: Tensor, numel: int) -> bool:
+    """Whether no parameter position occurs twice in ``index`` (linear time)."""
+    return bool(torch.bincount(index, minlength=numel).max() <= 1)
+
+
 def scatter(form: Form, numel: int) -> Dense:
     """``form`` as a dense Jacobian ``[c, O, numel]`` in the parameter's own flat layout
     (entries a use repeats, as in ``W.expand(...)``, add up); cost ``c O numel``."""
@@ -138,12 +143,11 @@ def parts(forms: list[Form], numel: int) -> list[Form]:
         return forms
     if len({_layout(f) for f in forms}) == 1 and _same_index(forms):
         f = merge(forms)
-        if f.index is None or f.index.unique().numel() == f.index.numel():
+        if f.index is None or _distinct(f.index, numel):
             return [f]
         return [scatter(f, numel)]
     if all(f.index is not None for f in forms):
-        flat = torch.cat([f.index for f in forms])  # type: ignore[misc]
-        if flat.unique().numel() == flat.numel():
+        if _distinct(torch.cat([f.index for f in forms]), numel):  # type: ignore[misc]
             return forms
     total = scatter(forms[0], numel)
     for f in forms[1:]:

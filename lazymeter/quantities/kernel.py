@@ -19,6 +19,8 @@ class KernelDrift(Quantity):
         "ntk_drift": "ntk/drift",
         "ntk_cka": "ntk/cka_to_init",
         "test_ntk_drift": "ntk/test_drift",
+        # written by the meter when its kernels are sketched (LazyMeter(ntk_outputs=Sketch))
+        "ntk_sketch_rel_se": "ntk/sketch_rel_se",
     }
     charts = {
         "kernel (drift, alignment, CKA)": [
