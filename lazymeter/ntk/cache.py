@@ -23,7 +23,8 @@ class NTKCache:
             rules compute, after declines and the exactness guard (one hooked forward and
             backward each, so remembered; see :func:`lazymeter.ntk.routing.route`).
         plans: ``model -> {key: chunk size}``: the structured engine's block sizes.
-        costs: ``model -> {key: (features, work, pair) bytes}``: its per-sample memory model.
+        costs: ``model -> {key: (features, work, forms)}``: its per-sample memory model
+            (the generic part's features and the work in bytes, the shapes of the forms).
         flops: ``model -> {key: FLOPs}``: one sample's forward FLOPs (the engines' cost
             model for ``method="auto"``).
         casts: ``model -> cast copy``: the model in another dtype (``empirical_ntk(...,
@@ -42,7 +43,7 @@ class NTKCache:
         self.plans: weakref.WeakKeyDictionary[nn.Module, dict[Any, int]] = (
             weakref.WeakKeyDictionary()
         )
-        self.costs: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[int, int, int]]] = (
+        self.costs: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = (
             weakref.WeakKeyDictionary()
         )
         self.flops: weakref.WeakKeyDictionary[nn.Module, dict[Any, float]] = (

@@ -13,56 +13,113 @@ from __future__ import annotations
 from torch import Tensor
 
 from .cache import CACHE
-from .forms import Dense, outer_costs, parts
+from .forms import Dense, Form, Outer, outer_costs, parts
 from .functional import FunctionalModel, slice_inputs
 from .routing import block_forms, probe, route_details, signature
 
 
-def costs(
-    fm: FunctionalModel, xs: tuple[Tensor, ...], *, n_out: int, trace: bool
-) -> tuple[int, int, int]:
-    """``(features, work, pair)`` bytes from the features of one sample: the features a
-    block keeps per sample, the transient work per sample of producing them (generic
-    Jacobians, ``O`` copies of the activations), and the pair intermediates per pair of
-    samples. Remembered per model and input signature."""
-    key = (signature(fm, xs, trace), trace, n_out)
+def _one_sample(
+    fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int, trace: bool
+) -> tuple[int, int, list[Form]]:
+    """``(fixed features, work, forms)`` of one sample: the generic part's features and
+    every sample's transient work in bytes, and the ruled parameters' forms (remembered
+    per model and input signature, so that each block size is only a recount)."""
+    key = (signature(fm, xs, trace), trace, n_out, "one sample")
     known = CACHE.costs.get(fm.model, {}).get(key)
     if known is not None:
         return known
     found = route_details(fm, probe(xs), n_out)
     forms, _ = block_forms(fm, slice_inputs(xs, 0, 1), n_out, found)
     itemsize = fm.dtype.itemsize
-    o2 = 1 if trace else n_out**2
     n_generic = fm.n_params - sum(fm.params[n].numel() for n in found.covered)
-    features = n_out * itemsize * n_generic
+    fixed = n_out * itemsize * n_generic
     work = 2 * n_out * itemsize * n_generic
     work += n_out * fm.activation_bytes(xs)  # the block is replicated O times
-    pair = 0
-    c_guess = 128
     every = [f for n, fs in forms.items() for f in parts(fs, fm.params[n].numel())]
+    # Only shapes are needed later: keep empty tensors of the same shapes.
+    light: list[Form] = []
     for f in every:
+        if isinstance(f, Dense):
+            light.append(Dense(f.J.new_empty(f.J.shape)))
+        else:
+            h = None if f.h is None else f.h.new_empty(f.h.shape)
+            idx = None if f.idx is None else f.idx.new_empty(f.idx.shape)
+            light.append(Outer(g=f.g.new_empty(f.g.shape), h=h, idx=idx, din=f.din))
+    CACHE.costs.setdefault(fm.model, {})[key] = (fixed, work, light)
+    return fixed, work, light
+
+
+def costs(
+    fm: FunctionalModel, xs: tuple[Tensor, ...], *, n_out: int, trace: bool, c: int = 128
+) -> tuple[int, int, int]:
+    """``(features, work, pair)`` bytes from the features of one sample: the features a
+    block of ``c`` samples keeps per sample (each layer laid out as the engine will
+    contract it at that block size: pairwise or materialised), the transient work per
+    sample of producing them (generic Jacobians, ``O`` copies of the activations), and
+    the pair intermediates per pair of samples."""
+    features, work, forms = _one_sample(fm, xs, n_out, trace)
+    itemsize = fm.dtype.itemsize
+    o2 = 1 if trace else n_out**2
+    pair = 0
+    for f in forms:
         if isinstance(f, Dense):
             features += f.J.numel() * itemsize
             continue
-        pairwise, materialised = outer_costs(f, c_guess, trace)
+        pairwise, materialised = outer_costs(f, c, trace)
         if materialised < pairwise:
             features += f.g.shape[1] * f.g.shape[3] * f.din * itemsize
         else:
             features += (f.g.numel() + (0 if f.h is None else f.h.numel())) * itemsize
             S = f.g.shape[2]
             pair = max(pair, (2 * S * S if trace else S * S + 3 * o2) * itemsize)
-    CACHE.costs.setdefault(fm.model, {})[key] = (features, work, pair)
     return features, work, pair
 
 
 def block_work(
-    fm: FunctionalModel, xs: tuple[Tensor, ...], *, n_out: int, trace: bool, c: int
+    fm: FunctionalModel,
+    xs: tuple[Tensor, ...],
+    *,
+    n_out: int,
+    trace: bool,
+    c: int,
+    layout: int | None = None,
 ) -> int:
     """Bytes of one ``c``-sample block's transient work: its row and column features and
     their production, plus the pair intermediates (the plan's model of a block):
-    ``3 c (features + work) + c^2 pair``."""
-    features, work, pair = costs(fm, xs, n_out=n_out, trace=trace)
+    ``3 c (features + work) + c^2 pair``, the features laid out as for blocks of
+    ``layout`` samples (default ``c``)."""
+    features, work, pair = costs(fm, xs, n_out=n_out, trace=trace, c=layout or c)
     return 3 * c * (features + work) + c * c * pair
+
+
+def _plan(
+    fm: FunctionalModel,
+    xs: tuple[Tensor, ...],
+    *,
+    n_out: int,
+    trace: bool,
+    budget: int,
+    n_samples: int,
+    layout: int,
+) -> int:
+    """:func:`plan` with the features laid out as for blocks of ``layout`` samples."""
+    features = costs(fm, xs, n_out=n_out, trace=trace, c=layout)[0]
+
+    def work(c: int) -> int:
+        return block_work(fm, xs, n_out=n_out, trace=trace, c=c, layout=layout)
+
+    c = n_samples
+    if work(c) <= budget:
+        return c
+    keep = n_samples * features
+    while c > 1 and work(c) + keep > budget:
+        c = (c + 1) // 2
+    if work(c) + keep <= budget and c >= min(32, n_samples):
+        return c
+    c = n_samples
+    while c > 1 and work(c) > budget // 2:
+        c = (c + 1) // 2
+    return c
 
 
 def plan(
@@ -77,21 +134,22 @@ def plan(
     """Block size: all of ``n_samples`` when one block's work fits ``budget``; else the
     largest block whose work fits beside every sample's features (which are then
     computed once and kept); else the largest block whose work takes at most half of
-    ``budget``, leaving the other half for a panel of row blocks held at once."""
-    features = costs(fm, xs, n_out=n_out, trace=trace)[0]
-    work = lambda c: block_work(fm, xs, n_out=n_out, trace=trace, c=c)  # noqa: E731
-    c = n_samples
-    if work(c) <= budget:
-        return c
-    keep = n_samples * features
-    while c > 1 and work(c) + keep > budget:
-        c = (c + 1) // 2
-    if work(c) + keep <= budget and c >= min(32, n_samples):
-        return c
-    c = n_samples
-    while c > 1 and work(c) > budget // 2:
-        c = (c + 1) // 2
-    return c
+    ``budget``, leaving the other half for a panel of row blocks held at once.
+
+    Whether a layer's features are contracted pairwise or materialised depends on the
+    block size (materialising pays off for large blocks), and the features' size on
+    that choice, so the block size is planned for a layout and re-planned for the
+    layout of the block found, until both agree (else the smallest block found)."""
+    layout, seen = min(128, n_samples), []
+    for _ in range(4):
+        c = _plan(
+            fm, xs, n_out=n_out, trace=trace, budget=budget, n_samples=n_samples, layout=layout
+        )
+        if c == layout:
+            return c
+        seen.append(c)
+        layout = c
+    return min(seen)
 
 
 def plan_chunk(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from ..forms import Form
 
@@ -116,7 +116,14 @@ def op_name(func: Any) -> str:
 
 
 def _tensors(obj: Any) -> list[Tensor]:
-    return [a for a in tree_flatten(obj)[0] if isinstance(a, Tensor)]
+    """The tensors in ``obj`` (nested tuples, lists and dicts), in order."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for a in obj for t in _tensors(a)]
+    if isinstance(obj, dict):
+        return [t for a in obj.values() for t in _tensors(a)]
+    return []
 
 
 class Tracer(TorchFunctionMode):
