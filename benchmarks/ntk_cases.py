@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lazymeter.tasks.polynomial import QuadraticNet
-from lazymeter.tasks.transformer import Transformer
+from lazymeter.tasks.transformer import RawTransformer, Transformer
 
 
 @dataclass
@@ -112,7 +112,44 @@ def make(name: str) -> Case:
             name == "f-traced",
             threads=1,
         )
+    if name == "g":  # (c) with raw parameters: operator rules instead of module rules
+        model = Transformer(vocab=114, d_model=128, n_heads=4, d_mlp=512, n_classes=113)
+        return Case(
+            "g",
+            "(c) written with raw nn.Parameters in einsum/@/indexing (TransformerLens layout)",
+            RawTransformer.from_modules(model),
+            _tokens(256, 113, 113),
+            last,
+            True,
+        )
+    if name == "h":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(
+            vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+            attn_implementation="eager",
+        )  # fmt: skip
+        return Case(
+            "h",
+            "HF GPT2LMHeadModel, tiny config (2 layers, d32, vocab 50), 6 tokens, "
+            "last-token logits (50) traced, P=64",
+            GPT2LMHeadModel(config).eval(),
+            torch.randint(0, 50, (64, 6)),
+            lambda out: out.logits[:, -1],
+            True,
+        )
+    if name == "i":
+        layer = nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True).eval()
+        return Case(
+            "i",
+            "nn.TransformerEncoderLayer d64 4 heads ff256, 8 positions, last position's "
+            "first 10 features traced, P=128",
+            layer,
+            torch.randn(128, 8, 64),
+            lambda y: y[:, -1, :10],
+            True,
+        )
     raise ValueError(f"unknown case {name!r}")
 
 
-CASES = ["a", "b", "c", "d", "e", "e-traced", "f", "f-traced"]
+CASES = ["a", "b", "c", "d", "e", "e-traced", "f", "f-traced", "g", "h", "i"]

@@ -239,3 +239,24 @@ def test_raw_parameter_transformer_equals_its_module_twin():
         torch.testing.assert_close(K, twin, rtol=0, atol=1e-8 * ref.abs().max().item())
     assert lm.ntk.select_method(raw, x1, output_fn=last) == "structured"
     assert math.isfinite(float(K.sum()))
+
+
+def test_the_documented_operator_rule_covers_tensordot():
+    """docs/extending.md's operator rule, run as written."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", docs.split("## A new operator rule")[1], re.S)[0]
+    torch.manual_seed(5)
+    model = Fn(lambda m, x: torch.tanh(torch.tensordot(x, m.W, dims=1)).sum(1), W=(4, 3))
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    assert not explain(model, x)["W"].ruled
+    try:
+        exec(block, {})  # registers the rule
+        r = explain(model, x)["W"]
+        assert r.ruled and r.ops == ("tensordot",)
+        K = lm.empirical_ntk(model, x, method="structured")
+    finally:
+        del OP_RULES["tensordot"]
+    torch.testing.assert_close(K, naive_ntk(model, x), rtol=0, atol=1e-10)
