@@ -227,6 +227,31 @@ def decoder():
     return m, torch.randn(5, 2, 3, 3).double(), torch.randn(3, 2, 3, 3).double(), None
 
 
+class RawTiedLM(nn.Module):
+    """Raw parameters in einsum, ``@``, indexing and broadcasting (operator rules), the
+    token table also the unembedding (``W_E.T``), the positions sliced (``W_pos[:T]``)."""
+
+    def __init__(self, vocab: int = 7, d: int = 8, heads: int = 2, d_mlp: int = 16) -> None:
+        super().__init__()
+        p = lambda *s: nn.Parameter(torch.randn(*s) / s[-1] ** 0.5)  # noqa: E731
+        self.W_E, self.W_pos = p(vocab, d), p(4, d)
+        self.W_Q, self.W_O = p(heads, d, d // heads), p(heads, d // heads, d)
+        self.W_in, self.b_in, self.W_out = p(d, d_mlp), p(d_mlp), p(d_mlp, d)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = self.W_E[t] + self.W_pos[: t.shape[-1]]
+        q = torch.einsum("btd,hde->bhte", x, self.W_Q)
+        x = x + torch.einsum("bhte,hed->btd", torch.tanh(q), self.W_O)
+        x = x + torch.relu(x @ self.W_in + self.b_in) @ self.W_out
+        return (x @ self.W_E.T)[:, -1]
+
+
+def raw_parameters():
+    torch.manual_seed(11)
+    m = RawTiedLM().double()
+    return m, torch.randint(0, 7, (5, 3)), torch.randint(0, 7, (3, 3)), None
+
+
 INTEGRITY_ARCHITECTURES = {
     **ARCHITECTURES,
     "aliased": aliased,
@@ -235,4 +260,5 @@ INTEGRITY_ARCHITECTURES = {
     "weight_norm_hook": weight_norm_hook,
     "norms": norms,
     "decoder": decoder,
+    "raw_parameters": raw_parameters,
 }

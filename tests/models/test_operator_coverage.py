@@ -78,3 +78,27 @@ def test_multihead_attention_sequence_first_and_cross_attention():
         K = lm.empirical_ntk(model, x)
         ref = naive_ntk(model, x)
         assert float((K - ref).norm() / ref.norm()) <= 1e-8
+
+
+@pytest.mark.parametrize("name", ["hf_gpt2", "raw_transformer"])
+def test_the_meter_on_operator_ruled_models(name, tmp_path):
+    if name == "hf_gpt2":
+        pytest.importorskip("transformers")
+    model, x, y, output_fn = FULLY_RULED[name]()
+    meter = lm.LazyMeter(
+        model, alpha=2.0, probe=(x, y), output_fn=output_fn, schedule=1, log_dir=tmp_path
+    )
+    assert meter.ntk_engine == {
+        "method": "auto", "engine": "structured", "outputs": "all", "coverage": 1.0
+    }  # fmt: skip
+    assert meter.measure()["ntk_drift"] <= 1e-6
+    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    for step in range(3):
+        loss = ((meter(x).float() - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        row = meter.step(step, train_loss=loss.item())
+    assert row["ntk_drift"] > 0 and row["param_movement"] > 0
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))

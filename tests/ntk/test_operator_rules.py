@@ -131,6 +131,20 @@ CASES = {
         floats(5, 3, 4),
         dict(w=("mul",)),
     ),
+    "functional_conv2d_same_padding_strided": (
+        lambda m, x: torch.tanh(
+            F.conv2d(torch.tanh(F.conv2d(x, m.W, m.b, padding="same", dilation=2)), m.V, stride=2)
+        ).flatten(1),
+        dict(W=(3, 2, 2, 3), b=(3,), V=(2, 3, 3, 3)),
+        floats(5, 2, 6, 6),
+        dict(W=("conv2d",), b=("conv2d",), V=("conv2d",)),
+    ),
+    "functional_conv1d_padded": (
+        lambda m, x: torch.tanh(F.conv1d(x, m.W, m.b, padding=1)).mean(-1),
+        dict(W=(3, 2, 3), b=(3,)),
+        floats(5, 2, 7),
+        dict(W=("conv1d",), b=("conv1d",)),
+    ),
     "functional_layer_norm": (
         lambda m, x: F.layer_norm(x, (4,), m.w, m.b).tanh()[:, -1],
         dict(w=(4,), b=(4,)),
@@ -260,3 +274,15 @@ def test_the_documented_operator_rule_covers_tensordot():
     finally:
         del OP_RULES["tensordot"]
     torch.testing.assert_close(K, naive_ntk(model, x), rtol=0, atol=1e-10)
+
+
+def test_a_raw_tied_language_model_is_covered_and_exact():
+    from architectures import INTEGRITY_ARCHITECTURES
+
+    model, x1, x2, _ = INTEGRITY_ARCHITECTURES["raw_parameters"]()
+    ex = explain(model, x1)
+    assert ex.covered == 1.0 and ex["W_E"].ops == ("__getitem__", "matmul")
+    for trace in (True, False):
+        K = lm.empirical_ntk(model, x1, x2, trace_outputs=trace)
+        ref = naive_ntk(model, x1, x2, trace=trace)
+        torch.testing.assert_close(K, ref, rtol=0, atol=1e-8 * ref.abs().max().item())

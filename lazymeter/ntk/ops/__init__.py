@@ -14,7 +14,9 @@ that consumes one (:data:`OP_RULES`, one module per family):
 * :mod:`~lazymeter.ntk.ops.lookup`: ``W[tokens]``, ``F.embedding``, ``index_select``: an
   index form (one-hot inputs);
 * :mod:`~lazymeter.ntk.ops.elementwise`: ``x + b``, ``x - b``, ``x * g`` with broadcasting,
-  ``F.layer_norm``'s weight and bias: dense forms.
+  ``F.layer_norm``'s weight and bias: dense forms;
+* :mod:`~lazymeter.ntk.ops.convolution`: ``F.conv1d``/``F.conv2d`` (``groups == 1``):
+  unfolded patches, an :class:`~lazymeter.ntk.forms.Outer` form.
 
 :mod:`~lazymeter.ntk.ops.capture` runs the forward per sample under ``vmap`` (so no rule
 has to guess which dimension is the batch) and differentiates the model's outputs with
@@ -28,6 +30,6 @@ from __future__ import annotations
 from .trace import OP_RULES, SELECTIONS, OpRule, Use, register_op_rule
 
 # The built-in rules register themselves on import.
-from . import elementwise, lookup, products  # noqa: E402, F401  isort: skip
+from . import convolution, elementwise, lookup, products  # noqa: E402, F401  isort: skip
 
 __all__ = ["OP_RULES", "SELECTIONS", "OpRule", "Use", "register_op_rule"]

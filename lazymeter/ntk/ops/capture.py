@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
-from ..forms import Form
+from ..forms import Dense, Form
 from ..functional import FunctionalModel, num_samples, slice_inputs
 from .trace import Tracer, Use
 
@@ -101,4 +101,15 @@ def capture_ops(
 
 
 def _batched(t: Tensor, c: int) -> Tensor:
-    return t if t.shape[:1] == (c,) else t.expand(c, *t.shape)
+    # vmap's outputs keep the sample dimension where the computation put it: make each
+    # one contiguous once here rather than at every pair product that reshapes it.
+    return t.contiguous() if t.shape[:1] == (c,) else t.expand(c, *t.shape)
+
+
+def _contiguous(f: Form) -> Form:
+    if isinstance(f, Dense):
+        f.J = f.J.contiguous()
+    else:
+        f.g = f.g.contiguous()
+        f.h = None if f.h is None else f.h.contiguous()
+    return f
