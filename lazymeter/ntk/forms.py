@@ -73,6 +73,18 @@ class Pairwise:
     idx: Tensor | None
 
 
+@dataclass
+class Tied:
+    """One parameter used both as a table (a lookup :class:`Outer` given by indices, layout
+    ``[V, d]``) and as a product's weight (an :class:`Outer` with inputs, layout
+    ``[dout = V, din = d]``) in the same layout, as a token table that is also the
+    unembedding. Its kernel is the two forms' kernels plus their cross terms
+    (:func:`pair_tied`), so the ``[c, O, V d]`` Jacobian is never formed."""
+
+    lookup: Any  # Outer, or Pairwise once laid out for contraction
+    product: Any
+
+
 def merge(forms: list[Form]) -> Form:
     """One form for a parameter whose layer ran several times (positions concatenate;
     dense Jacobians add)."""
@@ -116,9 +128,32 @@ def _distinct(index: Tensor, numel: int) -> bool:
     return bool(torch.bincount(index, minlength=numel).max() <= 1)
 
 
+def _tied(forms: list[Form]) -> Tied | None:
+    """The uses as a :class:`Tied` form when they are lookups and products of one
+    parameter in one layout (each kind mergeable), else None."""
+    look = [f for f in forms if isinstance(f, Outer) and f.idx is not None]
+    prod = [f for f in forms if isinstance(f, Outer) and f.h is not None and not f.transpose]
+    if not look or not prod or len(look) + len(prod) != len(forms):
+        return None
+    if len({_layout(f) for f in look}) != 1 or len({_layout(f) for f in prod}) != 1:
+        return None
+    if not (_same_index(look + prod) and look[0].index is not None):
+        return None
+    lo, pr = merge(look), merge(prod)
+    if lo.din != pr.g.shape[3] or lo.g.shape[3] != pr.din:  # [V, d] both
+        return None
+    if not _distinct(lo.index, lo.index.numel()):  # type: ignore[union-attr]
+        return None
+    return Tied(lo, pr)
+
+
 def scatter(form: Form, numel: int) -> Dense:
     """``form`` as a dense Jacobian ``[c, O, numel]`` in the parameter's own flat layout
     (entries a use repeats, as in ``W.expand(...)``, add up); cost ``c O numel``."""
+    if isinstance(form, Tied):
+        total = scatter(form.lookup, numel)
+        total.J.add_(scatter(form.product, numel).J)
+        return total
     d = form if isinstance(form, Dense) else materialize(form)
     if d.index is None:
         return Dense(d.J)
@@ -149,6 +184,9 @@ def parts(forms: list[Form], numel: int) -> list[Form]:
     if all(f.index is not None for f in forms):
         if _distinct(torch.cat([f.index for f in forms]), numel):  # type: ignore[misc]
             return forms
+    tied = _tied(forms)
+    if tied is not None:
+        return [tied]
     total = scatter(forms[0], numel)
     for f in forms[1:]:
         total.J.add_(scatter(f, numel).J)
@@ -158,6 +196,8 @@ def parts(forms: list[Form], numel: int) -> list[Form]:
 def predicted_grad(form: Form, r: Tensor, shape: torch.Size) -> Tensor:
     """``sum_{i,o} r[i, o] J_o(x_i)`` reshaped to the parameter: what autograd must match
     (``r [c, O]``); cost ``c O n_p`` for a dense form, ``c O S dout + c S dout din`` else."""
+    if isinstance(form, Tied):
+        return predicted_grad(form.lookup, r, shape) + predicted_grad(form.product, r, shape)
     if isinstance(form, Dense):
         flat = torch.einsum("io,ion->n", r, form.J)
     else:
@@ -256,9 +296,40 @@ def pair_outer(a: Pairwise, b: Pairwise, trace: bool) -> Tensor:
     return out.permute(0, 2, 1, 3)
 
 
+def _cross(look: Pairwise, prod: Pairwise) -> Tensor:
+    """Traced cross term ``sum_o <J_look,o(x_i), J_prod,o(x_j)>`` of a :class:`Tied`
+    parameter: ``sum_{o,s,t} gP[j, t, o, idx[i, s]] (gL[i, s, o] . h[j, t])``, in chunks of
+    outputs (``c1 S1 c2 S2`` entries per output at a time); ``[c1, c2]``."""
+    c1, S1, n_out, _ = look.gs.shape
+    c2, S2 = prod.gs.shape[:2]
+    out = torch.zeros(c1, c2, dtype=look.gs.dtype, device=look.gs.device)
+    if S1 == 0 or S2 == 0:
+        return out
+    assert look.idx is not None and prod.h is not None
+    step = max(1, 2**24 // (c1 * S1 * c2 * S2))
+    ids = look.idx.reshape(-1)
+    for o0 in range(0, n_out, step):
+        o1 = min(o0 + step, n_out)
+        M = torch.einsum("isod,jtd->isojt", look.gs[:, :, o0:o1], prod.h)
+        G = prod.gs[:, :, o0:o1].index_select(3, ids).reshape(c2, S2, o1 - o0, c1, S1)
+        out += (M * G.permute(3, 4, 2, 0, 1)).sum((1, 2, 4))
+    return out
+
+
+def pair_tied(a: Tied, b: Tied) -> Tensor:
+    """Traced kernel block of a :class:`Tied` parameter: both forms' own kernels and the
+    two cross terms; ``[c1, c2]``."""
+    return (
+        pair_outer(a.lookup, b.lookup, True)
+        + pair_outer(a.product, b.product, True)
+        + _cross(a.lookup, b.product)
+        + _cross(b.lookup, a.product).T
+    )
+
+
 def pair(
-    fa: list[Dense | Pairwise],
-    fb: list[Dense | Pairwise],
+    fa: list[Dense | Pairwise | Tied],
+    fb: list[Dense | Pairwise | Tied],
     generic: tuple[list[Tensor], list[Tensor]],
     trace: bool,
 ) -> Tensor:
@@ -269,6 +340,9 @@ def pair(
         if isinstance(a, Dense):
             assert isinstance(b, Dense)
             blk = contract([a.J], [b.J], trace)
+        elif isinstance(a, Tied):
+            assert isinstance(b, Tied) and trace
+            blk = pair_tied(a, b)
         else:
             assert isinstance(b, Pairwise)
             blk = pair_outer(a, b, trace)
@@ -285,6 +359,9 @@ def feature_bytes(features: Any) -> int:
     forms, gen = features
     total = sum(t.numel() * t.element_size() for t in gen)
     for f in forms:
+        if isinstance(f, Tied):
+            total += feature_bytes(([f.lookup, f.product], []))
+            continue
         if isinstance(f, Dense):
             ts = [f.J]
         else:

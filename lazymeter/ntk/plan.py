@@ -13,9 +13,16 @@ from __future__ import annotations
 from torch import Tensor
 
 from .cache import CACHE
-from .forms import Dense, Form, Outer, outer_costs, parts
+from .forms import Dense, Form, Outer, Tied, outer_costs, parts
 from .functional import FunctionalModel, slice_inputs
 from .routing import block_forms, probe, route_details, signature
+
+
+def _shape_only(f: Outer) -> Outer:
+    def empty(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.new_empty(t.shape)
+
+    return Outer(g=empty(f.g), h=empty(f.h), idx=empty(f.idx), din=f.din)  # type: ignore[arg-type]
 
 
 def _one_sample(
@@ -41,10 +48,8 @@ def _one_sample(
     for f in every:
         if isinstance(f, Dense):
             light.append(Dense(f.J.new_empty(f.J.shape)))
-        else:
-            h = None if f.h is None else f.h.new_empty(f.h.shape)
-            idx = None if f.idx is None else f.idx.new_empty(f.idx.shape)
-            light.append(Outer(g=f.g.new_empty(f.g.shape), h=h, idx=idx, din=f.din))
+        else:  # a Tied form counts as its two forms
+            light.extend(map(_shape_only, (f.lookup, f.product) if isinstance(f, Tied) else (f,)))
     CACHE.costs.setdefault(fm.model, {})[key] = (fixed, work, light)
     return fixed, work, light
 

@@ -244,15 +244,16 @@ def probe(xs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
 
 def coverage(model: nn.Module, x: Any = None, *, output_fn: OutputFn | None = None) -> float:
-    """Fraction of trainable parameter entries whose NTK the per-layer rules compute.
+    """Fraction of trainable parameter entries whose NTK the rules compute.
 
     With ``x`` (inputs, as for :func:`~lazymeter.empirical_ntk`): the route the structured
-    engine actually takes on them, i.e. after rules that decline at run time (a layer
+    engine actually takes on them: module rules, after declines at run time (a layer
     applied without the batch dimension, a configuration a rule does not handle) and the
-    exactness guard (a parameter also used outside its layer) have moved parameters to
-    the generic engine. Without ``x``: the parameters of layers that have a rule,
-    counted once however many names they have and excluding tied weights; an upper
-    bound of the run-time figure. :func:`~lazymeter.ntk.explain` says, per parameter, why.
+    exactness guard, then operator rules for the rest (raw parameters, tied weights,
+    weights the guard rejected). Without ``x``: the module rules' table only (the
+    parameters of layers that have a rule, counted once however many names they have,
+    tied weights excluded), since operator rules need a forward pass to see how each
+    parameter is used. :func:`~lazymeter.ntk.explain` says, per parameter, why.
     """
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if not total:

@@ -57,6 +57,7 @@ from .forms import (
     Form,
     Outer,
     Pairwise,
+    Tied,
     feature_bytes,
     fold_bias,
     materialize,
@@ -64,6 +65,7 @@ from .forms import (
     pair,
     pairwise,
     parts,
+    scatter,
 )
 from .functional import FunctionalModel, num_samples
 from .plan import block_work, plan_chunk
@@ -219,7 +221,11 @@ class StructuredEngine(Engine):
                 if n in folded:
                     continue
                 for f in fs:
-                    if isinstance(f, Outer):
+                    if isinstance(f, Tied):  # cross terms are traced only
+                        numel = fm.params[n].numel()
+                        f = Tied(pairwise(f.lookup), pairwise(f.product)) if trace else f
+                        f = f if trace else scatter(f, numel)
+                    elif isinstance(f, Outer):
                         pw, materialised = outer_costs(f, max(c, chunk_size), trace)
                         f = materialize(f) if materialised < pw else pairwise(f)
                     chosen.append(f)

@@ -193,3 +193,38 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert text.count("ntk_scaling:begin") == 1 and text.count("ntk_scaling:end") == 1
     assert "| P | mlp | structured | 64 |" in text and "memory budget 64 MiB" in text
     assert fig.exists() and fig.stat().st_size > 1000
+
+
+def test_the_plan_lays_features_out_for_the_block_it_picks():
+    """Whether a layer is contracted pairwise or materialised depends on the block size,
+    and the features' size on that choice: the block planned must be planned for its own
+    layout (a fixed point), not for a fixed guess that materialises everything."""
+    from lazymeter.ntk.functional import FunctionalModel
+    from lazymeter.ntk.plan import _plan, costs, plan
+    from lazymeter.tasks.transformer import RawTransformer
+
+    torch.manual_seed(0)
+    model = RawTransformer(50, 32, 2, 64, 6, n_classes=50)
+    x = torch.randint(0, 50, (64, 6))
+    fm = FunctionalModel(model, lambda y: y[:, -1])
+    budget = 64 * 2**20
+    c = plan(fm, (x,), n_out=50, trace=True, budget=budget, n_samples=64)
+    kw = dict(n_out=50, trace=True, budget=budget, n_samples=64)
+    assert _plan(fm, (x,), layout=c, **kw) == c
+    small, large = (costs(fm, (x,), n_out=50, trace=True, c=k)[0] for k in (4, 128))
+    assert small < large  # pairwise (small blocks) keeps far less per sample
+    assert c > _plan(fm, (x,), layout=128, **kw)  # the old fixed guess gave smaller blocks
+
+
+def test_activation_bytes_count_what_grows_with_the_batch():
+    """Copies of the parameters (an einsum's permuted weight) are not per-sample memory:
+    the raw-parameter transformer and its module twin save the same bytes per sample."""
+    from lazymeter.ntk.functional import FunctionalModel
+    from lazymeter.tasks.transformer import RawTransformer, Transformer
+
+    torch.manual_seed(0)
+    t = Transformer(30, 32, 2, 64, 3, n_classes=30)
+    raw = RawTransformer.from_modules(t)
+    x = torch.randint(0, 30, (4, 3))
+    a, b = (FunctionalModel(m).activation_bytes((x,)) for m in (t, raw))
+    assert abs(a - b) <= 0.1 * a

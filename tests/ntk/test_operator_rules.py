@@ -286,3 +286,22 @@ def test_a_raw_tied_language_model_is_covered_and_exact():
         K = lm.empirical_ntk(model, x1, x2, trace_outputs=trace)
         ref = naive_ntk(model, x1, x2, trace=trace)
         torch.testing.assert_close(K, ref, rtol=0, atol=1e-8 * ref.abs().max().item())
+
+
+def test_a_tied_table_is_contracted_with_cross_terms_not_scattered(monkeypatch):
+    """A token table that is also the unembedding: lookup and product in one layout are
+    paired with their cross terms; the [c, O, V d] Jacobian is never formed (traced)."""
+    from lazymeter.ntk import forms
+
+    forward, shapes, inputs, _ = CASES["tied_embedding_and_unembedding"]
+    torch.manual_seed(6)
+    model, x1, x2 = Fn(forward, **shapes), inputs(), inputs()[:4]
+    fs = forms.parts
+    seen = []
+    monkeypatch.setattr(
+        "lazymeter.ntk.structured.parts", lambda f, n: seen.append(fs(f, n)) or seen[-1]
+    )
+    K = lm.empirical_ntk(model, x1, x2, method="structured", chunk_size=2)
+    assert any(isinstance(p, forms.Tied) for ps in seen for p in ps)
+    ref = naive_ntk(model, x1, x2)
+    torch.testing.assert_close(K, ref, rtol=0, atol=1e-8 * ref.abs().max().item())
