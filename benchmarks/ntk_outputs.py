@@ -19,6 +19,7 @@ Same process, float32, the machine's default thread count.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -28,6 +29,8 @@ import lazymeter as lm
 from lazymeter.ntk import FunctionalModel, Sketch, sketched_ntk
 from lazymeter.ntk.plan import plan_chunk
 from lazymeter.tasks.transformer import RawTransformer, Transformer
+
+print = functools.partial(print, flush=True)  # noqa: A001  (progress shows when piped)
 
 
 def lm_shaped(vocab: int, P: int) -> tuple[nn.Module, torch.Tensor, object, str]:
@@ -102,7 +105,7 @@ def budgets(repeats: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", type=int, default=2000)
+    ap.add_argument("--vocab", type=int, default=500)
     ap.add_argument("--P", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()

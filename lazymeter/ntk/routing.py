@@ -174,11 +174,25 @@ def block_forms(
     rest = [n for n in fm.params if n not in forms]
     ops: dict[str, list[str]] = {}
     if rest:
+        # The traced forward costs the same whatever it follows, so it follows every
+        # parameter: when it is needed at all (it covers some parameter no module rule
+        # did), the parameters it covers take it, and the module rules' forward is kept
+        # only for the others (convolutions with groups, norms without an operator rule).
         try:
-            op_forms, op_notes, ops = capture_ops(fm, xs, rest, n_out)
+            op_forms, op_notes, ops = capture_ops(fm, xs, list(fm.params), n_out)
         except (RuntimeError, NotImplementedError) as e:  # no vmap batching rule, ...
             first = (str(e).splitlines() or [type(e).__name__])[0]
             op_forms, op_notes = {}, {n: f"tracing its operations failed ({first})" for n in rest}
+        if any(n in op_forms for n in rest):
+            for n in list(forms):
+                if n in op_forms:
+                    del forms[n]
+                    rest.append(n)
+        else:
+            op_forms, ops = {}, {}
+        op_forms = {n: f for n, f in op_forms.items() if n in rest}
+        op_notes = {n: why for n, why in op_notes.items() if n in rest}
+        ops = {n: v for n, v in ops.items() if n in rest}
         forms.update(op_forms)
         for n in rest:
             if n in op_forms:

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from ..cache import CACHE
 from ..forms import Dense, Form
 from ..functional import FunctionalModel, num_samples, slice_inputs
-from .trace import Tracer, Use
+from .trace import OP_RULES, Tracer, Use
 
 #: Why a followed parameter got no forms although no operation refused it.
 UNUSED = (
@@ -47,6 +48,29 @@ def refusals(t: Tracer, names: list[str]) -> dict[str, str]:
     return out
 
 
+def _discover(
+    fm: FunctionalModel, xs: tuple[Tensor, ...], names: list[str]
+) -> tuple[list[tuple[torch.Size, torch.dtype]], dict[str, str]]:
+    """Each consuming operation's output shape and dtype, and the refusals, from one
+    sample's traced forward; remembered per model, mode, output reduction, followed
+    parameters, operator rule table and per-sample input shapes (the capture checks that
+    every block runs the same number of consuming operations)."""
+    key = (
+        "operations",
+        fm.model.training,
+        id(fm.output_fn),
+        tuple(names),
+        tuple(sorted((k, id(v)) for k, v in OP_RULES.items())),
+        tuple((t.shape[1:], t.dtype, t.device) for t in xs),
+    )
+    table = CACHE.routes.setdefault(fm.model, {})
+    if key not in table:
+        first = trace_ops(fm, xs, names)
+        table[key] = ([(y.shape, y.dtype) for y in first.outputs], refusals(first, names))
+    shapes, notes = table[key]
+    return shapes, dict(notes)
+
+
 def capture_ops(
     fm: FunctionalModel, xs: tuple[Tensor, ...], names: list[str], n_out: int
 ) -> tuple[dict[str, list[Form]], dict[str, str], dict[str, list[str]]]:
@@ -56,13 +80,11 @@ def capture_ops(
     parameter every use of which has a rule; ``notes[name]``, why the others have none;
     ``ops[name]``, the operations that use each covered parameter.
     """
-    first = trace_ops(fm, xs, names)
-    notes = refusals(first, names)
+    shapes, notes = _discover(fm, xs, names)
     keep = [n for n in names if n not in notes]
     if not keep:
         return {}, notes, {}
     follow = {n: fm.params[n] for n in keep}
-    shapes = [(y.shape, y.dtype) for y in first.outputs]
     slots: list[list[Use]] = []
 
     def f(eps: list[Tensor], *x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
