@@ -131,9 +131,12 @@ def sketched_ntk(
     standard error per entry (see the module docstring).
 
     Args:
-        model, x1, x2, output_fn: as for :func:`~lazymeter.empirical_ntk`.
+        model: as for :func:`~lazymeter.empirical_ntk`.
+        x1: as for :func:`~lazymeter.empirical_ntk`.
+        x2: as for :func:`~lazymeter.empirical_ntk`.
         sketch: :class:`Sketch` (default ``Sketch()``: 64 Rademacher projections in 8
             groups).
+        output_fn: as for :func:`~lazymeter.empirical_ntk`.
         **kwargs: ``method``, ``chunk_size``, ``memory_budget``, ``dtype`` of
             :func:`~lazymeter.empirical_ntk`, used for each group.
 
