@@ -103,3 +103,23 @@ def test_the_meter_on_operator_ruled_models(name, tmp_path):
         row = meter.step(step, train_loss=loss.item())
     assert row["ntk_drift"] > 0 and row["param_movement"] > 0
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+def test_hf_bert_with_an_unused_pooler_is_exact():
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(3)
+    config = BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=16,
+    )  # fmt: skip
+    model = BertModel(config).double().eval()
+    x = torch.randint(0, 50, (5, 6))
+    first = lambda out: out.last_hidden_state[:, 0]  # noqa: E731
+    # Including the key biases, whose gradient is zero up to round-off (softmax ignores
+    # them): the guard judges them against the whole gradient's scale.
+    assert coverage(model, x, output_fn=first) == 1.0
+    K = lm.empirical_ntk(model, x, output_fn=first)
+    ref = naive_ntk(model, x, output_fn=first)
+    assert float((K - ref).norm() / ref.norm()) <= 1e-8

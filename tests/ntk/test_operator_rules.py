@@ -305,3 +305,25 @@ def test_a_tied_table_is_contracted_with_cross_terms_not_scattered(monkeypatch):
     assert any(isinstance(p, forms.Tied) for ps in seen for p in ps)
     ref = naive_ntk(model, x1, x2)
     torch.testing.assert_close(K, ref, rtol=0, atol=1e-8 * ref.abs().max().item())
+
+
+def test_a_layer_that_runs_but_does_not_reach_the_output():
+    """BERT's pooler behind a ``last_hidden_state`` readout: its parameters have zero
+    gradient; routing must not fail on them (autograd calls them unused)."""
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.pool = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.raw = nn.Parameter(torch.randn(4, 2))
+
+        def forward(self, x):
+            h = torch.tanh(self.body(x))
+            self.pooled = self.pool(h)  # computed, not part of the output
+            return h @ self.raw
+
+    torch.manual_seed(7)
+    model, x = Pooled().double(), torch.randn(5, 4, dtype=torch.float64)
+    assert coverage(model, x) == 1.0
+    K = lm.empirical_ntk(model, x)
+    torch.testing.assert_close(K, naive_ntk(model, x), rtol=0, atol=1e-10)
