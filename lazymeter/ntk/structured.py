@@ -222,9 +222,10 @@ class StructuredEngine(Engine):
                     continue
                 for f in fs:
                     if isinstance(f, Tied):  # cross terms are traced only
-                        numel = fm.params[n].numel()
-                        f = Tied(pairwise(f.lookup), pairwise(f.product)) if trace else f
-                        f = f if trace else scatter(f, numel)
+                        if trace:
+                            f = Tied(pairwise(f.lookup), pairwise(f.product))
+                        else:
+                            f = scatter(f, fm.params[n].numel())
                     elif isinstance(f, Outer):
                         pw, materialised = outer_costs(f, max(c, chunk_size), trace)
                         f = materialize(f) if materialised < pw else pairwise(f)

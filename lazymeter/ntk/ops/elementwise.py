@@ -27,13 +27,13 @@ def reduce_to(g: Tensor, shape: torch.Size) -> Tensor:
     return g.sum_to_size(*g.shape[:2], *pad).reshape(*g.shape[:2], -1)
 
 
-def broadcast_use(w: Tracked, y: Tensor, sign: float) -> Use:
-    """``y = ... + sign * w`` (``w`` broadcast to ``y``)."""
+def broadcast_use(w: Tracked, y: Tensor, scale: float) -> Use:
+    """``y = ... + scale * w`` (``w`` broadcast to ``y``; ``scale`` a fixed number)."""
     shape = w.tensor.shape
 
     def build(ts: tuple[Tensor, ...], g: Tensor) -> Dense:
         J = reduce_to(g, shape)
-        return Dense(J if sign == 1 else J * sign, w.index.reshape(-1))
+        return Dense(J if scale == 1 else J * scale, w.index.reshape(-1))
 
     return Use(w.name, w.index.reshape(-1), (), build)
 
@@ -43,12 +43,7 @@ def scaled_use(w: Tracked, y: Tensor, factor: Any, divide: bool = False) -> Use 
     shape = w.tensor.shape
     if isinstance(factor, Number):
         f = float(factor)  # type: ignore[arg-type]
-        s = 1 / f if divide else f
-
-        def build_n(ts: tuple[Tensor, ...], g: Tensor) -> Dense:
-            return Dense(reduce_to(g, shape) * s, w.index.reshape(-1))
-
-        return Use(w.name, w.index.reshape(-1), (), build_n)
+        return broadcast_use(w, y, 1 / f if divide else f)
     if not isinstance(factor, Tensor):
         return "the other operand is neither a number nor a tensor"
     nd = y.dim()

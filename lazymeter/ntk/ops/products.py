@@ -149,7 +149,7 @@ def _matmul(a: Any, b: Any, find: Any, y: Tensor) -> list[Use] | str:
     if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
         return "an operand is not a tensor"
     ta, tb = find(a), find(b)
-    found = _matmul_letters(a if ta is None else ta.tensor, b if tb is None else tb.tensor)
+    found = _matmul_letters(a, b)
     if isinstance(found, str):
         return found
     a2, al, b2, bl, yl = found
