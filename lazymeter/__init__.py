@@ -6,11 +6,14 @@ Public API (DESIGN.md section 2).
 from . import quantities, regime  # noqa: F401 - lm.quantities.DEFAULT, lm.regime.classify
 from .baselines import Linearized, kernel_regression
 from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
+from .estimators import Estimate
 from .grokking import GrokTime, time_to_grok
 from .meter import LazyMeter
 from .metrics import (
+    alignment_estimate,
     center_kernel,
     cka,
+    cka_estimate,
     kernel_alignment,
     kernel_spectrum,
     linear_cka,
@@ -40,8 +43,11 @@ __all__ = [
     "make_schedule",
     "read_jsonl",
     "tag_for",
+    "Estimate",
+    "alignment_estimate",
     "center_kernel",
     "cka",
+    "cka_estimate",
     "empirical_ntk",
     "kernel_alignment",
     "kernel_regression",

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from . import estimators as E
+from .estimators import Estimate
 from .threads import torch_threads
 from .validation import as_float64, check_finite, check_tensor
 
@@ -157,8 +159,72 @@ def _constant_kernel(name: str, metric: str, what: str = "H K H") -> str:
     )
 
 
-def kernel_alignment(K: Tensor, y: Tensor, centering: str = "double") -> float:
+def _check_estimator(estimator: object) -> str:
+    if not isinstance(estimator, str) or estimator not in E.ESTIMATORS:
+        raise ValueError(
+            f"estimator: expected one of {E.ESTIMATORS}, got {estimator!r}; 'unbiased' is the "
+            "U-statistic (its expectation does not depend on the probe size), 'biased' the "
+            "plain ratio of Frobenius products (the paper's definition)"
+        )
+    return estimator
+
+
+def _check_centering(centering: object) -> str:
+    if not isinstance(centering, str):
+        raise TypeError(f"centering: expected one of {_CENTERINGS}, got {type(centering).__name__}")
+    if centering not in _CENTERINGS:
+        raise ValueError(f"centering: expected one of {_CENTERINGS}, got {centering!r}")
+    return centering
+
+
+def _ratio(A: Tensor, B: Tensor, how: str) -> tuple[Tensor, Tensor]:
+    """``<A', B'> / sqrt(<A', A'> <B', B'>)`` for the statistic ``how`` ("double", "rows",
+    "none", "unbiased"), on all points (0-d) and leaving each point out (``[n]``)."""
+    if how == "unbiased":
+        A, B = E.zero_diagonal(E.double_centre(A)), E.zero_diagonal(E.double_centre(B))
+    ab, aa, bb = E.pair_sums(A, B), E.pair_sums(A, A), E.pair_sums(B, B)
+    stat = {"unbiased": E.hsic_u, "double": E.centred_product, "rows": E.centred_product}.get(
+        how, lambda s: s.T
+    )
+    norm_a = E.row_centred_norm2 if how == "rows" else stat
+    out = []
+    for k in (0, 1):
+        den = norm_a(aa[k]) * stat(bb[k])
+        # An unbiased self-HSIC at or below round-off next to the sum of squares it is made
+        # of (the estimate of a positive quantity came out <= 0) leaves no ratio: NaN.
+        n = aa[k].n
+        scale = aa[k].T * bb[k].T / (n * max(n - 3, 1)) ** 2 if how == "unbiased" else 0
+        den = torch.where(den > 1e-12 * scale, den, torch.full_like(den, math.nan))
+        out.append(stat(ab[k]) / den.sqrt())
+    return out[0], out[1]
+
+
+def _unbiased_value(num_den: Tensor, names: tuple[str, str], n: int, metric: str) -> float:
+    if not math.isfinite(float(num_den)):
+        raise ValueError(
+            f"{names[0]}: the unbiased HSIC of {names[0]} or {names[1]} with itself is not "
+            f"positive on {n} points (an estimate this noisy has no ratio), so the unbiased "
+            f"{metric} is undefined; measure on more points or pass estimator='biased'"
+        )
+    return _finite(num_den, metric)
+
+
+def _enough(n: int, estimator: str, metric: str, se: bool) -> None:
+    need = E.min_points(estimator) - (0 if se else 1)
+    if n < need:
+        raise ValueError(
+            f"K: has {n} points; the {estimator} {metric}"
+            f"{' with a jackknife error bar' if se else ''} needs at least {need}"
+        )
+
+
+def kernel_alignment(
+    K: Tensor, y: Tensor, centering: str = "double", estimator: str = "biased"
+) -> float:
     """Kernel-target alignment of ``K [P, P]`` with labels ``y [P]`` or ``[P, C]``.
+
+    ``estimator="biased"`` (the paper's definition; depends on ``P``, quote it with the
+    probe size):
 
     * ``"double"`` (centred KTA, Cortes et al. 2012; equals ``cka(K, y y^T)``):
       ``<HKH, H y y^T H> / (||HKH||_F ||H y y^T H||_F)``, in [0, 1] for a PSD ``K``.
@@ -171,14 +237,39 @@ def kernel_alignment(K: Tensor, y: Tensor, centering: str = "double") -> float:
     constants. Never forms ``y y^T``: ``<A, y y^T> = tr(y^T A y)`` and
     ``||y y^T||_F = ||y^T y||_F``.
 
+    ``estimator="unbiased"`` (``centering="double"`` only; ``P >= 4``):
+    ``HSIC_u(K, yy') / sqrt(HSIC_u(K, K) HSIC_u(yy', yy'))`` with the U-statistic HSIC of
+    Song et al. (2012) (diagonals removed). A ratio of unbiased estimates: its expectation
+    does not depend on ``P`` (up to ``O(1/P)``), about 0 for a kernel unrelated to the
+    labels; it is not clipped, so on few points it can leave [-1, 1]. Its error bar:
+    :func:`alignment_estimate`.
+
     Undefined, hence a ``ValueError`` naming the argument: a kernel whose centred form
-    is zero (a constant kernel, ``P = 1``; for ``"none"`` the zero kernel) and labels
-    with zero variance (constant labels, ``P = 1``; for ``"none"`` all-zero labels).
+    is zero (a constant kernel, ``P = 1``; for ``"none"`` the zero kernel), labels
+    with zero variance (constant labels, ``P = 1``; for ``"none"`` all-zero labels), and an
+    unbiased self-HSIC that is not positive.
     """
-    if not isinstance(centering, str):
-        raise TypeError(f"centering: expected one of {_CENTERINGS}, got {type(centering).__name__}")
-    if centering not in _CENTERINGS:
-        raise ValueError(f"centering: expected one of {_CENTERINGS}, got {centering!r}")
+    centering, estimator = _check_centering(centering), _check_estimator(estimator)
+    K, Y, Kc, Yc = _alignment_inputs(K, y, centering, estimator)
+    if estimator == "unbiased":
+        _enough(K.shape[0], "unbiased", "kernel_alignment", se=False)
+        value, _ = _ratio(K, Y @ Y.T, "unbiased")
+        return _unbiased_value(value, ("K", "y"), K.shape[0], "kernel_alignment")
+    num = (Yc * (Kc @ Yc)).sum()
+    den = torch.linalg.matrix_norm(Kc) * torch.linalg.matrix_norm(Yc.T @ Yc)
+    return _cosine(num, den, "kernel_alignment")
+
+
+def _alignment_inputs(
+    K: object, y: object, centering: str, estimator: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Validated, rescaled ``K``, ``Y [P, C]`` and their centred forms; the undefined cases
+    (a constant kernel or target) raise."""
+    if estimator == "unbiased" and centering != "double":
+        raise ValueError(
+            f"centering: the unbiased estimator estimates the double-centred alignment; pass "
+            f"centering='double' (got {centering!r}) or estimator='biased'"
+        )
     K = _square(K, "K")
     Y = _labels(y, K.shape[0], "y")
     (K,), (Y,) = _unit(K), _unit(Y)
@@ -205,19 +296,30 @@ def kernel_alignment(K: Tensor, y: Tensor, centering: str = "double") -> float:
             "kernel_alignment is undefined (0/0); pass labels that vary across samples "
             "(or centering='none')"
         )
-    num = (Yc * (Kc @ Yc)).sum()
-    den = torch.linalg.matrix_norm(Kc) * torch.linalg.matrix_norm(Yc.T @ Yc)
-    return _cosine(num, den, "kernel_alignment")
+    return K, Y, Kc, Yc
 
 
-def cka(K1: Tensor, K2: Tensor) -> float:
-    """Centred kernel alignment of two Gram matrices ``[P, P]``.
+def alignment_estimate(
+    K: Tensor, y: Tensor, centering: str = "double", estimator: str = "unbiased"
+) -> Estimate:
+    """:func:`kernel_alignment` with its jackknife standard error over the ``P`` points.
 
-    ``cka(K1, K2) = <HK1H, HK2H> / (||HK1H||_F ||HK2H||_F)``; symmetric, in
-    [-1, 1] (in [0, 1] for PSD kernels), 1 when ``K1 = c K2`` (``c > 0``).
-    Undefined when a centred kernel is zero (a constant kernel, ``P = 1``):
-    ``ValueError`` naming ``K1`` or ``K2``.
+    Returns ``Estimate(value, stderr, n=P, estimator)``; ``value`` equals
+    ``kernel_alignment(K, y, centering, estimator)``. The ``P`` leave-one-out replicates
+    come from row sums in ``O(P^2)`` work and memory (forms ``y y^T``), not ``O(P^3)``.
+    ``stderr`` is NaN when a replicate is undefined (an unbiased self-HSIC that is not
+    positive without one point). Needs ``P >= 5`` (unbiased) or ``P >= 3`` (biased).
     """
+    centering, estimator = _check_centering(centering), _check_estimator(estimator)
+    value = kernel_alignment(K, y, centering, estimator)
+    K, Y, _, _ = _alignment_inputs(K, y, centering, estimator)
+    _enough(K.shape[0], estimator, "kernel_alignment", se=True)
+    how = "unbiased" if estimator == "unbiased" else centering
+    _, loo = _ratio(K, Y @ Y.T, how)
+    return Estimate(value, E.jackknife_se(loo), K.shape[0], estimator)
+
+
+def _cka_inputs(K1: object, K2: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     K1, K2 = _square(K1, "K1"), _square(K2, "K2")
     if K1.shape != K2.shape:
         raise ValueError(
@@ -229,8 +331,41 @@ def cka(K1: Tensor, K2: Tensor) -> float:
     for name, C, K in (("K1", A, K1), ("K2", B, K2)):
         if _negligible(C, K):
             raise ValueError(_constant_kernel(name, "cka", f"H {name} H"))
+    return K1, K2, A, B
+
+
+def cka(K1: Tensor, K2: Tensor, estimator: str = "biased") -> float:
+    """Centred kernel alignment of two Gram matrices ``[P, P]``.
+
+    ``estimator="biased"``: ``cka(K1, K2) = <HK1H, HK2H> / (||HK1H||_F ||HK2H||_F)``;
+    symmetric, in [-1, 1] (in [0, 1] for PSD kernels), 1 when ``K1 = c K2`` (``c > 0``).
+    ``estimator="unbiased"`` (``P >= 4``): ``HSIC_u(K1, K2) / sqrt(HSIC_u(K1, K1)
+    HSIC_u(K2, K2))`` (the "debiased CKA"): the diagonals, which dominate small probes,
+    are left out, so its expectation does not depend on ``P``; not clipped to [-1, 1].
+    Error bar: :func:`cka_estimate`.
+    Undefined when a centred kernel is zero (a constant kernel, ``P = 1``) or an unbiased
+    self-HSIC is not positive: ``ValueError`` naming ``K1`` or ``K2``.
+    """
+    estimator = _check_estimator(estimator)
+    K1, K2, A, B = _cka_inputs(K1, K2)
+    if estimator == "unbiased":
+        _enough(K1.shape[0], "unbiased", "cka", se=False)
+        value, _ = _ratio(K1, K2, "unbiased")
+        return _unbiased_value(value, ("K1", "K2"), K1.shape[0], "cka")
     den = torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)
     return _cosine((A * B).sum(), den, "cka")
+
+
+def cka_estimate(K1: Tensor, K2: Tensor, estimator: str = "unbiased") -> Estimate:
+    """:func:`cka` with its jackknife standard error over the ``P`` points (``O(P^2)``
+    work); ``Estimate(value, stderr, n=P, estimator)``. Needs ``P >= 5`` (unbiased) or
+    ``P >= 3`` (biased)."""
+    estimator = _check_estimator(estimator)
+    value = cka(K1, K2, estimator)
+    K1, K2, _, _ = _cka_inputs(K1, K2)
+    _enough(K1.shape[0], estimator, "cka", se=True)
+    _, loo = _ratio(K1, K2, "unbiased" if estimator == "unbiased" else "double")
+    return Estimate(value, E.jackknife_se(loo), K1.shape[0], estimator)
 
 
 def linear_cka(X1: Tensor, X2: Tensor) -> float:

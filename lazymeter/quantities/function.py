@@ -18,7 +18,8 @@ MetricFn = Callable[[nn.Module], Mapping[str, float]]
 
 class FunctionQuantity(Quantity):
     """``fn(model) -> {key: value}`` (the meter's ``metrics={name: fn}``) as a quantity named
-    ``name``. A failing call keeps the columns it returned last time (as NaN). Keys
+    ``name``. A ``fn`` with an ``on_meter_setup(*, model, center, params0)`` method receives
+    the meter's network, centring and initial parameters at construction and before each measurement. A failing call keeps the columns it returned last time (as NaN). Keys
     starting with ``decomp_`` (a test-loss decomposition such as
     :class:`~lazymeter.QuadraticDecomposition`) are logged under
     ``lazymeter/decomposition/`` and, with ``tb_figures=True``, drawn as a bar chart."""
@@ -33,7 +34,21 @@ class FunctionQuantity(Quantity):
         self.name, self.fn, self.schedule = name, fn, schedule  # type: ignore[misc]
         self.last_keys: list[str] = []  # for the decomposition figure
 
+    def bind(self, model: nn.Module, alpha: float, center: bool, output_fn: object = None) -> None:
+        # at construction the model's parameters are its initial ones
+        params0 = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        self._bind(model, center, params0)
+
+    def _bind(self, model: nn.Module, center: bool, params0: Mapping[str, object]) -> None:
+        # A metric that depends on the meter's set-up (QuadraticDecomposition: the centring
+        # and the initial weights) receives it, so it cannot report another model's terms;
+        # again at each measurement, because a resume restores the initial weights later.
+        hook = getattr(self.fn, "on_meter_setup", None)
+        if callable(hook):
+            hook(model=model, center=center, params0=params0)
+
     def compute(self, ctx: MeasureContext) -> Mapping[str, float]:
+        self._bind(ctx.model, ctx.center, ctx.params0())
         out = {k: float(v) for k, v in self.fn(ctx.model).items()}
         self.last_keys = list(out)
         return out

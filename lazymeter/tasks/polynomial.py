@@ -151,7 +151,10 @@ def train(
     )
     decompose = (not cfg.center) if cfg.decompose is None else cfg.decompose
     metrics = (
-        {"decomp": lm.QuadraticDecomposition(data.beta, alpha=cfg.alpha, eps=cfg.eps)}
+        {
+            # follows the meter's centring (and its initial weights)
+            "decomp": lm.QuadraticDecomposition(data.beta, alpha=cfg.alpha, eps=cfg.eps)
+        }
         if decompose
         else None
     )
