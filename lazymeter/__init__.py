@@ -22,6 +22,7 @@ from .metrics import (
     weight_norm,
 )
 from .ntk import empirical_ntk
+from .ntk.alignment import ntk_alignment
 from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
 from .sinks import read_jsonl, tag_for
@@ -49,6 +50,7 @@ __all__ = [
     "cka",
     "cka_estimate",
     "empirical_ntk",
+    "ntk_alignment",
     "kernel_alignment",
     "kernel_regression",
     "kernel_spectrum",

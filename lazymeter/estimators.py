@@ -51,12 +51,18 @@ class Estimate(NamedTuple):
         n: the number of points (probe size) it was measured on.
         estimator: ``"biased"`` (V-statistic: depends on ``n`` through the diagonal) or
             ``"unbiased"`` (U-statistic: its expectation does not depend on ``n``).
+        method: ``"dense"`` (from the ``[n, n]`` kernel) or ``"matrix_free"``
+            (:func:`lazymeter.ntk_alignment` from kernel-vector products).
+        estimator_se: the part of ``stderr`` due to a randomised trace estimate (0 when
+            dense); the rest is the sampling error of the ``n`` points.
     """
 
     value: float
     stderr: float
     n: int
     estimator: str
+    method: str = "dense"
+    estimator_se: float = 0.0
 
 
 @dataclass(frozen=True)
