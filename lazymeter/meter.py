@@ -56,8 +56,12 @@ class LazyMeter(ScaledModel):
             event files.
         quantities: what to measure (:class:`~lazymeter.Quantity` objects, deep-copied);
             None = :func:`lazymeter.quantities.default` from the shorthand keywords
-            ``centering``, ``spectrum_k``, ``ridge``, ``max_baseline``, ``features``,
+            ``centering``, ``estimator``, ``spectrum_k``, ``ridge``, ``max_baseline``, ``features``,
             ``metrics`` (``{name: fn(model) -> dict}``) and ``linearized``.
+        estimator: of the alignment and CKA: ``"unbiased"`` (U-statistics: expectations
+            that do not depend on the probe size, each with ``<key>_se``, its jackknife
+            standard error) or ``"biased"`` (plain ratios; they depend on the probe size);
+            None: unbiased with ``centering="double"``, biased with another centering.
         writer: a TensorBoard ``SummaryWriter`` (anything with ``add_scalar``) to log into.
         output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``).
         max_probe: kernels use at most this many probe points (a fixed seeded subset); a
@@ -105,6 +109,7 @@ class LazyMeter(ScaledModel):
         ntk_chunk_size: int | None = None,
         ntk_outputs: Any = "all",
         centering: str = "double",
+        estimator: str | None = None,
         spectrum_k: int = 5,
         ridge: float = 0.0,
         seed: int = 0,
@@ -131,7 +136,8 @@ class LazyMeter(ScaledModel):
         self.regime_thresholds = regime_thresholds or RegimeThresholds()
         if quantities is None:
             quantities = Q.default(
-                centering=centering, spectrum_k=spectrum_k, ridge=ridge, features=features or (),
+                centering=centering, estimator=estimator, spectrum_k=spectrum_k, ridge=ridge,
+                features=features or (),
                 max_baseline=max_baseline, metrics=metrics, linearized=linearized,
                 output_fn=output_fn,
             )  # fmt: skip
@@ -158,7 +164,12 @@ class LazyMeter(ScaledModel):
         if self._dist is not None and not self._dist.main:
             self.log_dir, writer = None, None  # one writer per run: rank 0
         self._log = RunLog(self.log_dir, writer, tensorboard)
-        self._log.write_meta({"ntk_engine": self.ntk_engine, "measure_mode": measure_mode})
+        estimators = {
+            q.name: q.describe() for q in self.quantities if callable(getattr(q, "describe", None))
+        }
+        self._log.write_meta(
+            {"ntk_engine": self.ntk_engine, "measure_mode": measure_mode, "estimators": estimators}
+        )
 
     # ------------------------------------------------------------------ construction
     def _init_probes(

@@ -44,6 +44,7 @@ FULL: list[Quantity] = [*DEFAULT, LinearizedShadow()]
 def default(
     *,
     centering: str = "double",
+    estimator: str | None = None,
     spectrum_k: int = 5,
     ridge: float = 0.0,
     max_baseline: int = 2048,
@@ -53,11 +54,14 @@ def default(
     output_fn: Callable[[Any], Any] | None = None,
 ) -> list[Quantity]:
     """The built-in set configured by the meter's shorthand keywords (what
-    ``LazyMeter(..., quantities=None)`` measures)."""
+    ``LazyMeter(..., quantities=None)`` measures). ``estimator=None``: unbiased with
+    ``centering="double"``, biased with another centering."""
+    if estimator is None:
+        estimator = "unbiased" if centering == "double" else "biased"
     out: list[Quantity] = [
         ParameterMovement(),
-        KernelDrift(),
-        Alignment(centering),
+        KernelDrift(estimator),
+        Alignment(centering, estimator),
         Spectrum(spectrum_k),
         LazyBaseline(max_baseline, ridge),
     ]

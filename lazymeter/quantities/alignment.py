@@ -1,58 +1,146 @@
-"""Kernel-target alignment of the NTK, now and at initialisation."""
+"""Kernel-target alignment of the NTK, now and at initialisation, with standard errors."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from torch import Tensor
+
 from .. import metrics as M
+from ..probes import targets
 from .base import Quantity
 from .context import SPLITS, MeasureContext
 
 
 class Alignment(Quantity):
-    """``alignment_<split> = kernel_alignment(K_t, Y, centering)`` on each probe, and the
-    reference ``alignment0_<split>`` of ``K_0`` (computed once, at setup).
+    """``alignment_<split> = kernel_alignment(K_t, Y, centering, estimator)`` on each probe,
+    its jackknife standard error ``alignment_<split>_se``, and the reference
+    ``alignment0_<split>`` (``_se``) of ``K_0`` (computed once, at setup).
+
+    The default estimator is the unbiased (U-statistic) one: its expectation does not
+    depend on the probe size, it is about 0 for a kernel unrelated to the labels, and its
+    error bar says whether a change is real. ``estimator="biased"`` gives the plain ratio
+    (the paper's definition with ``centering="rows"``), which depends on the probe size:
+    quote it with ``points``.
 
     Args:
         centering: ``"double"`` (centred kernel-target alignment), ``"rows"`` (the paper's
-            code) or ``"none"``; see :func:`lazymeter.kernel_alignment`.
+            code) or ``"none"``; see :func:`lazymeter.kernel_alignment`. The unbiased
+            estimator needs ``"double"``.
+        estimator: ``"unbiased"`` or ``"biased"``.
+        points: None (the meter's probes), or the number of points of each probe the user
+            passed to measure on (a seeded subset chosen at setup; a kernel on them at every
+            measurement), e.g. the 1000 test points on which the paper measures.
+        prefix: the key prefix (``alignment``); another instance with another prefix can
+            run next to the default one, e.g. ``Alignment("rows", "biased", points=1000,
+            prefix="alignment_paper")``.
     """
 
     name = "ntk.alignment"
     needs = "kernel"
-    tags = {f"alignment{t}_{s}": f"ntk/alignment{t}_{s}" for t in ("", "0") for s in SPLITS}
+    tags = {
+        **{
+            f"alignment{t}_{s}{e}": f"ntk/alignment{t}_{s}{e}"
+            for t in ("", "0")
+            for s in SPLITS
+            for e in ("", "_se")
+        },
+        "alignment_paper_": "ntk/alignment_paper_",
+        "alignment0_paper_": "ntk/alignment0_paper_",
+    }
     doc = {
-        "alignment_train": "`kernel_alignment(K_t, Y)` on the train probe (`centering=`)",
-        "alignment_test": "the same on the test probe",
-        "alignment0_train": "`kernel_alignment(K_0, Y)`: the reference at initialisation",
+        "alignment_train": "`kernel_alignment(K_t, Y)` on the train probe (`estimator=`, "
+        "default unbiased; `centering=`)",
+        "alignment_train_se": "its jackknife standard error over the probe points",
+        "alignment_test": "the same on the test probe (and `alignment_test_se`)",
+        "alignment0_train": "`kernel_alignment(K_0, Y)`: the reference at initialisation "
+        "(and `alignment0_train_se`)",
         "alignment0_test": "the same on the test probe",
     }
 
-    def __init__(self, centering: str = "double") -> None:
-        self.centering = centering
+    def __init__(
+        self,
+        centering: str = "double",
+        estimator: str = "unbiased",
+        points: int | None = None,
+        prefix: str = "alignment",
+    ) -> None:
+        M._check_centering(centering)
+        M._check_estimator(estimator)
+        if estimator == "unbiased" and centering != "double":
+            raise ValueError(
+                f"centering: the unbiased estimator estimates the double-centred alignment; "
+                f"pass centering='double' (got {centering!r}) or estimator='biased'"
+            )
+        if points is not None and (isinstance(points, bool) or int(points) < 5):
+            raise ValueError(f"points: expected None or an int >= 5, got {points!r}")
+        self.centering, self.estimator, self.points = centering, estimator, points
+        self.prefix = prefix
+        if prefix != "alignment":
+            self.name = f"ntk.{prefix}"  # type: ignore[misc]
         self.reference: dict[str, float] = {}
+        self._own: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def _key(self, split: str, at: str = "") -> str:
+        head = self.prefix if not at else self.prefix.replace("alignment", "alignment0", 1)
+        return f"{head}_{split}"
 
     def _splits(self, ctx: MeasureContext) -> list[str]:
         return [s for s in SPLITS if ctx.has(s)]
 
+    def _data(self, ctx: MeasureContext, split: str, at: str = "now") -> tuple[Tensor, Tensor]:
+        """``(K, Y)`` on this quantity's points of ``split``."""
+        if self.points is None:
+            return ctx.kernel(split, at), ctx.targets(split)
+        x, y = self._own[split]
+        return ctx.ntk(x), targets(y, ctx.num_classes)
+
+    def _estimate(self, K: Tensor, Y: Tensor) -> M.Estimate:
+        return M.alignment_estimate(K, Y, self.centering, self.estimator)
+
     def setup(self, ctx: MeasureContext) -> None:
         for s in self._splits(ctx):
-            K0, y = ctx.kernel(s, "init"), ctx.targets(s)
-            self.reference[f"alignment0_{s}"] = M.kernel_alignment(K0, y, self.centering)
+            if self.points is not None:
+                self._own[s] = ctx.probe(s, self.points)
+            K0, Y = self._data(ctx, s, "init")
+            key = self._key(s, "0")
+            try:
+                est = self._estimate(K0, Y)
+            except ValueError:  # too few points, a constant target: NaN, warned at measurement
+                self.reference[key] = self.reference[key + "_se"] = float("nan")
+                continue
+            self.reference[key], self.reference[key + "_se"] = est.value, est.stderr
 
     def keys(self, ctx: MeasureContext) -> list[str]:
-        return [f"alignment_{s}" for s in self._splits(ctx)]
+        return [k for s in self._splits(ctx) for k in (self._key(s), self._key(s) + "_se")]
 
     def compute(self, ctx: MeasureContext) -> Mapping[str, float]:
         out: dict[str, float] = {}
         for s in self._splits(ctx):
-            K, y = ctx.kernel(s), ctx.targets(s)
-            ctx.attempt(
-                out, f"alignment_{s}", lambda K=K, y=y: M.kernel_alignment(K, y, self.centering)
-            )
+            K, Y = self._data(ctx, s)
+            holder: dict[str, M.Estimate] = {}
+
+            def run(K: Tensor = K, Y: Tensor = Y, h: dict = holder) -> float:
+                h["e"] = self._estimate(K, Y)
+                return h["e"].value
+
+            ctx.attempt(out, self._key(s), run)
+            if "e" in holder:
+                out[self._key(s) + "_se"] = holder["e"].stderr
+            else:
+                out[self._key(s) + "_se"] = float("nan")
         out.update(self.reference)
         return out
+
+    def describe(self) -> dict[str, Any]:
+        """What the numbers depend on (written to the run's metadata)."""
+        return {
+            "keys": f"{self.prefix}_<split>",
+            "estimator": self.estimator,
+            "centering": self.centering,
+            "points": self.points if self.points is not None else "probe",
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"reference": dict(self.reference)}

@@ -145,23 +145,47 @@ def test_scaled_lr_makes_early_function_space_dynamics_independent_of_alpha():
 # --- measurements against independent computations ------------------------------------------
 
 
-def test_measurement_matches_independent_kernels_and_formulas():
+def _hsic_u(K, L):
+    """Song et al. (2012), eq. 5, written out: zeroed diagonals, ones vectors."""
+    n = K.shape[0]
+    Kt, Lt = K - torch.diag(K.diag()), L - torch.diag(L.diag())
+    one = torch.ones(n, dtype=torch.float64)
+    return (
+        torch.trace(Kt @ Lt)
+        + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ Kt @ Lt @ one)
+    ) / (n * (n - 3))
+
+
+def _hsic_ratio(K, L):
+    return float(_hsic_u(K, L) / (_hsic_u(K, K) * _hsic_u(L, L)).sqrt())
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_measurement_matches_independent_kernels_and_formulas(estimator):
     model = mlp()
     model0 = copy.deepcopy(model)
     x, y, xt, yt = regression_data()
-    meter = lm.LazyMeter(model, alpha=1.0, probe=(x, y), test_probe=(xt, yt), schedule=1000)
+    meter = lm.LazyMeter(
+        model, alpha=1.0, probe=(x, y), test_probe=(xt, yt), schedule=1000, estimator=estimator
+    )
     train(meter, x, y, 30, lr=0.5)
     row = meter.measure()
     K, K0 = naive_ntk(model, x), naive_ntk(model0, x)
     Kt, K0t = naive_ntk(model, xt), naive_ntk(model0, xt)
     H = torch.eye(12, dtype=torch.float64) - 1 / 12
     Kc, yy = H @ K @ H, H @ torch.outer(y, y) @ H
-    assert row["ntk_drift"] == pytest.approx(float((K - K0).norm() / K0.norm()), rel=1e-8)
-    assert row["alignment_train"] == pytest.approx(
-        float((Kc * yy).sum() / (Kc.norm() * yy.norm())), rel=1e-8
-    )
     K0c = H @ K0 @ H
-    assert row["ntk_cka"] == pytest.approx(float((Kc * K0c).sum() / (Kc.norm() * K0c.norm())))
+    assert row["ntk_drift"] == pytest.approx(float((K - K0).norm() / K0.norm()), rel=1e-8)
+    if estimator == "biased":
+        want_align = float((Kc * yy).sum() / (Kc.norm() * yy.norm()))
+        want_cka = float((Kc * K0c).sum() / (Kc.norm() * K0c.norm()))
+    else:
+        want_align = _hsic_ratio(K, torch.outer(y, y))
+        want_cka = _hsic_ratio(K, K0)
+    assert row["alignment_train"] == pytest.approx(want_align, rel=1e-8)
+    assert row["ntk_cka"] == pytest.approx(want_cka, rel=1e-8)
+    assert row["alignment_train_se"] > 0 and row["ntk_cka_se"] > 0
     assert row["test_ntk_drift"] == pytest.approx(float((Kt - K0t).norm() / K0t.norm()), rel=1e-8)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     theta0 = torch.cat([p.detach().reshape(-1) for p in model0.parameters()])
@@ -219,7 +243,8 @@ def test_integer_labels_are_one_hot_for_alignment_and_baseline():
     meter = lm.LazyMeter(model, probe=(x, y), test_probe=(xt, yt))
     Y = torch.nn.functional.one_hot(y, 3).double()
     K0 = naive_ntk(model, x)
-    assert meter.measure()["alignment_train"] == pytest.approx(lm.kernel_alignment(K0, Y))
+    row = meter.measure()
+    assert row["alignment_train"] == pytest.approx(lm.kernel_alignment(K0, Y, estimator="unbiased"))
     assert 0.0 <= meter.baseline["k0_test_acc"] <= 1.0
 
 
