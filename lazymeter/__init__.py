@@ -10,6 +10,7 @@ from .estimators import Estimate
 from .grokking import GrokTime, time_to_grok
 from .meter import LazyMeter
 from .metrics import (
+    alignment_change,
     alignment_estimate,
     center_kernel,
     cka,
@@ -23,6 +24,7 @@ from .metrics import (
 )
 from .ntk import empirical_ntk
 from .ntk.alignment import ntk_alignment
+from .probes import ProbeSize
 from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
 from .sinks import read_jsonl, tag_for
@@ -39,12 +41,14 @@ __all__ = [
     "Every",
     "LazyMeter",
     "MeasureContext",
+    "ProbeSize",
     "Quantity",
     "LogSpaced",
     "make_schedule",
     "read_jsonl",
     "tag_for",
     "Estimate",
+    "alignment_change",
     "alignment_estimate",
     "center_kernel",
     "cka",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,9 +24,10 @@ from torch import Tensor, nn
 from . import quantities as Q
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
 from .failures import Warner
+from .metrics import alignment_estimate
 from .ntk import FunctionalModel, coverage, empirical_ntk, kernel_dtype, select_method
 from .ntk.sketch import Sketch, check_outputs, sketched_ntk
-from .probes import Probe, check_label_variance, prepare, subsample
+from .probes import Probe, ProbeSize, check_label_variance, prepare, subsample, targets
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
@@ -65,7 +67,9 @@ class LazyMeter(ScaledModel):
         writer: a TensorBoard ``SummaryWriter`` (anything with ``add_scalar``) to log into.
         output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``).
         max_probe: kernels use at most this many probe points (a fixed seeded subset); a
-            measurement costs ``O(max_probe^2 * n_params)``. ``seed``: of that subset.
+            measurement costs ``O(max_probe^2 * n_params)``. ``seed``: of that subset. A
+            :class:`lazymeter.ProbeSize` chooses it from a target standard error or a time
+            budget (``meter.probe_choice`` says what it chose and why).
         ntk_method: ``method`` of :func:`lazymeter.empirical_ntk` (``"auto"`` is resolved
             once, at construction); ``ntk_chunk_size``, ``memory_budget``: its
             ``chunk_size`` and ``memory_budget``.
@@ -101,7 +105,7 @@ class LazyMeter(ScaledModel):
         quantities: Sequence[Q.Quantity] | None = None,
         writer: Any = None,
         output_fn: Callable[[Any], Any] | None = None,
-        max_probe: int = 64,
+        max_probe: int | ProbeSize = 64,
         max_baseline: int = 2048,
         features: Sequence[str] | None = None,
         metrics: Mapping[str, Q.MetricFn] | None = None,
@@ -123,7 +127,9 @@ class LazyMeter(ScaledModel):
         tensorboard: bool = True,
     ) -> None:
         super().__init__(model, alpha, center, output_fn, measure_mode)
-        int_at_least(max_probe, "max_probe", 3), int_at_least(max_baseline, "max_baseline", 3)
+        if not isinstance(max_probe, ProbeSize):
+            int_at_least(max_probe, "max_probe", 3)
+        int_at_least(max_baseline, "max_baseline", 3)
         self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
         if features and probe is None:
             raise ValueError("features: needs a probe to compute activations on")
@@ -168,7 +174,12 @@ class LazyMeter(ScaledModel):
             q.name: q.describe() for q in self.quantities if callable(getattr(q, "describe", None))
         }
         self._log.write_meta(
-            {"ntk_engine": self.ntk_engine, "measure_mode": measure_mode, "estimators": estimators}
+            {
+                "ntk_engine": self.ntk_engine,
+                "measure_mode": measure_mode,
+                "estimators": estimators,
+                "probe_choice": self.probe_choice,
+            }
         )
 
     # ------------------------------------------------------------------ construction
@@ -177,6 +188,9 @@ class LazyMeter(ScaledModel):
     ) -> None:
         self._seed = seed
         dtype = next(p.dtype for p in self.net.parameters() if p.requires_grad)
+        self.probe_choice: dict[str, Any] | None = None
+        if isinstance(max_probe, ProbeSize):
+            max_probe = self._choose_probe_size(max_probe, probe, max_baseline, seed, dtype)
         probe, test, full, full_test, num_classes = prepare(
             probe, test_probe, self._device(), max_probe, seed, max(max_probe, max_baseline), dtype
         )
@@ -204,6 +218,36 @@ class LazyMeter(ScaledModel):
                 "does not depend differentiably on the trainable parameters (a round(), "
                 "sign() or other zero-gradient op inside forward?)"
             )
+
+    def _choose_probe_size(
+        self, spec: ProbeSize, probe: Any, max_baseline: int, seed: int, dtype: torch.dtype
+    ) -> int:
+        """Measure the pilot (kernel time and alignment error at initialisation) and pick the
+        probe size (:class:`~lazymeter.ProbeSize`)."""
+        if self._dist is not None:
+            raise ValueError(
+                "max_probe: ProbeSize is not supported with a distributed meter (every rank "
+                "must use the same probe size); pass an int"
+            )
+        limit = max(spec.max_points, max_baseline)
+        pilot, _, full, _, num_classes = prepare(
+            probe, None, self._device(), spec.pilot, seed, limit, dtype
+        )
+        if pilot is None:
+            raise ValueError("max_probe: ProbeSize needs a probe=(x, y) to measure on")
+        x, y = pilot
+        with self.measuring():
+            self._ntk(x)  # the first call also routes and plans: not timed
+            t0 = time.perf_counter()
+            K = self._ntk(x)
+            seconds = time.perf_counter() - t0
+        try:
+            se = alignment_estimate(K, targets(y, num_classes), "double", "unbiased").stderr
+        except ValueError:
+            se = math.nan
+        size, why = spec.choose(se, seconds, int(full[0].shape[0]))
+        self.probe_choice = {"max_probe": size, "why": why, "pilot": spec.pilot}
+        return size
 
     def _setup(self, full: dict[str, Probe | None]) -> None:
         """``K_0`` of each probe, then every quantity's ``setup`` (init-time references)."""

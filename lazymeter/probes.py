@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,6 +139,60 @@ def targets(y: Tensor, num_classes: int | None = None) -> Tensor:
         return torch.nn.functional.one_hot(y.long().reshape(-1), C).to(torch.float64)
     y = y.to(torch.float64)
     return y.reshape(y.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class ProbeSize:
+    """Let the meter choose its probe size (``LazyMeter(max_probe=ProbeSize(...))``), once,
+    at construction, from a pilot measurement on ``pilot`` points of the train probe.
+
+    The unbiased alignment's standard error falls as ``1/sqrt(P)`` (the leading term of a
+    U-statistic's variance) and a kernel costs between ``P`` and ``P^2`` (``P^2`` assumed);
+    so from the pilot's error ``se_pilot`` and kernel time ``t_pilot``:
+
+    * ``target_se``: ``P = pilot * (se_pilot / target_se)^2``;
+    * ``budget_s`` (seconds per train-probe kernel): ``P = pilot * sqrt(budget_s / t_pilot)``;
+
+    the smaller of those given, within ``[pilot, max_points]`` and the points available. The
+    pilot error is that of the initial kernel; as features align it usually grows, so aim
+    a little low. The choice and its reason are in ``meter.probe_choice`` and the run's
+    metadata.
+    """
+
+    target_se: float | None = 0.02
+    budget_s: float | None = None
+    pilot: int = 64
+    max_points: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.target_se is None and self.budget_s is None:
+            raise ValueError("ProbeSize: give target_se, budget_s or both")
+        for name in ("target_se", "budget_s"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"{name}: expected a positive number or None, got {v!r}")
+        if not (isinstance(self.pilot, int) and 5 <= self.pilot <= self.max_points):
+            raise ValueError(
+                f"pilot: expected an int in [5, max_points={self.max_points}], got {self.pilot!r}"
+            )
+
+    def choose(self, se_pilot: float, seconds_pilot: float, available: int) -> tuple[int, str]:
+        """``(P, why)`` from the pilot's standard error and kernel time (pure)."""
+        wanted: list[tuple[float, str]] = []
+        if self.target_se is not None and math.isfinite(se_pilot):
+            n = self.pilot * (se_pilot / self.target_se) ** 2
+            wanted.append((n, f"standard error {self.target_se:g} (pilot: {se_pilot:.3g})"))
+        if self.budget_s is not None:
+            n = self.pilot * math.sqrt(self.budget_s / max(seconds_pilot, 1e-9))
+            wanted.append((n, f"{self.budget_s:g} s per kernel (pilot: {seconds_pilot:.3g} s)"))
+        if not wanted:
+            return self.pilot, "the pilot's error is undefined; kept the pilot size"
+        n, why = min(wanted)
+        cap = min(self.max_points, available)
+        P = int(min(max(math.ceil(n), self.pilot), cap))
+        if P == cap and n > cap:
+            why += f"; capped at {cap} points (asked for {math.ceil(n)})"
+        return P, why
 
 
 def prepare(

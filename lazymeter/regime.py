@@ -1,16 +1,21 @@
 """Reading the regime off the measured curves: lazy, transitioning or rich, and the
 grokking onset. Pure functions of history rows (dicts as written by LazyMeter).
 
-The classification is deliberately conservative: one number never decides "rich" alone
-unless it is far past its lazy range, because on the paper's polynomial task the NTK
-barely moves in Frobenius norm (drift ~0.02) while the weights move several times their
-norm and the alignment rises (DESIGN.md section 1). Defaults, from this repository's runs:
+The read-out uses only quantities whose expectation does not depend on the probe size, so
+two users measuring the same network on 64 or on 1000 points read the same regime (up to
+noise, which the standard errors decide):
 
-* Figure 1 (alpha=1, eps=0.02): before the train loss falls (epochs < 3k) drift 0.007-0.013,
-  alignment within 1% of K0's, movement 0.2-0.4: **lazy**; at the end drift 0.026, alignment
-  +8%, movement 7: **rich** (by movement).
-* Figure 4 (N=2): drift rises to 0.4 with alignment +75%: **rich**.
-* A lazy run (alpha=1000 in tests/test_meter.py): drift < 0.01, movement < 0.01: **lazy**.
+* ``param_movement = ||theta - theta0|| / ||theta0||`` (no probe at all);
+* the kernel change ``1 - ntk_cka``, with the unbiased CKA of ``K_t`` to ``K_0``;
+* the alignment rise ``alignment_train - alignment0_train`` (unbiased kernel-target
+  alignment; about 0 at initialisation for a kernel unrelated to the labels).
+
+``ntk_drift`` is not used: the kernel's diagonal takes a share ``~1/P`` of its Frobenius
+norm, so the same network drifts by different amounts on different probe sizes.
+
+A change counts only beyond ``z`` standard errors (``<key>_se`` in the row; a row without
+them, e.g. from a biased meter, is taken at face value). Thresholds and where they come
+from: docs/numbers.md ("Reading the regime").
 """
 
 from __future__ import annotations
@@ -24,18 +29,19 @@ LAZY, TRANSITIONING, RICH = "lazy", "transitioning", "rich"
 
 @dataclass(frozen=True)
 class RegimeThresholds:
-    """Lazy when the kernel barely moved: ``ntk_drift < lazy_drift`` and the kernel-target
-    alignment changed by less than ``lazy_alignment`` (relative to K0's) and
-    ``param_movement < lazy_movement``. Rich when ``ntk_drift >= rich_drift`` or the
-    alignment gained ``>= rich_alignment`` or ``param_movement >= rich_movement``.
-    Otherwise transitioning."""
+    """Lazy when the kernel kept its shape (``1 - ntk_cka < lazy_kernel``), the alignment
+    rose by less than ``lazy_alignment`` and ``param_movement < lazy_movement``. Rich when
+    ``1 - ntk_cka >= rich_kernel`` or the alignment rose by ``>= rich_alignment`` or
+    ``param_movement >= rich_movement``. Otherwise transitioning. A kernel change or an
+    alignment rise within ``z`` standard errors of 0 counts as 0."""
 
-    lazy_drift: float = 0.05
+    lazy_kernel: float = 0.02
     lazy_alignment: float = 0.02
     lazy_movement: float = 0.5
-    rich_drift: float = 0.3
-    rich_alignment: float = 0.2
+    rich_kernel: float = 0.2
+    rich_alignment: float = 0.1
     rich_movement: float = 2.0
+    z: float = 2.0
 
 
 def _get(row: Mapping[str, float], key: str) -> float:
@@ -43,8 +49,39 @@ def _get(row: Mapping[str, float], key: str) -> float:
     return float(v) if isinstance(v, (int, float)) else math.nan
 
 
+def _se(row: Mapping[str, float], key: str) -> float:
+    se = _get(row, key + "_se")
+    return se if math.isfinite(se) else 0.0
+
+
+def _resolved(x: float, se: float, z: float) -> float:
+    """``x``, or 0 when it is within ``z`` standard errors of 0 (NaN stays NaN)."""
+    return x if not math.isfinite(x) or abs(x) > z * se else 0.0
+
+
+def kernel_change(row: Mapping[str, float]) -> tuple[float, float]:
+    """``(1 - ntk_cka, its standard error)``: 0 while the kernel keeps its shape."""
+    return 1.0 - _get(row, "ntk_cka"), _se(row, "ntk_cka")
+
+
+def alignment_rise(row: Mapping[str, float], which: str = "train") -> tuple[float, float]:
+    """``(A_t - A_0, its standard error)`` of the kernel-target alignment on the ``which``
+    probe: the meter's ``alignment_rise_<which>`` with its paired error when the row has
+    it, else the difference with ``sqrt(se_t^2 + se_0^2)`` (an upper bound: both are
+    measured on the same points)."""
+    key = f"alignment_rise_{which}"
+    if math.isfinite(_get(row, key)):
+        return _get(row, key), _se(row, key)
+    a, a0 = _get(row, f"alignment_{which}"), _get(row, f"alignment0_{which}")
+    return a - a0, math.hypot(_se(row, f"alignment_{which}"), _se(row, f"alignment0_{which}"))
+
+
+_rise_of = alignment_rise  # grokking_onset's keyword of the same name hides the function
+
+
 def alignment_gain(row: Mapping[str, float], which: str = "train") -> float:
-    """Relative change of kernel-target alignment from K0's: ``A_t / A_0 - 1``."""
+    """Relative change of kernel-target alignment from K0's, ``A_t / A_0 - 1`` (for the
+    biased estimator; the unbiased ``A_0`` is about 0, see :func:`alignment_rise`)."""
     a, a0 = _get(row, f"alignment_{which}"), _get(row, f"alignment0_{which}")
     return a / a0 - 1 if a0 and math.isfinite(a0) and a0 != 0 else math.nan
 
@@ -53,14 +90,16 @@ def classify(row: Mapping[str, float], thresholds: RegimeThresholds | None = Non
     """``"lazy"``, ``"transitioning"`` or ``"rich"`` for one measurement (see
     :class:`RegimeThresholds`); missing metrics are ignored, all missing gives lazy."""
     t = thresholds or RegimeThresholds()
-    drift, move, gain = _get(row, "ntk_drift"), _get(row, "param_movement"), alignment_gain(row)
+    kernel = _resolved(*kernel_change(row), t.z)
+    rise = _resolved(*alignment_rise(row), t.z)
+    move = _get(row, "param_movement")
 
     def ge(x: float, lim: float) -> bool:
         return math.isfinite(x) and x >= lim
 
-    if ge(drift, t.rich_drift) or ge(gain, t.rich_alignment) or ge(move, t.rich_movement):
+    if ge(kernel, t.rich_kernel) or ge(rise, t.rich_alignment) or ge(move, t.rich_movement):
         return RICH
-    if ge(drift, t.lazy_drift) or ge(abs(gain), t.lazy_alignment) or ge(move, t.lazy_movement):
+    if ge(kernel, t.lazy_kernel) or ge(abs(rise), t.lazy_alignment) or ge(move, t.lazy_movement):
         return TRANSITIONING
     return LAZY
 
@@ -70,19 +109,21 @@ def grokking_onset(
     *,
     alignment_rise: float = 0.02,
     test_drop: float = 0.1,
+    z: float = 2.0,
 ) -> float:
-    """Step at which the test loss starts to fall after the alignment has risen.
+    """Step at which the test loss starts to fall after the features started to move.
 
-    The first measured step ``s`` such that (1) the train-probe alignment has gained at
-    least ``alignment_rise`` (relative to K0's) at or before ``s``, and (2) the test loss
-    at ``s`` is at least ``test_drop`` (relative) below its running maximum up to ``s``.
-    NaN when it never happens (or the rows lack ``test_loss``).
+    The first measured step ``s`` such that (1) at or before ``s`` the train-probe
+    alignment rose by at least ``alignment_rise`` above K0's and by more than ``z``
+    standard errors, and (2) the test loss at ``s`` is at least ``test_drop`` (relative)
+    below its running maximum up to ``s``. NaN when it never happens (or the rows lack
+    ``test_loss``).
     """
     peak, risen = -math.inf, False
     for r in rows:
         test = _get(r, "test_loss")
-        gain = alignment_gain(r)
-        risen = risen or (math.isfinite(gain) and gain >= alignment_rise)
+        rise = _resolved(*_rise_of(r), z)
+        risen = risen or (math.isfinite(rise) and rise >= alignment_rise)
         if not math.isfinite(test):
             continue
         peak = max(peak, test)
@@ -100,10 +141,12 @@ def regimes(
 
 def describe(row: Mapping[str, float], thresholds: RegimeThresholds | None = None) -> str:
     """One line for TensorBoard's text tab: the regime of a measurement row and the numbers
-    it was read from, e.g. ``step 100: **rich** (drift 0.3, movement 1.2, alignment gain 2)``."""
+    it was read from, e.g. ``step 100: **rich** (kernel change 0.3 ± 0.02, movement 1.2,
+    alignment rise 0.15 ± 0.03)``."""
+    k, kse = kernel_change(row)
+    a, ase = alignment_rise(row)
     return (
-        f"step {int(row.get('step', -1))}: **{classify(row, thresholds)}** (drift "
-        f"{row.get('ntk_drift', math.nan):.3g}, movement "
-        f"{row.get('param_movement', math.nan):.3g}, alignment gain "
-        f"{alignment_gain(row):.3g})"
+        f"step {int(row.get('step', -1))}: **{classify(row, thresholds)}** (kernel change "
+        f"{k:.3g} ± {kse:.2g}, movement {_get(row, 'param_movement'):.3g}, alignment rise "
+        f"{a:.3g} ± {ase:.2g})"
     )

@@ -183,8 +183,10 @@ img{{max-width:100%}}</style></head><body>
 <h2>Time to grok and regimes</h2>
 <p>train_step/test_step: first step where the loss is below 10% of its start; ratio =
 test_step/train_step. Regimes per measurement (lazy / transitioning / rich) with thresholds
-{html.escape(str(th))}; grokking onset: first step where the test loss is 10% below its running
-maximum after the alignment rose 2% above K0's.</p>
+{html.escape(str(th))} (on the kernel change 1 - CKA to K0, the unbiased alignment's rise and the
+parameter movement; changes within z standard errors count as 0); grokking onset: first step
+where the test loss is 10% below its running maximum after the alignment rose by 0.02 (and by
+more than 2 standard errors).</p>
 <table><tr>{head}</tr>{body}</table>
 <h2>Configurations</h2>{configs or "<p>(no summary.json)</p>"}
 </body></html>

@@ -15,8 +15,10 @@ from .context import SPLITS, MeasureContext
 
 class Alignment(Quantity):
     """``alignment_<split> = kernel_alignment(K_t, Y, centering, estimator)`` on each probe,
-    its jackknife standard error ``alignment_<split>_se``, and the reference
-    ``alignment0_<split>`` (``_se``) of ``K_0`` (computed once, at setup).
+    its jackknife standard error ``alignment_<split>_se``, the reference
+    ``alignment0_<split>`` (``_se``) of ``K_0`` (computed once, at setup), and the change
+    ``alignment_rise_<split> = alignment_<split> - alignment0_<split>`` with its paired
+    jackknife error (:func:`lazymeter.alignment_change`; on the meter's probes only).
 
     The default estimator is the unbiased (U-statistic) one: its expectation does not
     depend on the probe size, it is about 0 for a kernel unrelated to the labels, and its
@@ -46,6 +48,11 @@ class Alignment(Quantity):
             for s in SPLITS
             for e in ("", "_se")
         },
+        **{
+            f"alignment_rise_{s}{e}": f"ntk/alignment_rise_{s}{e}"
+            for s in SPLITS
+            for e in ("", "_se")
+        },
         "alignment_paper_": "ntk/alignment_paper_",
         "alignment0_paper_": "ntk/alignment0_paper_",
     }
@@ -57,6 +64,8 @@ class Alignment(Quantity):
         "alignment0_train": "`kernel_alignment(K_0, Y)`: the reference at initialisation "
         "(and `alignment0_train_se`)",
         "alignment0_test": "the same on the test probe",
+        "alignment_rise_train": "`alignment_train - alignment0_train` with `_se`, its paired "
+        "jackknife error (same points: far smaller than the two errors combined)",
     }
 
     def __init__(
@@ -112,8 +121,16 @@ class Alignment(Quantity):
                 continue
             self.reference[key], self.reference[key + "_se"] = est.value, est.stderr
 
+    def _rise_key(self, split: str) -> str:
+        return f"{self.prefix.replace('alignment', 'alignment_rise', 1)}_{split}"
+
     def keys(self, ctx: MeasureContext) -> list[str]:
-        return [k for s in self._splits(ctx) for k in (self._key(s), self._key(s) + "_se")]
+        out = []
+        for s in self._splits(ctx):
+            out += [self._key(s), self._key(s) + "_se"]
+            if self.points is None:
+                out += [self._rise_key(s), self._rise_key(s) + "_se"]
+        return out
 
     def compute(self, ctx: MeasureContext) -> Mapping[str, float]:
         out: dict[str, float] = {}
@@ -126,10 +143,17 @@ class Alignment(Quantity):
                 return h["e"].value
 
             ctx.attempt(out, self._key(s), run)
-            if "e" in holder:
-                out[self._key(s) + "_se"] = holder["e"].stderr
-            else:
-                out[self._key(s) + "_se"] = float("nan")
+            out[self._key(s) + "_se"] = holder["e"].stderr if "e" in holder else float("nan")
+            if self.points is None:
+                rise: dict[str, M.Estimate] = {}
+
+                def change(K: Tensor = K, Y: Tensor = Y, s: str = s, h: dict = rise) -> float:
+                    K0 = ctx.kernel(s, "init")
+                    h["e"] = M.alignment_change(K, K0, Y, self.centering, self.estimator)
+                    return h["e"].value
+
+                ctx.attempt(out, self._rise_key(s), change)
+                out[self._rise_key(s) + "_se"] = rise["e"].stderr if "e" in rise else float("nan")
         out.update(self.reference)
         return out
 

@@ -87,13 +87,17 @@ def test_bad_flag_values_are_rejected(capsys):
         main(["run", "nosuchtask"])
 
 
-def row(step, drift=0.0, move=0.0, align=1.0, align0=1.0, test=1.0):
+def row(step, cka=1.0, move=0.0, align=0.0, align0=0.0, test=1.0, se=0.0, drift=0.0):
     return {
         "step": step,
         "ntk_drift": drift,
+        "ntk_cka": cka,
+        "ntk_cka_se": se,
         "param_movement": move,
         "alignment_train": align,
+        "alignment_train_se": se,
         "alignment0_train": align0,
+        "alignment0_train_se": se,
         "test_loss": test,
     }
 
@@ -101,13 +105,16 @@ def row(step, drift=0.0, move=0.0, align=1.0, align0=1.0, test=1.0):
 @pytest.mark.parametrize(
     ("r", "expected"),
     [
-        (row(1, drift=0.01, move=0.2, align=1.01), "lazy"),
-        (row(1, drift=0.1), "transitioning"),
+        (row(1, cka=0.995, move=0.2, align=0.01), "lazy"),
+        (row(1, cka=0.95), "transitioning"),
         (row(1, move=0.8), "transitioning"),
-        (row(1, align=1.05), "transitioning"),
-        (row(1, drift=0.02, move=7.0, align=1.08), "rich"),  # Figure 1's end: movement decides
-        (row(1, drift=0.5), "rich"),
-        (row(1, align=1.3), "rich"),
+        (row(1, align=0.05), "transitioning"),
+        (row(1, align=0.05, se=0.03), "lazy"),  # a rise within 2 standard errors is noise
+        (row(1, cka=0.5, se=0.3), "lazy"),  # so is a kernel change
+        (row(1, move=7.0), "rich"),
+        (row(1, cka=0.7), "rich"),
+        (row(1, align=0.3, align0=0.01, se=0.05), "rich"),
+        (row(1, drift=5.0), "lazy"),  # drift depends on the probe size: not read
         ({"step": 1}, "lazy"),
     ],
 )
@@ -116,19 +123,23 @@ def test_regime_classification(r, expected):
 
 
 def test_thresholds_are_arguments():
-    assert classify(row(1, drift=0.1), RegimeThresholds(lazy_drift=0.2)) == "lazy"
+    assert classify(row(1, cka=0.95), RegimeThresholds(lazy_kernel=0.1)) == "lazy"
+    assert classify(row(1, align=0.05, se=0.03), RegimeThresholds(z=1.0)) == "transitioning"
 
 
-def test_grokking_onset_waits_for_the_alignment_rise():
+def test_grokking_onset_waits_for_a_significant_alignment_rise():
     rows = [
         row(1, test=1.0),
         row(2, test=0.8),  # falls, but alignment has not risen yet
-        row(3, test=1.2, align=1.03),
-        row(4, test=1.15, align=1.05),
-        row(5, test=1.0, align=1.1),
+        row(3, test=1.2, align=0.05, se=0.03),  # risen, but within noise
+        row(4, test=1.15, align=0.05, se=0.01),
+        row(5, test=1.0, align=0.1, se=0.01),
     ]  # 1.0 <= 0.9 * 1.2: onset
     assert grokking_onset(rows) == 5
     assert math.isnan(grokking_onset([row(1), row(2, test=0.1)]))
+    rows[3] = row(4, test=1.15, align=0.05, se=0.03)
+    rows[4] = row(5, test=1.0, align=0.1, se=0.1)
+    assert math.isnan(grokking_onset(rows))
 
 
 def test_every_registered_task_loads_a_config_dataclass_and_train_function():

@@ -53,7 +53,7 @@ def test_figures_of_spectrum_are_optional(tmp_path):
 def test_regime_text_uses_the_given_thresholds(tmp_path):
     from lazymeter.regime import RegimeThresholds
 
-    strict = RegimeThresholds(lazy_drift=0.0, lazy_movement=0.0, lazy_alignment=0.0)
+    strict = RegimeThresholds(lazy_kernel=0.0, lazy_movement=0.0, lazy_alignment=0.0, z=0.0)
     meter, acc = run(tmp_path, regime_thresholds=strict)
     texts = [
         e.tensor_proto.string_val[0].decode() for e in acc.Tensors("lazymeter/regime/text_summary")

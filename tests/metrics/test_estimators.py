@@ -188,3 +188,18 @@ def test_unbiased_estimate_that_has_no_ratio_raises() -> None:
     y = torch.tensor([0.0, 1, 2, 3], dtype=F64)
     with pytest.raises(ValueError, match="not positive"):
         lm.kernel_alignment(K, y, estimator="unbiased")
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_alignment_change_stderr_is_the_paired_jackknife(estimator):
+    K, y = _kernel_and_labels(12, seed=6)
+    K0 = K + torch.outer(y, y) * 0.3
+    est = lm.alignment_change(K, K0, y, estimator=estimator)
+    want = lm.kernel_alignment(K, y, estimator=estimator)
+    assert est.value == pytest.approx(want - lm.kernel_alignment(K0, y, estimator=estimator))
+    loo = []
+    for i in range(12):
+        keep = [j for j in range(12) if j != i]
+        a = lm.kernel_alignment(K[keep][:, keep], y[keep], estimator=estimator)
+        loo.append(a - lm.kernel_alignment(K0[keep][:, keep], y[keep], estimator=estimator))
+    assert est.stderr == pytest.approx(_jackknife(loo), rel=1e-9)
