@@ -132,7 +132,9 @@ class QuadraticDecomposition:
     Called on its own (no meter), it is uncentred unless ``center=True`` and ``model0``.
 
     Args:
-        beta, alpha, eps: as in :func:`decompose_quadratic` (``alpha``: the meter's).
+        beta: ``[D]`` target direction, as in :func:`decompose_quadratic`.
+        alpha: the output scale (the meter's).
+        eps: strength of the quadratic part of ``phi``.
         center: None (take the meter's), or the centring to insist on: a meter whose
             centring differs is a ``ValueError`` at its construction.
         model0: with ``center=True`` outside a meter, the network before training (its

@@ -9,14 +9,52 @@ from typing import Any
 from .history import series
 
 
+def _band(ax: Any, hist: Sequence[Mapping[str, Any]], key: str, color: str, label: str) -> None:
+    """``key`` against the step with a band of one standard error (``key + "_se"``)."""
+    xs, ys = series(hist, key)
+    if not xs:
+        return
+    se = {r["step"]: r.get(key + "_se") for r in hist}
+    err = [float(se[x]) if isinstance(se[x], (int, float)) else 0.0 for x in xs]
+    err = [e if math.isfinite(e) else 0.0 for e in err]
+    ax.plot(xs, ys, color=color, lw=1.3, label=label)
+    lo = [y - e for y, e in zip(ys, err, strict=True)]
+    hi = [y + e for y, e in zip(ys, err, strict=True)]
+    ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def _alignment_panel(ax: Any, hist: Sequence[Mapping[str, Any]], points: Any) -> None:
+    """The paper's (biased) alignment on its points, and the unbiased one with a band of one
+    standard error; without those, the meter's probe alignments."""
+    n = f"{points} test points" if points else "test points"
+    drawn = False
+    xs, ys = series(hist, "alignment_paper_test")
+    if xs:
+        ax.plot(xs, ys, color="C1", lw=1.5, label=f"paper's definition (biased), {n}")
+        drawn = True
+    if series(hist, "alignment_full_test")[0]:
+        _band(ax, hist, "alignment_full_test", "C2", f"unbiased ± 1 SE, {n}")
+        drawn = True
+    if not drawn:
+        _band(ax, hist, "alignment_train", "C2", "train probe (± 1 SE)")
+        _band(ax, hist, "alignment_test", "C1", "test probe (± 1 SE)")
+    ax.axhline(0.0, color="gray", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_ylabel("kernel-target alignment")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("NTK-target alignment")
+
+
 def plot_run(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: str) -> None:
     """Figure 1 of the paper: log-x losses (network, linearised model, K0 regression line),
-    kernel-target alignment on a twin axis, and a second panel with NTK drift, CKA to init
-    and parameter movement. Threshold crossings (time to grok) are marked."""
+    the kernel-target alignment (the paper's biased definition on its test points and the
+    unbiased one with a band of one standard error, when measured), and a panel with NTK
+    drift, CKA to init and parameter movement. Threshold crossings (time to grok) are
+    marked."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.2))
-    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(16, 4.2))
+    ax, axa, ax2 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 2, 2]})
     for key, style, label in (
         ("train_loss", dict(color="C0"), "train"),
         ("test_loss", dict(color="C3"), "test"),
@@ -38,18 +76,9 @@ def plot_run(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path
     ax.set_yscale("log")
     ax.set_xlabel(summary.get("epochs_label", "epochs (lr-equivalent)"))
     ax.set_ylabel("MSE")
-    twin = ax.twinx()
-    for key, color, label in (
-        ("alignment_train", "C2", "alignment (train)"),
-        ("alignment_test", "C1", "alignment (test)"),
-    ):
-        xs, ys = series(hist, key)
-        if xs:
-            twin.plot(xs, ys, color=color, alpha=0.7, lw=1.2, label=label)
-    twin.set_ylabel("centred kernel-target alignment")
-    lines = ax.get_legend_handles_labels()
-    tl = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + tl[0], lines[1] + tl[1], fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="lower left")
+    _alignment_panel(axa, hist, (summary.get("config") or {}).get("paper_points"))
+    axa.set_xlabel(summary.get("epochs_label", "epochs (lr-equivalent)"))
     cfg = summary.get("config", {})
     ax.set_title(
         f"alpha={cfg.get('alpha', '?')}, eps={cfg.get('eps', '?')}: grokking delay "

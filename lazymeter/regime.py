@@ -35,10 +35,10 @@ class RegimeThresholds:
     ``param_movement >= rich_movement``. Otherwise transitioning. A kernel change or an
     alignment rise within ``z`` standard errors of 0 counts as 0."""
 
-    lazy_kernel: float = 0.02
+    lazy_kernel: float = 0.01
     lazy_alignment: float = 0.02
     lazy_movement: float = 0.5
-    rich_kernel: float = 0.2
+    rich_kernel: float = 0.05
     rich_alignment: float = 0.1
     rich_movement: float = 2.0
     z: float = 2.0
@@ -107,23 +107,28 @@ def classify(row: Mapping[str, float], thresholds: RegimeThresholds | None = Non
 def grokking_onset(
     rows: Sequence[Mapping[str, float]],
     *,
-    alignment_rise: float = 0.02,
+    alignment_rise: float = 0.0,
     test_drop: float = 0.1,
     z: float = 2.0,
 ) -> float:
-    """Step at which the test loss starts to fall after the features started to move.
+    """Step at which the test loss starts to fall after the features started to align.
 
     The first measured step ``s`` such that (1) at or before ``s`` the train-probe
-    alignment rose by at least ``alignment_rise`` above K0's and by more than ``z``
-    standard errors, and (2) the test loss at ``s`` is at least ``test_drop`` (relative)
-    below its running maximum up to ``s``. NaN when it never happens (or the rows lack
-    ``test_loss``).
+    alignment rose above K0's by more than ``z`` standard errors (and by at least
+    ``alignment_rise``), and (2) the test loss at ``s`` is at least ``test_drop``
+    (relative) below its running maximum up to ``s``. NaN when it never happens (or the
+    rows lack ``test_loss``).
+
+    The rise is measured with the unbiased alignment, whose expected value does not depend
+    on the probe size; a larger probe has a smaller error and sees a small rise sooner. On
+    the paper's Figure-1 task the rise is small in absolute terms (about 0.003 at the end),
+    so the default asks only that it be significant.
     """
     peak, risen = -math.inf, False
     for r in rows:
         test = _get(r, "test_loss")
         rise = _resolved(*_rise_of(r), z)
-        risen = risen or (math.isfinite(rise) and rise >= alignment_rise)
+        risen = risen or (math.isfinite(rise) and rise > 0 and rise >= alignment_rise)
         if not math.isfinite(test):
             continue
         peak = max(peak, test)

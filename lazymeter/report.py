@@ -185,8 +185,8 @@ img{{max-width:100%}}</style></head><body>
 test_step/train_step. Regimes per measurement (lazy / transitioning / rich) with thresholds
 {html.escape(str(th))} (on the kernel change 1 - CKA to K0, the unbiased alignment's rise and the
 parameter movement; changes within z standard errors count as 0); grokking onset: first step
-where the test loss is 10% below its running maximum after the alignment rose by 0.02 (and by
-more than 2 standard errors).</p>
+where the test loss is 10% below its running maximum after the alignment rose by more than 2
+standard errors.</p>
 <table><tr>{head}</tr>{body}</table>
 <h2>Configurations</h2>{configs or "<p>(no summary.json)</p>"}
 </body></html>

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .. import metrics as M
 from ..probes import targets
+from ..sinks import register_tags
 from .base import Quantity
 from .context import SPLITS, MeasureContext
 
@@ -18,7 +19,7 @@ class Alignment(Quantity):
     its jackknife standard error ``alignment_<split>_se``, the reference
     ``alignment0_<split>`` (``_se``) of ``K_0`` (computed once, at setup), and the change
     ``alignment_rise_<split> = alignment_<split> - alignment0_<split>`` with its paired
-    jackknife error (:func:`lazymeter.alignment_change`; on the meter's probes only).
+    jackknife error (:func:`lazymeter.alignment_change`).
 
     The default estimator is the unbiased (U-statistic) one: its expectation does not
     depend on the probe size, it is about 0 for a kernel unrelated to the labels, and its
@@ -37,6 +38,7 @@ class Alignment(Quantity):
         prefix: the key prefix (``alignment``); another instance with another prefix can
             run next to the default one, e.g. ``Alignment("rows", "biased", points=1000,
             prefix="alignment_paper")``.
+        splits: the probes to measure on (``("train", "test")``, or one of them).
     """
 
     name = "ntk.alignment"
@@ -74,6 +76,7 @@ class Alignment(Quantity):
         estimator: str = "unbiased",
         points: int | None = None,
         prefix: str = "alignment",
+        splits: tuple[str, ...] = SPLITS,
     ) -> None:
         M._check_centering(centering)
         M._check_estimator(estimator)
@@ -85,25 +88,45 @@ class Alignment(Quantity):
         if points is not None and (isinstance(points, bool) or int(points) < 5):
             raise ValueError(f"points: expected None or an int >= 5, got {points!r}")
         self.centering, self.estimator, self.points = centering, estimator, points
-        self.prefix = prefix
+        if not set(splits) <= set(SPLITS) or not splits:
+            raise ValueError(f"splits: expected a non-empty subset of {SPLITS}, got {splits!r}")
+        if not (isinstance(prefix, str) and prefix.startswith("alignment")):
+            raise ValueError(f"prefix: expected a string starting with 'alignment', got {prefix!r}")
+        self.prefix, self.splits = prefix, tuple(splits)
         if prefix != "alignment":
             self.name = f"ntk.{prefix}"  # type: ignore[misc]
+            group = {f"{prefix}_": f"ntk/{prefix}_"}
+            for head in (self._head("0"), self._head("rise")):
+                group[f"{head}_"] = f"ntk/{head}_"
+            register_tags(group)
         self.reference: dict[str, float] = {}
         self._own: dict[str, tuple[Tensor, Tensor]] = {}
+        self._K0_own: dict[str, Tensor] = {}
+
+    def _head(self, what: str = "") -> str:
+        """``alignment`` (now), ``alignment0`` (init), ``alignment_rise`` with the prefix."""
+        if what == "0":
+            return self.prefix.replace("alignment", "alignment0", 1)
+        if what == "rise":
+            return self.prefix.replace("alignment", "alignment_rise", 1)
+        return self.prefix
 
     def _key(self, split: str, at: str = "") -> str:
-        head = self.prefix if not at else self.prefix.replace("alignment", "alignment0", 1)
-        return f"{head}_{split}"
+        return f"{self._head(at)}_{split}"
+
+    def _rise_key(self, split: str) -> str:
+        return f"{self._head('rise')}_{split}"
 
     def _splits(self, ctx: MeasureContext) -> list[str]:
-        return [s for s in SPLITS if ctx.has(s)]
+        return [s for s in self.splits if ctx.has(s)]
 
     def _data(self, ctx: MeasureContext, split: str, at: str = "now") -> tuple[Tensor, Tensor]:
-        """``(K, Y)`` on this quantity's points of ``split``."""
+        """``(K, Y)`` on this quantity's points of ``split``, now or at initialisation."""
         if self.points is None:
             return ctx.kernel(split, at), ctx.targets(split)
         x, y = self._own[split]
-        return ctx.ntk(x), targets(y, ctx.num_classes)
+        K = self._K0_own[split] if at == "init" and split in self._K0_own else ctx.ntk(x)
+        return K, targets(y, ctx.num_classes)
 
     def _estimate(self, K: Tensor, Y: Tensor) -> M.Estimate:
         return M.alignment_estimate(K, Y, self.centering, self.estimator)
@@ -112,6 +135,7 @@ class Alignment(Quantity):
         for s in self._splits(ctx):
             if self.points is not None:
                 self._own[s] = ctx.probe(s, self.points)
+                self._K0_own[s] = ctx.ntk(self._own[s][0])
             K0, Y = self._data(ctx, s, "init")
             key = self._key(s, "0")
             try:
@@ -121,15 +145,15 @@ class Alignment(Quantity):
                 continue
             self.reference[key], self.reference[key + "_se"] = est.value, est.stderr
 
-    def _rise_key(self, split: str) -> str:
-        return f"{self.prefix.replace('alignment', 'alignment_rise', 1)}_{split}"
-
     def keys(self, ctx: MeasureContext) -> list[str]:
         out = []
         for s in self._splits(ctx):
-            out += [self._key(s), self._key(s) + "_se"]
-            if self.points is None:
-                out += [self._rise_key(s), self._rise_key(s) + "_se"]
+            out += [
+                self._key(s),
+                self._key(s) + "_se",
+                self._rise_key(s),
+                self._rise_key(s) + "_se",
+            ]
         return out
 
     def compute(self, ctx: MeasureContext) -> Mapping[str, float]:
@@ -144,16 +168,15 @@ class Alignment(Quantity):
 
             ctx.attempt(out, self._key(s), run)
             out[self._key(s) + "_se"] = holder["e"].stderr if "e" in holder else float("nan")
-            if self.points is None:
-                rise: dict[str, M.Estimate] = {}
+            rise: dict[str, M.Estimate] = {}
 
-                def change(K: Tensor = K, Y: Tensor = Y, s: str = s, h: dict = rise) -> float:
-                    K0 = ctx.kernel(s, "init")
-                    h["e"] = M.alignment_change(K, K0, Y, self.centering, self.estimator)
-                    return h["e"].value
+            def change(K: Tensor = K, Y: Tensor = Y, s: str = s, h: dict = rise) -> float:
+                K0 = self._data(ctx, s, "init")[0]
+                h["e"] = M.alignment_change(K, K0, Y, self.centering, self.estimator)
+                return h["e"].value
 
-                ctx.attempt(out, self._rise_key(s), change)
-                out[self._rise_key(s) + "_se"] = rise["e"].stderr if "e" in rise else float("nan")
+            ctx.attempt(out, self._rise_key(s), change)
+            out[self._rise_key(s) + "_se"] = rise["e"].stderr if "e" in rise else float("nan")
         out.update(self.reference)
         return out
 
@@ -167,7 +190,9 @@ class Alignment(Quantity):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reference": dict(self.reference)}
+        # with own points, K_0 on them (the rise needs it; a resumed model is no longer K_0's)
+        return {"reference": dict(self.reference), "K0": dict(self._K0_own)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.reference = dict(state["reference"])
+        self._K0_own.update(state.get("K0", {}))

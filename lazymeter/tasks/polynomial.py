@@ -109,6 +109,9 @@ class PolynomialConfig:
     decompose: bool | None = None  # default: when uncentred (then it sums to the test loss)
     per_decade: int = 16
     max_probe: int = 64
+    # The paper measures alignment on its 1000 test points: the paper's (biased, "rows")
+    # definition and the unbiased one are also measured there (0: off).
+    paper_points: int = 1000
     device: str = "cpu"
     dtype: str = "float32"
     threshold: float = 0.1
@@ -158,6 +161,14 @@ def train(
         if decompose
         else None
     )
+    quantities = lm.quantities.default(metrics=metrics, linearized=cfg.linearized)
+    if cfg.paper_points:
+        # the paper's alignment on its test points, and the unbiased one on the same points
+        on_test = dict(points=cfg.paper_points, splits=("test",))
+        quantities += [
+            lm.quantities.Alignment("rows", "biased", prefix="alignment_paper", **on_test),
+            lm.quantities.Alignment(prefix="alignment_full", **on_test),
+        ]
     meter = lm.LazyMeter(
         model,
         alpha=cfg.alpha,
@@ -167,8 +178,8 @@ def train(
         schedule=f"log:{cfg.per_decade}",
         log_dir=out_dir,
         max_probe=cfg.max_probe,
-        metrics=metrics,
-        linearized=cfg.linearized,
+        max_baseline=max(2048, cfg.paper_points),
+        quantities=quantities,
     )
     lr = meter.scaled_lr(cfg.lr_scale * cfg.N)
     # Full-batch GD on the MSE follows gradient flow only below the stability edge
@@ -226,6 +237,7 @@ def train(
         "final_lin_test_loss": last.get("lin_test_loss"),
         "max_test_loss": max(r["test_loss"] for r in hist),
         "time_to_grok": grok.as_dict(),
+        "alignment": _alignment_summary(hist, cfg.paper_points),
         "seconds": seconds,
         "epochs_unit": f"lr-equivalent epochs at lr = N/alpha^2 (lr_scale={cfg.lr_scale:g})",
     }
@@ -239,6 +251,30 @@ def train(
             plot_run(hist, summary, os.path.join(out_dir, "figure.png"))
     summary["history"] = hist
     return summary
+
+
+def _alignment_summary(hist: list[dict], points: int) -> dict[str, object]:
+    """Alignment at initialisation and at the end, in both definitions (for the summary)."""
+    first, last = hist[0], hist[-1]
+    out: dict[str, object] = {}
+    for head, what in (
+        ("alignment_paper_test", f"paper's definition (biased, 'rows'), {points} test points"),
+        ("alignment_full_test", f"unbiased, {points} test points"),
+        ("alignment_train", "unbiased, train probe"),
+    ):
+        if head in last:
+            init = head.replace("alignment", "alignment0", 1)
+            rise = head.replace("alignment", "alignment_rise", 1)
+            out[head] = {
+                "what": what,
+                "init": last.get(init, first.get(head)),
+                "init_se": last.get(init + "_se"),
+                "end": last[head],
+                "end_se": last.get(head + "_se"),
+                "rise": last.get(rise),
+                "rise_se": last.get(rise + "_se"),
+            }
+    return out
 
 
 def fit_full_batch(
