@@ -23,7 +23,7 @@ from .metrics import (
     weight_norm,
 )
 from .ntk import empirical_ntk
-from .ntk.alignment import ntk_alignment
+from .ntk.alignment import ntk_alignment, ntk_change
 from .probes import ProbeSize
 from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
@@ -55,6 +55,7 @@ __all__ = [
     "cka_estimate",
     "empirical_ntk",
     "ntk_alignment",
+    "ntk_change",
     "kernel_alignment",
     "kernel_regression",
     "kernel_spectrum",

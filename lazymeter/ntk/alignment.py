@@ -228,3 +228,114 @@ def _alignment(
     if centering == "rows":
         return float(KLc / ((KF2 - K1.pow(2).sum() / n).clamp_min(0).sqrt() * LcF))
     return float(KLc / (torch.as_tensor(t2).clamp_min(0).sqrt() * LcF))
+
+
+def ntk_change(
+    model: nn.Module,
+    model0: nn.Module,
+    x: Any,
+    *,
+    estimator: str = "unbiased",
+    method: str = "auto",
+    output_fn: OutputFn | None = None,
+    dtype: torch.dtype | None = None,
+    max_dense: int = 4096,
+    rows: int = 256,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """How far ``model``'s NTK moved from ``model0``'s on ``x``: ``{"drift", "cka"}``.
+
+    * ``drift = ||K - K0||_F / ||K0||_F`` (a plain ratio: its diagonal share depends on
+      ``P``; ``estimator`` does not apply);
+    * ``cka = cka(K, K0, estimator)`` (:func:`lazymeter.cka`).
+
+    ``"dense"`` forms both kernels (jackknife standard errors over the points).
+    ``"matrix_free"`` (``"auto"`` above ``max_dense`` points) reads ``rows`` random rows of
+    each kernel (the same rows), centred with the exact row sums (one kernel-vector product
+    per model) and diagonals: ``<HKH, HK0H>`` and the Frobenius norms are ``P / rows`` times
+    their sums over the sampled rows (the unbiased CKA leaves the diagonal out of them), and
+    ``stderr`` is the jackknife over the sampled rows (the estimation error only, also in
+    ``estimator_se``; the points are taken as given). Memory is linear in ``P``.
+    """
+    from ..metrics import _check_estimator, cka_estimate
+    from .api import empirical_ntk
+
+    estimator = _check_estimator(estimator)
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 5:
+        raise ValueError(f"rows: expected an int >= 5, got {rows!r}")
+    xs = as_inputs(x, "x")
+    P = num_samples(xs)
+    if P < E.min_points(estimator):
+        raise ValueError(f"x: has {P} points; the {estimator} CKA needs at least 5")
+
+    def kernel(m: nn.Module, a: Any, b: Any = None) -> Tensor:
+        K = empirical_ntk(m, a, b, output_fn=output_fn, dtype=dtype)
+        return K.to("cpu", torch.float64)
+
+    if method == "dense" or (method == "auto" and P <= max_dense):
+        K, K0 = kernel(model, xs), kernel(model0, xs)
+        dd, d0 = E.pair_sums(K - K0, K - K0), E.pair_sums(K0, K0)
+        drift = float((dd[0].T / d0[0].T).sqrt())
+        loo = (dd[1].T / d0[1].T).sqrt()
+        return {
+            "drift": Estimate(drift, E.jackknife_se(loo), P, "biased"),
+            "cka": cka_estimate(K, K0, estimator),
+        }
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(P, generator=g)[: min(rows, P)]
+    r = idx.numel()
+    sub = tuple(t[idx.to(t.device)] for t in xs)
+    exact = []  # per model: row sums / P, their mean / P, diagonal of HKH
+    for m in (model, model0):
+        op = KernelOperator(m, xs, output_fn=output_fn, dtype=dtype)
+        K1 = op.matvec(torch.ones(P, 1, dtype=op.dtype, device=op.device))[:, 0]
+        c = K1.to("cpu", torch.float64) / P
+        exact.append((c, c.mean(), op.diagonal().to("cpu", torch.float64) - 2 * c + c.mean()))
+    (c, cbar, b), (c0, cbar0, b0) = exact
+    # per sampled row, accumulated over column blocks (memory r x block, not r x P):
+    # ||K_i - K0_i||^2, ||K0_i||^2, <C_i, C0_i>, ||C_i||^2, ||C0_i||^2 with C = HKH
+    acc = torch.zeros(r, 5, dtype=torch.float64)
+    for a in range(0, P, 4096):
+        blk = slice_inputs(xs, a, min(a + 4096, P))
+        R, R0 = kernel(model, sub, blk), kernel(model0, sub, blk)
+        C = R - c[idx, None] - c[None, a : a + R.shape[1]] + cbar
+        C0 = R0 - c0[idx, None] - c0[None, a : a + R.shape[1]] + cbar0
+        acc += torch.stack(
+            [(R - R0).pow(2).sum(1), R0.pow(2).sum(1), (C * C0).sum(1), C.pow(2).sum(1),
+             C0.pow(2).sum(1)], 1,
+        )  # fmt: skip
+    drift_terms = acc[:, :2]
+    bi, b0i = b[idx], b0[idx]
+    terms = acc[:, 2:]
+    if estimator == "unbiased":
+        # HSIC_u of HKH (the same value as of K) from zero-diagonal sums; its row sums are -b
+        terms = terms - torch.stack([bi * b0i, bi**2, b0i**2], 1)
+
+    def cka_of(mean_terms: Tensor) -> Tensor:
+        T = mean_terms * P
+        if estimator == "biased":
+            return T[..., 0] / (T[..., 1] * T[..., 2]).sqrt()
+        S, S0, Q, Q00, Q11 = -b.sum(), -b0.sum(), b @ b0, b @ b, b0 @ b0
+        h = [
+            E.hsic_u(E.Sums(T[..., 0], S, S0, Q, P)),
+            E.hsic_u(E.Sums(T[..., 1], S, S, Q00, P)),
+            E.hsic_u(E.Sums(T[..., 2], S0, S0, Q11, P)),
+        ]
+        return h[0] / (h[1] * h[2]).sqrt()
+
+    def loo_means(t: Tensor) -> Tensor:  # [r, k] -> the r leave-one-row-out means
+        return (t.sum(0) - t) / (r - 1)
+
+    drift = float((drift_terms[:, 0].sum() / drift_terms[:, 1].sum()).sqrt())
+    drift_loo = loo_means(drift_terms)
+    drift_se = E.jackknife_se((drift_loo[:, 0] / drift_loo[:, 1]).sqrt()) if r > 1 else 0.0
+    value = float(cka_of(terms.mean(0)))
+    cka_se = E.jackknife_se(cka_of(loo_means(terms))) if r > 1 else 0.0
+    if r == P:  # every row read: nothing was estimated
+        drift_se = cka_se = 0.0
+    return {
+        "drift": Estimate(drift, drift_se, P, "biased", "matrix_free", drift_se),
+        "cka": Estimate(value, cka_se, P, estimator, "matrix_free", cka_se),
+    }

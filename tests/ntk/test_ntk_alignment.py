@@ -115,3 +115,40 @@ def test_matrix_free_memory_stays_linear_in_the_number_of_points():
     )
     extra = json.loads(out.stdout.strip().splitlines()[-1])["extra_mib"]
     assert extra < 1024, f"peak memory grew by {extra:.0f} MiB"
+
+
+def _moved_pair(P: int):
+    import copy
+
+    net, x, _ = _paper_net(P, seed=3)
+    net0 = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=F64))
+    return net, net0, x
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_ntk_change_dense_and_every_row_match_the_kernel_metrics(estimator):
+    net, net0, x = _moved_pair(150)
+    K, K0 = lm.empirical_ntk(net, x), lm.empirical_ntk(net0, x)
+    dense = lm.ntk_change(net, net0, x, estimator=estimator, method="dense")
+    assert dense["drift"].value == pytest.approx(lm.ntk_drift(K, K0), rel=1e-10)
+    assert dense["cka"].value == pytest.approx(lm.cka(K, K0, estimator), rel=1e-10)
+    assert dense["cka"].stderr == pytest.approx(lm.cka_estimate(K, K0, estimator).stderr)
+    full = lm.ntk_change(net, net0, x, estimator=estimator, method="matrix_free", rows=150)
+    for key in ("drift", "cka"):
+        assert full[key].value == pytest.approx(dense[key].value, rel=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_ntk_change_from_sampled_rows_is_within_its_error(estimator):
+    net, net0, x = _moved_pair(400)
+    dense = lm.ntk_change(net, net0, x, estimator=estimator, method="dense")
+    for seed in range(3):
+        free = lm.ntk_change(
+            net, net0, x, estimator=estimator, method="matrix_free", rows=40, seed=seed
+        )
+        for key in ("drift", "cka"):
+            assert abs(free[key].value - dense[key].value) < 3 * free[key].stderr
