@@ -77,20 +77,23 @@ class Sums:
     n: int
 
 
-def pair_sums(A: Tensor, B: Tensor) -> tuple[Sums, Sums]:
-    """The sums of ``A``, ``B`` (symmetric ``[n, n]``) on all points and leaving each out."""
+def pair_sums(A: Tensor, B: Tensor, loo: bool = True) -> tuple[Sums, Sums | None]:
+    """The sums of ``A``, ``B`` (symmetric ``[n, n]``) on all points and (``loo``) leaving
+    each point out."""
     n = A.shape[0]
     rA, rB, dA, dB = A.sum(1), B.sum(1), A.diagonal(), B.diagonal()
     rows = (A * B).sum(1)
     full = Sums(rows.sum(), rA.sum(), rB.sum(), rA @ rB, n)
-    loo = Sums(
+    if not loo:
+        return full, None
+    left = Sums(
         full.T - 2 * rows + dA * dB,
         full.SA - 2 * rA + dA,
         full.SB - 2 * rB + dB,
         full.Q - A @ rB - B @ rA + rows - (rA - dA) * (rB - dB),
         n - 1,
     )
-    return full, loo
+    return full, left
 
 
 def centred_product(s: Sums) -> Tensor:

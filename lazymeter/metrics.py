@@ -177,18 +177,18 @@ def _check_centering(centering: object) -> str:
     return centering
 
 
-def _ratio(A: Tensor, B: Tensor, how: str) -> tuple[Tensor, Tensor]:
+def _ratio(A: Tensor, B: Tensor, how: str, loo: bool = True) -> tuple[Tensor, Tensor | None]:
     """``<A', B'> / sqrt(<A', A'> <B', B'>)`` for the statistic ``how`` ("double", "rows",
     "none", "unbiased"), on all points (0-d) and leaving each point out (``[n]``)."""
     if how == "unbiased":
         A, B = E.zero_diagonal(E.double_centre(A)), E.zero_diagonal(E.double_centre(B))
-    ab, aa, bb = E.pair_sums(A, B), E.pair_sums(A, A), E.pair_sums(B, B)
+    ab, aa, bb = E.pair_sums(A, B, loo), E.pair_sums(A, A, loo), E.pair_sums(B, B, loo)
     stat = {"unbiased": E.hsic_u, "double": E.centred_product, "rows": E.centred_product}.get(
         how, lambda s: s.T
     )
     norm_a = E.row_centred_norm2 if how == "rows" else stat
-    out = []
-    for k in (0, 1):
+    out: list[Tensor | None] = []
+    for k in (0, 1) if loo else (0,):
         den = norm_a(aa[k]) * stat(bb[k])
         # An unbiased self-HSIC at or below round-off next to the sum of squares it is made
         # of (the estimate of a positive quantity came out <= 0) leaves no ratio: NaN.
@@ -196,7 +196,7 @@ def _ratio(A: Tensor, B: Tensor, how: str) -> tuple[Tensor, Tensor]:
         scale = aa[k].T * bb[k].T / (n * max(n - 3, 1)) ** 2 if how == "unbiased" else 0
         den = torch.where(den > 1e-12 * scale, den, torch.full_like(den, math.nan))
         out.append(stat(ab[k]) / den.sqrt())
-    return out[0], out[1]
+    return out[0], out[1] if loo else None
 
 
 def _unbiased_value(num_den: Tensor, names: tuple[str, str], n: int, metric: str) -> float:
@@ -250,14 +250,26 @@ def kernel_alignment(
     unbiased self-HSIC that is not positive.
     """
     centering, estimator = _check_centering(centering), _check_estimator(estimator)
+    return alignment_replicates(K, y, centering, estimator, loo=False)[0]
+
+
+def alignment_replicates(
+    K: Tensor, y: Tensor, centering: str = "double", estimator: str = "unbiased", loo: bool = True
+) -> tuple[float, Tensor | None]:
+    """``(kernel_alignment(K, y, centering, estimator), [P] leave-one-out values or None)``:
+    the value and the jackknife replicates behind :func:`alignment_estimate` and
+    :func:`alignment_change`, from one validation and one ``O(P^2)`` pass (keep the
+    replicates of ``K_0`` to get later changes' paired errors without recomputing them)."""
+    centering, estimator = _check_centering(centering), _check_estimator(estimator)
     K, Y, Kc, Yc = _alignment_inputs(K, y, centering, estimator)
+    _enough(K.shape[0], estimator, "kernel_alignment", se=loo)
     if estimator == "unbiased":
-        _enough(K.shape[0], "unbiased", "kernel_alignment", se=False)
-        value, _ = _ratio(K, Y @ Y.T, "unbiased")
-        return _unbiased_value(value, ("K", "y"), K.shape[0], "kernel_alignment")
+        full, reps = _ratio(K, Y @ Y.T, "unbiased", loo)
+        return _unbiased_value(full, ("K", "y"), K.shape[0], "kernel_alignment"), reps
     num = (Yc * (Kc @ Yc)).sum()
     den = torch.linalg.matrix_norm(Kc) * torch.linalg.matrix_norm(Yc.T @ Yc)
-    return _cosine(num, den, "kernel_alignment")
+    value = _cosine(num, den, "kernel_alignment")
+    return value, _ratio(K, Y @ Y.T, centering)[1] if loo else None
 
 
 def _alignment_inputs(
@@ -310,13 +322,8 @@ def alignment_estimate(
     ``stderr`` is NaN when a replicate is undefined (an unbiased self-HSIC that is not
     positive without one point). Needs ``P >= 5`` (unbiased) or ``P >= 3`` (biased).
     """
-    centering, estimator = _check_centering(centering), _check_estimator(estimator)
-    value = kernel_alignment(K, y, centering, estimator)
-    K, Y, _, _ = _alignment_inputs(K, y, centering, estimator)
-    _enough(K.shape[0], estimator, "kernel_alignment", se=True)
-    how = "unbiased" if estimator == "unbiased" else centering
-    _, loo = _ratio(K, Y @ Y.T, how)
-    return Estimate(value, E.jackknife_se(loo), K.shape[0], estimator)
+    value, loo = alignment_replicates(K, y, centering, estimator)
+    return Estimate(value, E.jackknife_se(loo), int(loo.numel()), estimator)
 
 
 def alignment_change(
@@ -329,22 +336,13 @@ def alignment_change(
     paired error of the change is much smaller than ``sqrt(se^2 + se0^2)`` (on the paper's
     Figure-1 task, about ten times smaller). ``Estimate(value, stderr, n=P, estimator)``.
     """
-    centering, estimator = _check_centering(centering), _check_estimator(estimator)
-    value = kernel_alignment(K, y, centering, estimator) - kernel_alignment(
-        K0, y, centering, estimator
-    )
     if K0.shape != K.shape:
         raise ValueError(
             f"K0: shape {tuple(K0.shape)} differs from K's {tuple(K.shape)}; both kernels "
             "must be over the same points"
         )
-    how = "unbiased" if estimator == "unbiased" else centering
-    loo = []
-    for k in (K, K0):
-        k, Y, _, _ = _alignment_inputs(k, y, centering, estimator)
-        _enough(k.shape[0], estimator, "kernel_alignment", se=True)
-        loo.append(_ratio(k, Y @ Y.T, how)[1])
-    return Estimate(value, E.jackknife_se(loo[0] - loo[1]), K.shape[0], estimator)
+    (a, loo), (a0, loo0) = (alignment_replicates(k, y, centering, estimator) for k in (K, K0))
+    return Estimate(a - a0, E.jackknife_se(loo - loo0), int(loo.numel()), estimator)
 
 
 def _cka_inputs(K1: object, K2: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -378,7 +376,7 @@ def cka(K1: Tensor, K2: Tensor, estimator: str = "biased") -> float:
     K1, K2, A, B = _cka_inputs(K1, K2)
     if estimator == "unbiased":
         _enough(K1.shape[0], "unbiased", "cka", se=False)
-        value, _ = _ratio(K1, K2, "unbiased")
+        value, _ = _ratio(K1, K2, "unbiased", loo=False)
         return _unbiased_value(value, ("K1", "K2"), K1.shape[0], "cka")
     den = torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)
     return _cosine((A * B).sum(), den, "cka")

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .. import estimators as E
 from .. import metrics as M
 from ..probes import targets
 from ..sinks import register_tags
@@ -102,6 +103,7 @@ class Alignment(Quantity):
         self.reference: dict[str, float] = {}
         self._own: dict[str, tuple[Tensor, Tensor]] = {}
         self._K0_own: dict[str, Tensor] = {}
+        self._loo0: dict[str, Tensor] = {}
 
     def _head(self, what: str = "") -> str:
         """``alignment`` (now), ``alignment0`` (init), ``alignment_rise`` with the prefix."""
@@ -128,8 +130,10 @@ class Alignment(Quantity):
         K = self._K0_own[split] if at == "init" and split in self._K0_own else ctx.ntk(x)
         return K, targets(y, ctx.num_classes)
 
-    def _estimate(self, K: Tensor, Y: Tensor) -> M.Estimate:
-        return M.alignment_estimate(K, Y, self.centering, self.estimator)
+    def _replicates(self, K: Tensor, Y: Tensor) -> tuple[float, Tensor]:
+        value, loo = M.alignment_replicates(K, Y, self.centering, self.estimator)
+        assert loo is not None
+        return value, loo
 
     def setup(self, ctx: MeasureContext) -> None:
         for s in self._splits(ctx):
@@ -139,11 +143,13 @@ class Alignment(Quantity):
             K0, Y = self._data(ctx, s, "init")
             key = self._key(s, "0")
             try:
-                est = self._estimate(K0, Y)
+                value, loo = self._replicates(K0, Y)
             except ValueError:  # too few points, a constant target: NaN, warned at measurement
                 self.reference[key] = self.reference[key + "_se"] = float("nan")
                 continue
-            self.reference[key], self.reference[key + "_se"] = est.value, est.stderr
+            # K_0's leave-one-out values: every later rise's paired error reuses them
+            self._loo0[s] = loo
+            self.reference[key], self.reference[key + "_se"] = value, E.jackknife_se(loo)
 
     def keys(self, ctx: MeasureContext) -> list[str]:
         out = []
@@ -160,23 +166,20 @@ class Alignment(Quantity):
         out: dict[str, float] = {}
         for s in self._splits(ctx):
             K, Y = self._data(ctx, s)
-            holder: dict[str, M.Estimate] = {}
+            held: dict[str, tuple[float, Tensor]] = {}
 
-            def run(K: Tensor = K, Y: Tensor = Y, h: dict = holder) -> float:
-                h["e"] = self._estimate(K, Y)
-                return h["e"].value
+            def run(K: Tensor = K, Y: Tensor = Y, h: dict = held) -> float:
+                h["r"] = self._replicates(K, Y)
+                return h["r"][0]
 
             ctx.attempt(out, self._key(s), run)
-            out[self._key(s) + "_se"] = holder["e"].stderr if "e" in holder else float("nan")
-            rise: dict[str, M.Estimate] = {}
-
-            def change(K: Tensor = K, Y: Tensor = Y, s: str = s, h: dict = rise) -> float:
-                K0 = self._data(ctx, s, "init")[0]
-                h["e"] = M.alignment_change(K, K0, Y, self.centering, self.estimator)
-                return h["e"].value
-
-            ctx.attempt(out, self._rise_key(s), change)
-            out[self._rise_key(s) + "_se"] = rise["e"].stderr if "e" in rise else float("nan")
+            nan = float("nan")
+            value, loo = held.get("r", (nan, None))
+            a0, loo0 = self.reference.get(self._key(s, "0"), nan), self._loo0.get(s)
+            out[self._key(s) + "_se"] = nan if loo is None else E.jackknife_se(loo)
+            paired = loo is not None and loo0 is not None and loo0.shape == loo.shape
+            out[self._rise_key(s)] = value - a0
+            out[self._rise_key(s) + "_se"] = E.jackknife_se(loo - loo0) if paired else nan
         out.update(self.reference)
         return out
 
@@ -191,8 +194,9 @@ class Alignment(Quantity):
 
     def state_dict(self) -> dict[str, Any]:
         # with own points, K_0 on them (the rise needs it; a resumed model is no longer K_0's)
-        return {"reference": dict(self.reference), "K0": dict(self._K0_own)}
+        return {"reference": dict(self.reference), "K0": dict(self._K0_own), "loo0": self._loo0}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.reference = dict(state["reference"])
         self._K0_own.update(state.get("K0", {}))
+        self._loo0 = dict(state.get("loo0", {}))
