@@ -106,7 +106,7 @@ def row(step, cka=1.0, move=0.0, align=0.0, align0=0.0, test=1.0, se=0.0, drift=
     ("r", "expected"),
     [
         (row(1, cka=0.995, move=0.2, align=0.01), "lazy"),
-        (row(1, cka=0.95), "transitioning"),
+        (row(1, cka=0.97), "transitioning"),
         (row(1, move=0.8), "transitioning"),
         (row(1, align=0.05), "transitioning"),
         (row(1, align=0.05, se=0.03), "lazy"),  # a rise within 2 standard errors is noise
@@ -123,7 +123,7 @@ def test_regime_classification(r, expected):
 
 
 def test_thresholds_are_arguments():
-    assert classify(row(1, cka=0.95), RegimeThresholds(lazy_kernel=0.1)) == "lazy"
+    assert classify(row(1, cka=0.97), RegimeThresholds(lazy_kernel=0.04)) == "lazy"
     assert classify(row(1, align=0.05, se=0.03), RegimeThresholds(z=1.0)) == "transitioning"
 
 

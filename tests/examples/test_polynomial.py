@@ -9,7 +9,10 @@ from example_scripts import load_example
 import lazymeter as lm
 from lazymeter.tasks.polynomial import PolynomialConfig, QuadraticNet, make_data, train
 
-SMALL = dict(D=20, P=110, P_test=500, N=100, eps=0.05, epochs=2000, lr_scale=8.0, per_decade=8)
+SMALL = dict(
+    D=20, P=110, P_test=500, N=100, eps=0.05, epochs=2000, lr_scale=8.0, per_decade=8,
+    paper_points=0,
+)  # fmt: skip
 
 
 def test_example_smoke_run_writes_history_summary_events_and_figure(tmp_path):
@@ -23,12 +26,21 @@ def test_example_smoke_run_writes_history_summary_events_and_figure(tmp_path):
         "lin_test_loss",
         "ntk_drift",
         "alignment_train",
+        "alignment_train_se",
         "alignment_test",
         "param_movement",
+        # the paper's alignment on its test points, and the unbiased one there
+        "alignment_paper_test",
+        "alignment_full_test",
+        "alignment_full_test_se",
+        "alignment_rise_full_test",
     }
     assert len(rows) > 5 and all(required <= set(r) for r in rows)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"k0_test_mse", "final_train_loss", "final_test_loss", "time_to_grok"} <= set(summary)
+    paper = summary["alignment"]["alignment_paper_test"]
+    assert paper["end"] == rows[-1]["alignment_paper_test"] and "biased" in paper["what"]
+    assert paper["init"] == rows[0]["alignment_paper_test"]
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 

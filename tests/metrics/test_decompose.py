@@ -246,7 +246,7 @@ def test_centred_polynomial_run_decomposition_tracks_its_test_loss():
     P_test = 5_000
     cfg = PolynomialConfig(
         D=8, N=16, P=60, P_test=P_test, eps=0.25, epochs=300, lr_scale=2.0, seed=1, per_decade=4,
-        center=True, decompose=True, linearized=False, dtype="float64",
+        center=True, decompose=True, linearized=False, dtype="float64", paper_points=0,
     )  # fmt: skip
     hist = train(cfg, None, progress=False, figure=False)["history"]
     sigma = 4.0 / math.sqrt(P_test)  # examples/loss_decomposition.py's MC_REL_STD bound
