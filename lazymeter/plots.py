@@ -39,6 +39,15 @@ def _alignment_panel(ax: Any, hist: Sequence[Mapping[str, Any]], points: Any) ->
         _band(ax, hist, "alignment_train", "C2", "train probe (± 1 SE)")
         _band(ax, hist, "alignment_test", "C1", "test probe (± 1 SE)")
     ax.axhline(0.0, color="gray", lw=0.8, ls=":")
+    notes = []
+    for key, label in (("alignment_rise_full_test", "unbiased"), ("alignment_rise_train", "train")):
+        xs, ys = series(hist, key)
+        se = hist[-1].get(key + "_se") if hist else None
+        if xs and isinstance(se, (int, float)) and math.isfinite(se):
+            notes.append(f"{label} rise at the end: {ys[-1]:.2g} ± {se:.1g} (paired)")
+            break
+    if notes:
+        ax.text(0.98, 0.03, "\n".join(notes), transform=ax.transAxes, ha="right", fontsize=8)
     ax.set_xscale("log")
     ax.set_ylabel("kernel-target alignment")
     ax.legend(fontsize=8, loc="upper left")
