@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lazy -> rich: test loss below K0 regression from step "
         f"{summary['test_below_k0_step']:,.0f}; test alignment "
         f"{summary['alignment0_test']:.3f} -> max "
-        f"{summary['max_alignment_test']:.3f}, rising (+10%) from step "
+        f"{summary['max_alignment_test']:.3f}, rising (beyond 2 standard errors) from step "
         f"{summary['alignment_rise_step']:,.0f}.  Figure: {a.out}/figure.png"
     )
     return summary

@@ -257,23 +257,25 @@ def train(
 
 
 def _alignment_summary(hist: list[dict], points: int) -> dict[str, object]:
-    """Alignment at initialisation and at the end, in both definitions (for the summary)."""
-    first, last = hist[0], hist[-1]
+    """Alignment at initialisation and at the last measurement of it, in both definitions."""
     out: dict[str, object] = {}
     for head, what in (
         ("alignment_paper_test", f"paper's definition (biased, 'rows'), {points} test points"),
         ("alignment_full_test", f"unbiased, {points} test points"),
         ("alignment_train", "unbiased, train probe"),
     ):
-        if head in last:
+        rows = [r for r in hist if head in r]
+        if rows:
+            first, last = rows[0], rows[-1]
             init = head.replace("alignment", "alignment0", 1)
             rise = head.replace("alignment", "alignment_rise", 1)
             out[head] = {
                 "what": what,
-                "init": last.get(init, first.get(head)),
+                "init": last.get(init, first[head]),
                 "init_se": last.get(init + "_se"),
                 "end": last[head],
                 "end_se": last.get(head + "_se"),
+                "end_step": last["step"],
                 "rise": last.get(rise),
                 "rise_se": last.get(rise + "_se"),
             }

@@ -328,7 +328,8 @@ def train_student(
         steps, [r["train_loss"] for r in hist], [r["test_loss"] for r in hist], threshold=1e-3
     )
     # Lazy -> rich: when the network first beats the lazy (K0 kernel regression) solution,
-    # and when its NTK starts aligning with the target (10% above its initial alignment).
+    # and when its NTK starts aligning with the target: the (unbiased) alignment's rise over
+    # its initial value exceeds twice its paired standard error.
     k0 = meter.baseline.get("k0_test_mse", math.nan)
     a0 = first.get("alignment0_test", math.nan)
     aligns = [r.get("alignment_test", math.nan) for r in hist]
@@ -353,7 +354,15 @@ def train_student(
         "final_alignment_test": last_row.get("alignment_test"),
         "max_alignment_test": max((a for a in aligns if math.isfinite(a)), default=math.nan),
         "test_below_k0_step": next((r["step"] for r in hist if r["test_loss"] <= k0), math.nan),
-        "alignment_rise_step": first_step_at_or_above(steps, aligns, 1.1 * a0),
+        "alignment_rise_step": next(
+            (
+                r["step"]
+                for r in hist
+                if r.get("alignment_rise_test", math.nan)
+                > 2 * r.get("alignment_rise_test_se", math.inf)
+            ),
+            math.nan,
+        ),
         "seconds": seconds,
     }
     if out_dir is not None:
