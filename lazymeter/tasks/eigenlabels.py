@@ -27,12 +27,11 @@ eigenvectors are exactly centred. On seed 0 the two give the same picture; the k
 loss ends at 0.25 vs 0.34 of its start.)
 
 What it shows (seed 0, the default budget; steps in lr-equivalent epochs; alignments are
-the meter's unbiased estimates on its 64-point probes): for ``k = 1``
-(alignment of ``K0`` with the train labels 0.29) the train and test losses fall together,
+the meter's unbiased estimates on all train and test points): for ``k = 1`` (alignment of
+``K0`` with the train labels 0.29) the train and test losses fall together,
 below 10% of their start at epochs 25 and 65, and the test loss ends at 3% of its start; for
 ``k = 70`` (alignment -0.01, i.e. none) the test loss falls an order of magnitude after the
-train loss
-(to half its start at epoch 565 vs 45; the train loss is below 10% at 240) but only to a
+train loss (to half its start at epoch 565 vs 45; the train loss is below 10% at 240) but only to a
 third of its start, so it never crosses 10%; for ``k = 100`` (alignment -0.04) the test
 loss *rises*, 1.04 -> 2.34, while the train loss is fitted: no generalisation. The net stays
 lazy throughout (parameters move 4-17%, the NTK drifts ~3%, the alignment of ``K_t`` with
