@@ -221,7 +221,9 @@ def test_very_lazy_network_converges_to_the_k0_baseline():
     with torch.no_grad():
         test_mse = ((meter(xt).squeeze(-1) - yt) ** 2).mean().item()
     assert test_mse == pytest.approx(meter.baseline["k0_test_mse"], rel=0.02)
-    assert meter.measure()["ntk_drift"] < 1e-2
+    row = meter.measure()
+    assert row["ntk_drift"] < 1e-2
+    assert lm.regime.classify(row) == "lazy"
 
 
 def test_probe_subsample_is_deterministic_and_bounded():
