@@ -28,10 +28,11 @@ the weight norm grows from 83 to 270 (scale 1) as the network generalises; kerne
 with the initial NTK (the lazy limit) gets no test pair right.
 
 Appendix controls: ``--weight-decay`` (torch's; for SGD it adds ``wd/2 ||theta||^2`` to the
-loss, a decay of ``100 wd / scale^2`` per lr-equivalent step) shows that weight decay is
-neither necessary (the default has none) nor sufficient: at scale 1, ``3e-7`` moves the
-train and test crossings later (26.1k, 31.6k), and ``1e-6`` shrinks the weights (norm 83 ->
-43) before anything is learned (final test accuracy 0). ``--optimizer momentum`` (0.9,
+loss, a decay of ``100 wd / scale^2`` per lr-equivalent step) shows that weight decay is not
+necessary for the delay (the default has none). With it, at scale 1, ``3e-7`` moves the
+train and test crossings later (26.1k, 31.6k); ``1e-6`` shrinks the weights (norm 83 -> 43)
+before anything is learned (final test accuracy 0), a run that learns nothing and so says
+nothing about whether weight decay alone could cause a delay. ``--optimizer momentum`` (0.9,
 lr x 0.1) follows GD (train 17.8k, test 28.7k); ``--optimizer adamw`` (``lr = 3e-3 /
 scale``, real steps) keeps the delay and its growth with the scale: 287, 511 steps
 (scale 0.5); 464, 825 (1); 619, 1.1k (1.5); 825, 1.33k (2).

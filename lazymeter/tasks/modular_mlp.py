@@ -16,8 +16,7 @@ kernel-target alignment and parameter movement along the way.
 What it shows: the train accuracy reaches 100% first, the test accuracy rises later while
 the weight norm grows (features are learned), and a larger scale (a lazier start) delays
 both the fit and, more, the generalisation. Controls (paper's appendix): weight decay is
-neither necessary (the default has none) nor sufficient for this delay, and momentum or
-AdamW keep it.
+not necessary for this delay (the default has none), and momentum or AdamW keep it.
 """
 
 from __future__ import annotations
