@@ -46,7 +46,6 @@ TensorBoard events, OUT/summary.json and OUT/figure.png.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import warnings
@@ -54,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lazymeter.tasks.polynomial import PolynomialConfig, train
+from lazymeter.tasks.results import write_json
 
 TERMS = ("variance", "misalignment", "linear")
 # sup over degree-2 polynomials e(z) of a standard Gaussian of std(e^2) / E[e^2] (~3.9,
@@ -192,8 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
         }
     )
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2)
+    write_json(
+        os.path.join(a.out, "summary.json"),
+        {k: v for k, v in summary.items() if k != "history"},
+        indent=2,
+    )
     plot(hist, summary, os.path.join(a.out, "figure.png"))
 
     fmt = lambda d: ", ".join(f"{k} {v:.3g}" for k, v in d.items())  # noqa: E731

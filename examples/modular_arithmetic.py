@@ -61,6 +61,7 @@ from lazymeter.tasks.modular_mlp import (
     sweep_table,
     train,
 )
+from lazymeter.tasks.results import write_json
 
 SMOKE = dict(p=11, N=24, steps=60, lr_scale=4.0, per_decade=6, max_probe=16)
 
@@ -149,8 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
         sweep={s: r["history"] for s, r in runs.items()} or None,
     )
     summary["sweep"] = table
-    with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2)
+    write_json(
+        os.path.join(a.out, "summary.json"),
+        {k: v for k, v in summary.items() if k != "history"},
+        indent=2,
+    )
 
     print(
         json.dumps(

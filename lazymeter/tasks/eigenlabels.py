@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from ..history import series
 from .polynomial import QuadraticNet, fit_full_batch
+from .results import write_json
 
 _NORMALIZE = ("variance", "norm")
 
@@ -280,7 +281,6 @@ def train(
         ``{"config", "alpha", "eigenvalues" (the top 5, and lambda_k per run), "runs"
         (one summary per k, each with its ``history``), "seconds", "epochs_unit"}``.
     """
-    import json
     import os
     import time
 
@@ -327,8 +327,7 @@ def train(
             **summary,
             "runs": {k: {n: v for n, v in r.items() if n != "history"} for k, r in runs.items()},
         }
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(slim, f, indent=2)
+        write_json(os.path.join(out_dir, "summary.json"), slim, indent=2)
         if figure:
             plot_eigenlabels(summary, os.path.join(out_dir, "figure.png"))
     return summary

@@ -39,7 +39,6 @@ bundled 8x8 digits (1797 images: 1000 train, 797 test), and the summary says so.
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import os
 import struct
@@ -55,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from ..history import series
+from .results import first_step_at_or_above, write_json
 
 # ---------------------------------------------------------------------------------------- IDX
 
@@ -334,14 +334,6 @@ class MnistConfig:
 # ------------------------------------------------------------------------------------ running
 
 
-def first_step_at_least(steps: Sequence[float], values: Sequence[float], level: float) -> float:
-    """The first step at which ``values >= level`` (NaN if never)."""
-    for s, v in zip(steps, values, strict=True):
-        if v is not None and math.isfinite(v) and v >= level:
-            return float(s)
-    return math.nan
-
-
 def accuracy_threshold(cfg: MnistConfig, data: ImageData) -> float:
     """``cfg.acc_threshold``, or by default 0.9 on MNIST and 0.8 on the easier-to-fit but
     lower-resolution digits (where a lazy run's test accuracy sits far below either)."""
@@ -476,8 +468,8 @@ def train_run(
     hist = meter.history
     steps = [r["step"] for r in hist]
     thr = accuracy_threshold(cfg, data)
-    train_step = first_step_at_least(steps, [r["train_acc"] for r in hist], thr)
-    test_step = first_step_at_least(steps, [r["test_acc"] for r in hist], thr)
+    train_step = first_step_at_or_above(steps, [r["train_acc"] for r in hist], thr)
+    test_step = first_step_at_or_above(steps, [r["test_acc"] for r in hist], thr)
     at_train = [r["test_acc"] for r in hist if r["step"] == train_step]
     grok = lm.time_to_grok(
         steps, [r["train_loss"] for r in hist], [r["test_loss"] for r in hist], threshold=0.1
@@ -544,8 +536,7 @@ def train(
     }
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(out_dir, "summary.json"), summary, indent=2)
         if figure:
             plot(results, summary, os.path.join(out_dir, "figure.png"))
     summary["runs"] = results

@@ -21,7 +21,6 @@ not necessary for this delay (the default has none), and momentum or AdamW keep 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from ..history import series
 from ..threads import torch_threads
 from .modular import ModularSplit, modular_addition
+from .results import write_json
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 
@@ -296,8 +296,7 @@ def _train(
     }
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(out_dir, "summary.json"), summary, indent=2)
         if figure:
             plot_figure(hist, summary, os.path.join(out_dir, "figure.png"))
     summary["history"] = hist

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .progress import progress_bar
+from .results import write_json
 
 
 class QuadraticNet(nn.Module):
@@ -140,7 +141,6 @@ def train(
         ``{"config", "k0_test_mse", "final_train_loss", "final_test_loss",
         "final_lin_test_loss", "time_to_grok", "seconds", "history"}``.
     """
-    import json
     import os
     import time
 
@@ -246,8 +246,7 @@ def train(
     }
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(out_dir, "summary.json"), summary, indent=2)
         if figure:
             from ..plots import plot_run
 

@@ -27,7 +27,6 @@ decades below the target variance.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .progress import progress_bar
+from .results import first_step_at_or_above, write_json
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
@@ -147,14 +147,6 @@ def threshold_accuracy(
     return [float((err < tau * scale).double().mean()) for tau in thresholds]
 
 
-def first_step_at_or_above(steps: Sequence[float], values: Sequence[float], level: float) -> float:
-    """First ``steps[i]`` with ``values[i] >= level`` (NaN values skipped); NaN if never."""
-    for s, v in zip(steps, values, strict=True):
-        if v is not None and math.isfinite(v) and v >= level:
-            return float(s)
-    return math.nan
-
-
 def acc_key(split: str, tau: float) -> str:
     """History column of the accuracy at threshold ``tau``: e.g. ``tau0.01_test_acc``."""
     return f"tau{tau:g}_{split}_acc"
@@ -162,21 +154,6 @@ def acc_key(split: str, tau: float) -> str:
 
 def _mse(out: Tensor, y: Tensor) -> Tensor:
     return ((out - y) ** 2).mean()
-
-
-def _finite_or_none(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite_or_none(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite_or_none(x) for x in v]
-    return v
-
-
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(_finite_or_none(obj), f, indent=2)
 
 
 # --------------------------------------------------------------------------- experiment 1
@@ -367,7 +344,7 @@ def train_student(
     }
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        _write_json(os.path.join(out_dir, "summary.json"), summary)
+        write_json(os.path.join(out_dir, "summary.json"), summary)
         if figure:
             plot_student_teacher(hist, summary, os.path.join(out_dir, "figure.png"))
     summary["history"] = hist
@@ -563,7 +540,7 @@ def train_scaled(
         "seconds": time.perf_counter() - t0,
     }
     if out_dir is not None:
-        _write_json(os.path.join(out_dir, "summary.json"), summary)
+        write_json(os.path.join(out_dir, "summary.json"), summary)
     summary["history"] = meter.history
     return summary
 
@@ -694,7 +671,7 @@ def run_scale_grid(
     }
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        _write_json(os.path.join(out_dir, "summary.json"), summary)
+        write_json(os.path.join(out_dir, "summary.json"), summary)
         if figure:
             plot_scale_grid(runs, summary, os.path.join(out_dir, "figure.png"))
     summary["histories"] = {(r["activation"], r["sigma"], r["alpha"]): r["history"] for r in runs}

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..threads import torch_threads
+from .results import first_step_at_or_above, write_json
 
 # (base lr, weight decay) when not given. AdamW: see the module docstring. SGD and heavy-ball
 # momentum (the appendix's optimiser controls) need a far larger step on this cross-entropy
@@ -112,11 +113,6 @@ class TransformerModularConfig:
         )
 
 
-def _first_above(steps: list[int], values: list[float], level: float) -> float:
-    """First step whose value exceeds ``level`` (NaN if none)."""
-    return next((float(s) for s, v in zip(steps, values, strict=True) if v > level), math.nan)
-
-
 def _make_optimizer(cfg: TransformerModularConfig, params: Any, lr: float) -> Any:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -145,7 +141,6 @@ def train(
         ``test_acc_step``: first step at which the accuracy exceeds ``acc_threshold``
         (train checked every step, test every ``eval_every`` steps and on the log grid).
     """
-    import json
     import time
 
     import lazymeter as lm
@@ -235,7 +230,9 @@ def train(
         "alpha": cfg.alpha,
         "lr": lr,
         "train_acc_step": train_acc_step,
-        "test_acc_step": _first_above(curve["step"], curve["test_acc"], cfg.acc_threshold),
+        "test_acc_step": first_step_at_or_above(
+            curve["step"], curve["test_acc"], cfg.acc_threshold, strict=True
+        ),
         "acc_threshold": cfg.acc_threshold,
         "final_train_acc": last["train_acc"],
         "final_test_acc": last["test_acc"],
@@ -255,8 +252,7 @@ def train(
     }
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
         if figure:
             plot_runs([{**summary, "history": hist}], os.path.join(out_dir, "figure.png"))
     summary["history"] = hist
@@ -287,7 +283,6 @@ def sweep(
     ``workers > 1`` trains in that many spawned processes (one torch thread each; CPU only).
     Returns ``{"config", "alphas", "runs" (summaries with histories), "wall_seconds", ...}``.
     """
-    import json
     import multiprocessing
     import time
     from concurrent.futures import ProcessPoolExecutor
@@ -318,8 +313,7 @@ def sweep(
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         light = {**result, "runs": [{k: v for k, v in r.items() if k != "history"} for r in runs]}
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(light, f, indent=1)
+        write_json(os.path.join(out_dir, "summary.json"), light, indent=1)
         plot_runs(runs, os.path.join(out_dir, "figure.png"))
     return result
 

@@ -12,6 +12,7 @@ from example_scripts import load_example
 
 import lazymeter as lm
 from lazymeter.tasks import mnist as M
+from lazymeter.tasks.results import first_step_at_or_above
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -138,8 +139,8 @@ def test_runs_and_crossings():
     assert names == ["alpha1_init1", "alpha10_init1", "alpha1_init8", "alpha10_init8"]
     centred = M.MnistConfig(init_scales=(2.0,), center=True).run_list()
     assert [r["name"] for r in centred] == ["alpha1_init2_centred"]
-    assert M.first_step_at_least([0, 5, 10], [0.1, 0.85, 0.95], 0.8) == 5
-    assert np.isnan(M.first_step_at_least([0, 5], [0.1, 0.2], 0.8))
+    assert first_step_at_or_above([0, 5, 10], [0.1, 0.85, 0.95], 0.8) == 5
+    assert np.isnan(first_step_at_or_above([0, 5], [0.1, 0.2], 0.8))
 
 
 def test_example_smoke_on_digits_writes_runs_summary_and_figure(tmp_path, capsys):

@@ -8,10 +8,10 @@ import torch
 from example_scripts import load_example
 
 import lazymeter as lm
+from lazymeter.tasks.results import first_step_at_or_above
 from lazymeter.tasks.student_teacher import (
     ScaleConfig,
     TwoLayerNet,
-    first_step_at_or_above,
     threshold_accuracy,
     train_scaled,
 )

@@ -1,0 +1,39 @@
+"""The experiments' shared result helpers: crossing steps and strict-JSON summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lazymeter.tasks.results import first_step_at_or_above, write_json
+
+
+def _strict(text: str):
+    def refuse(name: str):
+        raise ValueError(f"bare {name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_summary_json_has_no_bare_nan_or_infinity(tmp_path):
+    path = tmp_path / "summary.json"
+    write_json(str(path), {"a": math.nan, "b": [1.0, math.inf, {"c": -math.inf}], "d": (2, 3)})
+    assert _strict(path.read_text()) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, 3]}
+
+
+def test_first_step_at_or_above_skips_missing_values_and_can_be_strict():
+    steps = [0, 10, 20, 30]
+    assert first_step_at_or_above(steps, [0.1, math.nan, 0.5, 0.9], 0.5) == 20
+    assert first_step_at_or_above(steps, [0.1, None, 0.5, 0.9], 0.5, strict=True) == 30
+    assert math.isnan(first_step_at_or_above(steps, [0.1, 0.2, 0.3, 0.4], 0.5))
+    with pytest.raises(ValueError):
+        first_step_at_or_above(steps, [0.1], 0.5)  # curves of another length
+
+
+def test_example_summaries_are_strict_json(tmp_path):
+    from example_scripts import load_example
+
+    load_example("polynomial_regression").main(["--smoke", "--out", str(tmp_path), "--no-progress"])
+    _strict((tmp_path / "summary.json").read_text())
