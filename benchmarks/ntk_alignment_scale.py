@@ -42,6 +42,7 @@ import sys
 import time
 
 import torch
+from memory import reset_peak, status_kib
 
 import lazymeter as lm
 from lazymeter.tasks.polynomial import QuadraticNet, make_data
@@ -60,20 +61,6 @@ def build(P: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tenso
     return model, data.x, data.y
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
@@ -83,13 +70,13 @@ def one(P: int, method: str, seed: int) -> dict:
     model, x, y = build(P, seed)
     lm.ntk_alignment(model, x[:WARMUP], y[:WARMUP], method=method)  # warm-up
     before = maxrss_kib()
-    rss0 = _status_kib("VmRSS")
-    hwm_ok = _reset_hwm()
+    rss0 = status_kib("VmRSS")
+    hwm_ok = reset_peak()
     t0 = time.perf_counter()
     est = lm.ntk_alignment(model, x, y, method=method)
     dt = time.perf_counter() - t0
     after = maxrss_kib()
-    hwm = _status_kib("VmHWM")
+    hwm = status_kib("VmHWM")
     return {
         "P": P,
         "method": est.method,

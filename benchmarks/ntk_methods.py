@@ -20,6 +20,7 @@ import sys
 import time
 
 import torch
+from memory import status_kib
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -57,20 +58,14 @@ def median_time(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def _status_kib(field: str) -> int:
-    # VmHWM (peak RSS) is per address space, so unlike ru_maxrss it is not inherited over exec.
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def peak_memory_child(method: str, P: int) -> None:
     torch.manual_seed(0)
     model, x = QuadraticNet(), data(P)
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     t0 = time.perf_counter()
     K = lm.empirical_ntk(model, x, method=method)
     dt = time.perf_counter() - t0
-    extra = (_status_kib("VmHWM") - base) / 1024
+    extra = (status_kib("VmHWM") - base) / 1024
     print(json.dumps({"extra_mib": extra, "seconds": dt, "shape": list(K.shape)}))
 
 

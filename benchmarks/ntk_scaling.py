@@ -37,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from memory import reset_peak, status_kib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "performance.md")
@@ -61,24 +62,6 @@ class Cell:
 
 
 # ----------------------------------------------------------------------------- one cell
-
-
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def build(model: str, P: int, width: int, tiny: bool, seed: int = 0):
@@ -109,7 +92,7 @@ def measure(
 
     net, x, output_fn = build(cell.model, cell.P, cell.width, tiny)
     chunks: list[int] = []
-    base = [_status_kib("VmRSS"), False]  # footprint before the call; measuring yet?
+    base = [status_kib("VmRSS"), False]  # footprint before the call; measuring yet?
     inner = engines.blocked_kernel
 
     def spy(x1, x2, chunk_size, **kw):
@@ -126,7 +109,7 @@ def measure(
             if base[1] and time.perf_counter() - last[0] > 5:
                 last[0] = time.perf_counter()
                 state = {"done": done[0], "total": total, "elapsed": last[0] - t0}
-                state["peak_mib"] = (_status_kib("VmHWM") - base[0]) / 1024
+                state["peak_mib"] = (status_kib("VmHWM") - base[0]) / 1024
                 print("PROGRESS " + json.dumps(state), file=sys.stderr, flush=True)
             return out
 
@@ -144,8 +127,8 @@ def measure(
         # Warm-up on two samples: lazy imports and first-use allocations are not the cell's.
         lm.empirical_ntk(net, x[:2], output_fn=output_fn, method=cell.engine, memory_budget=budget)
         chunks.clear()
-        base[:] = [_status_kib("VmRSS"), True]
-        exact_peak = _reset_peak()
+        base[:] = [status_kib("VmRSS"), True]
+        exact_peak = reset_peak()
         t0 = time.perf_counter()
         K = run()
         times = [time.perf_counter() - t0]
@@ -155,7 +138,7 @@ def measure(
                 t0 = time.perf_counter()
                 run()
                 times.append(time.perf_counter() - t0)
-        peak = (_status_kib("VmHWM") - base[0]) / 1024
+        peak = (status_kib("VmHWM") - base[0]) / 1024
     finally:
         engines.blocked_kernel = structured.blocked_kernel = inner
     assert K.shape == (cell.P, cell.P) and bool(torch.isfinite(K).all())

@@ -29,14 +29,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from memory import status_kib  # noqa: E402
 from ntk_cases import CASES, make  # noqa: E402
 
 METHODS = ["structured", "jacobian", "ntvp", "nngeometry"]
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _nngeometry_kernel(case) -> torch.Tensor:
@@ -64,7 +60,7 @@ def child(case_name: str, method: str, repeats: int, out_path: str) -> None:
             case.model, case.x, output_fn=case.output_fn, method=method, trace_outputs=case.trace
         )
 
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     t0 = time.perf_counter()
     K = run()
     first = time.perf_counter() - t0
@@ -79,7 +75,7 @@ def child(case_name: str, method: str, repeats: int, out_path: str) -> None:
             {
                 "median": statistics.median(times),
                 "first": first,
-                "peak_mib": (_status_kib("VmHWM") - base) / 1024,
+                "peak_mib": (status_kib("VmHWM") - base) / 1024,
             }
         )
     )
