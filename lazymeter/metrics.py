@@ -372,14 +372,23 @@ def cka(K1: Tensor, K2: Tensor, estimator: str = "biased") -> float:
     Undefined when a centred kernel is zero (a constant kernel, ``P = 1``) or an unbiased
     self-HSIC is not positive: ``ValueError`` naming ``K1`` or ``K2``.
     """
-    estimator = _check_estimator(estimator)
+    return _cka_replicates(K1, K2, _check_estimator(estimator), loo=False)[0]
+
+
+def _cka_replicates(
+    K1: Tensor, K2: Tensor, estimator: str, loo: bool
+) -> tuple[float, Tensor | None]:
+    """``(cka(K1, K2, estimator), [P] leave-one-out values or None)`` from one validation
+    and one ``O(P^2)`` pass."""
     K1, K2, A, B = _cka_inputs(K1, K2)
+    n = K1.shape[0]
+    _enough(n, estimator, "cka", se=loo)
     if estimator == "unbiased":
-        _enough(K1.shape[0], "unbiased", "cka", se=False)
-        value, _ = _ratio(K1, K2, "unbiased", loo=False)
-        return _unbiased_value(value, ("K1", "K2"), K1.shape[0], "cka")
+        full, reps = _ratio(K1, K2, "unbiased", loo)
+        return _unbiased_value(full, ("K1", "K2"), n, "cka"), reps
     den = torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)
-    return _cosine((A * B).sum(), den, "cka")
+    value = _cosine((A * B).sum(), den, "cka")
+    return value, _ratio(K1, K2, "double")[1] if loo else None
 
 
 def cka_estimate(K1: Tensor, K2: Tensor, estimator: str = "unbiased") -> Estimate:
@@ -387,11 +396,9 @@ def cka_estimate(K1: Tensor, K2: Tensor, estimator: str = "unbiased") -> Estimat
     work); ``Estimate(value, stderr, n=P, estimator)``. Needs ``P >= 5`` (unbiased) or
     ``P >= 3`` (biased)."""
     estimator = _check_estimator(estimator)
-    value = cka(K1, K2, estimator)
-    K1, K2, _, _ = _cka_inputs(K1, K2)
-    _enough(K1.shape[0], estimator, "cka", se=True)
-    _, loo = _ratio(K1, K2, "unbiased" if estimator == "unbiased" else "double")
-    return Estimate(value, E.jackknife_se(loo), K1.shape[0], estimator)
+    value, loo = _cka_replicates(K1, K2, estimator, loo=True)
+    assert loo is not None
+    return Estimate(value, E.jackknife_se(loo), int(loo.numel()), estimator)
 
 
 def linear_cka(X1: Tensor, X2: Tensor) -> float:

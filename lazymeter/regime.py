@@ -79,13 +79,6 @@ def alignment_rise(row: Mapping[str, float], which: str = "train") -> tuple[floa
 _rise_of = alignment_rise  # grokking_onset's keyword of the same name hides the function
 
 
-def alignment_gain(row: Mapping[str, float], which: str = "train") -> float:
-    """Relative change of kernel-target alignment from K0's, ``A_t / A_0 - 1`` (for the
-    biased estimator; the unbiased ``A_0`` is about 0, see :func:`alignment_rise`)."""
-    a, a0 = _get(row, f"alignment_{which}"), _get(row, f"alignment0_{which}")
-    return a / a0 - 1 if a0 and math.isfinite(a0) and a0 != 0 else math.nan
-
-
 def classify(row: Mapping[str, float], thresholds: RegimeThresholds | None = None) -> str:
     """``"lazy"``, ``"transitioning"`` or ``"rich"`` for one measurement (see
     :class:`RegimeThresholds`); missing metrics are ignored, all missing gives lazy."""

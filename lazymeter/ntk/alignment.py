@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .. import estimators as E
 from ..estimators import Estimate
+from ..probes import targets
 from .functional import OutputFn, as_inputs, num_samples, slice_inputs
 from .operator import KernelOperator
 
@@ -41,11 +42,9 @@ def _labels(y: Any, P: int) -> Tensor:
         raise TypeError(f"y: expected a torch.Tensor of labels, got {type(y).__name__}")
     if y.shape[0] != P:
         raise ValueError(f"y: has {y.shape[0]} rows but x has {P} points; they must match")
-    if not y.is_floating_point():
-        if y.dim() != 1:
-            raise ValueError("y: integer labels must be class ids of shape [P]")
-        y = torch.nn.functional.one_hot(y.long(), int(y.max()) + 1)
-    Y = y.detach().to(torch.float64).reshape(P, -1)
+    if not y.is_floating_point() and y.dim() != 1:
+        raise ValueError("y: integer labels must be class ids of shape [P]")
+    Y = targets(y.detach())
     if not bool(torch.isfinite(Y).all()):
         raise ValueError("y: has NaN or Inf entries")
     if float((Y - Y.mean(0)).abs().max()) == 0.0:
@@ -132,7 +131,9 @@ def ntk_alignment(
     P = num_samples(xs)
     Y = _labels(y, P)
     if P < E.min_points(estimator):
-        raise ValueError(f"x: has {P} points; the {estimator} alignment needs at least 5")
+        raise ValueError(
+            f"x: has {P} points; the {estimator} alignment needs at least {E.min_points(estimator)}"
+        )
     dense = method == "dense" or (method == "auto" and P <= max_dense)
 
     def kernel(sub: tuple[Tensor, ...]) -> Tensor:
@@ -145,11 +146,10 @@ def ntk_alignment(
     op = KernelOperator(model, xs, output_fn=output_fn, dtype=dtype, memory_budget=memory_budget)
     g = torch.Generator().manual_seed(seed)
 
-    def rows_of(idx: Tensor, a: int, b: int) -> Tensor:
-        sub = tuple(t[idx.to(t.device)] for t in xs)
-        return empirical_ntk(model, sub, slice_inputs(xs, a, b), output_fn=output_fn, dtype=dtype)
+    def between(a: Any, b: Any) -> Tensor:
+        return empirical_ntk(model, a, b, output_fn=output_fn, dtype=dtype)
 
-    t2, t2_se, K1, d, quad = _matrix_free_terms(op, rows_of, Y, rows, g)
+    t2, t2_se, K1, d, quad = _matrix_free_terms(op, between, Y, rows, g)
     value = _alignment(t2, K1, d, quad, Y, estimator, centering)
     if not math.isfinite(value):
         raise ValueError(
@@ -168,31 +168,39 @@ def ntk_alignment(
     return Estimate(value, math.hypot(samp_se, est_se), P, estimator, "matrix_free", est_se)
 
 
+def _cpu64(t: Tensor) -> Tensor:
+    return t.to("cpu", torch.float64)
+
+
+def _row_blocks(kernel: Any, xs: tuple[Tensor, ...], idx: Tensor, block: int = 4096) -> Any:
+    """``(a, K[idx, a:a+block])`` over column blocks (memory ``len(idx) x block``, not
+    ``len(idx) x P``); ``kernel(x1, x2)`` is the kernel between two input sets."""
+    sub = tuple(t[idx.to(t.device)] for t in xs)
+    P = num_samples(xs)
+    for a in range(0, P, block):
+        yield a, _cpu64(kernel(sub, slice_inputs(xs, a, min(a + block, P))))
+
+
 def _matrix_free_terms(
     op: KernelOperator,
-    rows_of: Any,
+    kernel: Any,
     Y: Tensor,
     r: int,
     g: torch.Generator,
-    col_block: int = 4096,
 ) -> tuple[float, float, Tensor, Tensor, Tensor]:
     """``(||HKH||_F^2 estimate, its standard error, K 1, diag K, [y_c^T K y_c])``, float64
-    on the CPU. ``rows_of(I, a, b)`` is the kernel block ``K[I, a:b]``."""
+    on the CPU. ``kernel(x1, x2)`` is the model's kernel between two input sets."""
     P = op.P
-    ones = torch.ones(P, 1, dtype=torch.float64)
-    K1 = op.matvec(ones.to(op.device))[:, 0].to("cpu", torch.float64)
-    d = op.diagonal().to("cpu", torch.float64)
-    quad = op.quadratic(Y.to(op.device)).to("cpu", torch.float64)
+    K1, d = _cpu64(op.row_sums()), _cpu64(op.diagonal())
+    quad = _cpu64(op.quadratic(Y.to(op.device)))
     # ||HKH||_F^2 = sum_i ||(HKH)_i||^2, estimated from r rows drawn without replacement;
     # (HKH)_ij = K_ij - c_i - c_j + cbar with c = K1 / P, cbar = 1^T K 1 / P^2 (exact)
     r = min(r, P)
     idx = torch.randperm(P, generator=g)[:r]
     c, cbar = K1 / P, K1.sum() / P**2
     sq = torch.zeros(r, dtype=torch.float64)
-    for a in range(0, P, col_block):
-        b = min(a + col_block, P)
-        Kb = rows_of(idx, a, b).to("cpu", torch.float64)
-        sq += (Kb - c[idx, None] - c[None, a:b] + cbar).pow(2).sum(1)
+    for a, Kb in _row_blocks(kernel, op.xs, idx):
+        sq += (Kb - c[idx, None] - c[None, a : a + Kb.shape[1]] + cbar).pow(2).sum(1)
     t2 = float(sq.mean()) * P
     # standard error of a mean of r draws without replacement from P rows
     t2_se = float(sq.std()) * P / math.sqrt(r) * math.sqrt(max(1 - r / P, 0.0)) if r > 1 else 0.0
@@ -268,11 +276,13 @@ def ntk_change(
     xs = as_inputs(x, "x")
     P = num_samples(xs)
     if P < E.min_points(estimator):
-        raise ValueError(f"x: has {P} points; the {estimator} CKA needs at least 5")
+        raise ValueError(
+            f"x: has {P} points; the {estimator} CKA needs at least {E.min_points(estimator)}"
+        )
 
     def kernel(m: nn.Module, a: Any, b: Any = None) -> Tensor:
         K = empirical_ntk(m, a, b, output_fn=output_fn, dtype=dtype)
-        return K.to("cpu", torch.float64)
+        return _cpu64(K)
 
     if method == "dense" or (method == "auto" and P <= max_dense):
         K, K0 = kernel(model, xs), kernel(model0, xs)
@@ -286,20 +296,21 @@ def ntk_change(
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(P, generator=g)[: min(rows, P)]
     r = idx.numel()
-    sub = tuple(t[idx.to(t.device)] for t in xs)
     exact = []  # per model: row sums / P, their mean / P, diagonal of HKH
     for m in (model, model0):
         op = KernelOperator(m, xs, output_fn=output_fn, dtype=dtype)
-        K1 = op.matvec(torch.ones(P, 1, dtype=op.dtype, device=op.device))[:, 0]
-        c = K1.to("cpu", torch.float64) / P
-        exact.append((c, c.mean(), op.diagonal().to("cpu", torch.float64) - 2 * c + c.mean()))
+        c = _cpu64(op.row_sums()) / P
+        exact.append((c, c.mean(), _cpu64(op.diagonal()) - 2 * c + c.mean()))
     (c, cbar, b), (c0, cbar0, b0) = exact
     # per sampled row, accumulated over column blocks (memory r x block, not r x P):
     # ||K_i - K0_i||^2, ||K0_i||^2, <C_i, C0_i>, ||C_i||^2, ||C0_i||^2 with C = HKH
     acc = torch.zeros(r, 5, dtype=torch.float64)
-    for a in range(0, P, 4096):
-        blk = slice_inputs(xs, a, min(a + 4096, P))
-        R, R0 = kernel(model, sub, blk), kernel(model0, sub, blk)
+    blocks = zip(
+        _row_blocks(lambda a, b: kernel(model, a, b), xs, idx),
+        _row_blocks(lambda a, b: kernel(model0, a, b), xs, idx),
+        strict=True,
+    )
+    for (a, R), (_, R0) in blocks:
         C = R - c[idx, None] - c[None, a : a + R.shape[1]] + cbar
         C0 = R0 - c0[idx, None] - c0[None, a : a + R.shape[1]] + cbar0
         acc += torch.stack(

@@ -119,6 +119,10 @@ class KernelOperator:
             cols.append(JG.diagonal(0, 1, 3).sum(-1))
         return torch.cat(cols, 1)
 
+    def row_sums(self) -> Tensor:
+        """``K 1`` (one kernel-vector product), ``[P]``."""
+        return self.matvec(torch.ones(self.P, 1, dtype=self.dtype, device=self.device))[:, 0]
+
     def quadratic(self, Y: Tensor) -> Tensor:
         """``y_c^T K y_c`` for each column of ``Y [P, C]`` (``= sum_o ||J_o^T y_c||^2``):
         reverse passes only. ``[C]``."""

@@ -56,8 +56,6 @@ class Alignment(Quantity):
             for s in SPLITS
             for e in ("", "_se")
         },
-        "alignment_paper_": "ntk/alignment_paper_",
-        "alignment0_paper_": "ntk/alignment0_paper_",
     }
     doc = {
         "alignment_train": "`kernel_alignment(K_t, Y)` on the train probe (`estimator=`, "

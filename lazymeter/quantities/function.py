@@ -37,9 +37,10 @@ class FunctionQuantity(Quantity):
         self.last_keys: list[str] = []  # for the decomposition figure
 
     def bind(self, model: nn.Module, alpha: float, center: bool, output_fn: object = None) -> None:
-        # at construction the model's parameters are its initial ones
-        params0 = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        self._bind(model, center, params0)
+        if callable(getattr(self.fn, "on_meter_setup", None)):
+            # at construction the model's parameters are its initial ones
+            params0 = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            self._bind(model, center, params0)
 
     def _bind(self, model: nn.Module, center: bool, params0: Mapping[str, object]) -> None:
         # A metric that depends on the meter's set-up (QuadraticDecomposition: the centring
@@ -50,7 +51,8 @@ class FunctionQuantity(Quantity):
             hook(model=model, center=center, params0=params0)
 
     def compute(self, ctx: MeasureContext) -> Mapping[str, float]:
-        self._bind(ctx.model, ctx.center, ctx.params0())
+        if callable(getattr(self.fn, "on_meter_setup", None)):
+            self._bind(ctx.model, ctx.center, ctx.params0())
         out = {k: float(v) for k, v in self.fn(ctx.model).items()}
         self.last_keys = list(out)
         return out
