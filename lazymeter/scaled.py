@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from .distributed import unwrap
-from .ntk.functional import call_with, no_autocast
+from .ntk.functional import call_with, deterministic
 
 #: ``measure_mode`` values (see :class:`ScaledModel`).
 MEASURE_MODES = ("eval", "as_is")
@@ -218,21 +218,8 @@ class ScaledModel(nn.Module):
         """Measure deterministically without a trace: the RNG forked, autocast off, and the
         model in eval mode (``measure_mode="eval"``; with ``"as_is"`` only ``nn.Dropout``
         modules are switched off); every module's training flag is restored after."""
-        device = self._device()
-        devices = [device] if device.type == "cuda" else []
-        modes = [(m, m.training) for m in self.net.modules()]
-        try:
-            with torch.random.fork_rng(devices=devices), no_autocast(device):
-                if self.measure_mode == "eval":
-                    for m, _ in modes:
-                        m.training = False
-                else:
-                    for m in self._dropouts:
-                        m.training = False
-                yield
-        finally:
-            for m, training in modes:
-                m.training = training
+        with deterministic(self.net, self.measure_mode):
+            yield
 
     def check_outputs(self, x: Tensor) -> int:
         """Clear errors at construction for a model whose output the NTK cannot use;

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .. import estimators as E
 from ..estimators import Estimate
 from ..probes import targets
-from .functional import OutputFn, as_inputs, num_samples, slice_inputs
+from .functional import OutputFn, as_inputs, deterministic, num_samples, slice_inputs
 from .operator import KernelOperator
 
 METHODS = ("auto", "dense", "matrix_free")
@@ -94,8 +94,9 @@ def ntk_alignment(
     ``Estimate.estimator_se``; 0 for the dense method).
 
     Args:
-        model: any ``nn.Module``, in its current mode (call ``model.eval()`` first for
-            dropout or BatchNorm: a measurement must be deterministic).
+        model: any ``nn.Module``; measured in eval mode (no dropout of any kind, BatchNorm
+            on its running statistics, autocast off, the RNG forked), its modes restored
+            after: a measurement is deterministic.
         x: ``[P, ...]`` inputs (Tensor or tuple of Tensors).
         y: ``[P]`` or ``[P, C]`` real labels, or ``[P]`` integer class ids (one-hot).
         estimator: ``"unbiased"`` or ``"biased"``.
@@ -134,38 +135,37 @@ def ntk_alignment(
         raise ValueError(
             f"x: has {P} points; the {estimator} alignment needs at least {E.min_points(estimator)}"
         )
-    dense = method == "dense" or (method == "auto" and P <= max_dense)
+    with deterministic(model):
+        dense = method == "dense" or (method == "auto" and P <= max_dense)
 
-    def kernel(sub: tuple[Tensor, ...]) -> Tensor:
-        return empirical_ntk(model, sub, output_fn=output_fn, dtype=dtype)
+        def kernel(a: Any, b: Any = None) -> Tensor:
+            return empirical_ntk(model, a, b, output_fn=output_fn, dtype=dtype)
 
-    if dense:
-        est = alignment_estimate(kernel(xs), Y, centering, estimator)
-        return est._replace(method="dense")
+        if dense:
+            est = alignment_estimate(kernel(xs), Y, centering, estimator)
+            return est._replace(method="dense")
 
-    op = KernelOperator(model, xs, output_fn=output_fn, dtype=dtype, memory_budget=memory_budget)
-    g = torch.Generator().manual_seed(seed)
-
-    def between(a: Any, b: Any) -> Tensor:
-        return empirical_ntk(model, a, b, output_fn=output_fn, dtype=dtype)
-
-    t2, t2_se, K1, d, quad = _matrix_free_terms(op, between, Y, rows, g)
-    value = _alignment(t2, K1, d, quad, Y, estimator, centering)
-    if not math.isfinite(value):
-        raise ValueError(
-            "x: the unbiased HSIC of the kernel with itself is not positive on these points; "
-            "use more points or estimator='biased'"
+        op = KernelOperator(
+            model, xs, output_fn=output_fn, dtype=dtype, memory_budget=memory_budget
         )
-    lo = _alignment(max(t2 - t2_se, 0.0), K1, d, quad, Y, estimator, centering)
-    hi = _alignment(t2 + t2_se, K1, d, quad, Y, estimator, centering)
-    est_se = abs(hi - lo) / 2 if math.isfinite(lo) else math.inf
-    # sampling error from a dense jackknife on a seeded subsample, scaled to P points
-    m = min(P, se_points)
-    idx = torch.randperm(P, generator=g)[:m].sort().values.to(xs[0].device)
-    sub = tuple(t[idx] for t in xs) if m < P else slice_inputs(xs, 0, P)
-    sub_se = alignment_estimate(kernel(sub), Y[idx.cpu()], centering, estimator).stderr
-    samp_se = sub_se * math.sqrt(m / P)
-    return Estimate(value, math.hypot(samp_se, est_se), P, estimator, "matrix_free", est_se)
+        g = torch.Generator().manual_seed(seed)
+        t2, t2_se, K1, d, quad = _matrix_free_terms(op, kernel, Y, rows, g)
+        value = _alignment(t2, K1, d, quad, Y, estimator, centering)
+        if not math.isfinite(value):
+            raise ValueError(
+                "x: the unbiased HSIC of the kernel with itself is not positive on these points; "
+                "use more points or estimator='biased'"
+            )
+        lo = _alignment(max(t2 - t2_se, 0.0), K1, d, quad, Y, estimator, centering)
+        hi = _alignment(t2 + t2_se, K1, d, quad, Y, estimator, centering)
+        est_se = abs(hi - lo) / 2 if math.isfinite(lo) else math.inf
+        # sampling error from a dense jackknife on a seeded subsample, scaled to P points
+        m = min(P, se_points)
+        idx = torch.randperm(P, generator=g)[:m].sort().values.to(xs[0].device)
+        sub = tuple(t[idx] for t in xs) if m < P else slice_inputs(xs, 0, P)
+        sub_se = alignment_estimate(kernel(sub), Y[idx.cpu()], centering, estimator).stderr
+        samp_se = sub_se * math.sqrt(m / P)
+        return Estimate(value, math.hypot(samp_se, est_se), P, estimator, "matrix_free", est_se)
 
 
 def _cpu64(t: Tensor) -> Tensor:
@@ -263,7 +263,8 @@ def ntk_change(
     per model) and diagonals: ``<HKH, HK0H>`` and the Frobenius norms are ``P / rows`` times
     their sums over the sampled rows (the unbiased CKA leaves the diagonal out of them), and
     ``stderr`` is the jackknife over the sampled rows (the estimation error only, also in
-    ``estimator_se``; the points are taken as given). Memory is linear in ``P``.
+    ``estimator_se``; the points are taken as given). Memory is linear in ``P``. Both
+    models are measured in eval mode (as in :func:`ntk_alignment`), their modes restored.
     """
     from ..metrics import _check_estimator, cka_estimate
     from .api import empirical_ntk
@@ -284,69 +285,70 @@ def ntk_change(
         K = empirical_ntk(m, a, b, output_fn=output_fn, dtype=dtype)
         return _cpu64(K)
 
-    if method == "dense" or (method == "auto" and P <= max_dense):
-        K, K0 = kernel(model, xs), kernel(model0, xs)
-        dd, d0 = E.pair_sums(K - K0, K - K0), E.pair_sums(K0, K0)
-        drift = float((dd[0].T / d0[0].T).sqrt())
-        loo = (dd[1].T / d0[1].T).sqrt()
+    with deterministic(model), deterministic(model0):
+        if method == "dense" or (method == "auto" and P <= max_dense):
+            K, K0 = kernel(model, xs), kernel(model0, xs)
+            dd, d0 = E.pair_sums(K - K0, K - K0), E.pair_sums(K0, K0)
+            drift = float((dd[0].T / d0[0].T).sqrt())
+            loo = (dd[1].T / d0[1].T).sqrt()
+            return {
+                "drift": Estimate(drift, E.jackknife_se(loo), P, "biased"),
+                "cka": cka_estimate(K, K0, estimator),
+            }
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(P, generator=g)[: min(rows, P)]
+        r = idx.numel()
+        exact = []  # per model: row sums / P, their mean / P, diagonal of HKH
+        for m in (model, model0):
+            op = KernelOperator(m, xs, output_fn=output_fn, dtype=dtype)
+            c = _cpu64(op.row_sums()) / P
+            exact.append((c, c.mean(), _cpu64(op.diagonal()) - 2 * c + c.mean()))
+        (c, cbar, b), (c0, cbar0, b0) = exact
+        # per sampled row, accumulated over column blocks (memory r x block, not r x P):
+        # ||K_i - K0_i||^2, ||K0_i||^2, <C_i, C0_i>, ||C_i||^2, ||C0_i||^2 with C = HKH
+        acc = torch.zeros(r, 5, dtype=torch.float64)
+        blocks = zip(
+            _row_blocks(lambda a, b: kernel(model, a, b), xs, idx),
+            _row_blocks(lambda a, b: kernel(model0, a, b), xs, idx),
+            strict=True,
+        )
+        for (a, R), (_, R0) in blocks:
+            C = R - c[idx, None] - c[None, a : a + R.shape[1]] + cbar
+            C0 = R0 - c0[idx, None] - c0[None, a : a + R.shape[1]] + cbar0
+            acc += torch.stack(
+                [(R - R0).pow(2).sum(1), R0.pow(2).sum(1), (C * C0).sum(1), C.pow(2).sum(1),
+                 C0.pow(2).sum(1)], 1,
+            )  # fmt: skip
+        drift_terms = acc[:, :2]
+        bi, b0i = b[idx], b0[idx]
+        terms = acc[:, 2:]
+        if estimator == "unbiased":
+            # HSIC_u of HKH (the same value as of K) from zero-diagonal sums; its row sums are -b
+            terms = terms - torch.stack([bi * b0i, bi**2, b0i**2], 1)
+
+        def cka_of(mean_terms: Tensor) -> Tensor:
+            T = mean_terms * P
+            if estimator == "biased":
+                return T[..., 0] / (T[..., 1] * T[..., 2]).sqrt()
+            S, S0, Q, Q00, Q11 = -b.sum(), -b0.sum(), b @ b0, b @ b, b0 @ b0
+            h = [
+                E.hsic_u(E.Sums(T[..., 0], S, S0, Q, P)),
+                E.hsic_u(E.Sums(T[..., 1], S, S, Q00, P)),
+                E.hsic_u(E.Sums(T[..., 2], S0, S0, Q11, P)),
+            ]
+            return h[0] / (h[1] * h[2]).sqrt()
+
+        def loo_means(t: Tensor) -> Tensor:  # [r, k] -> the r leave-one-row-out means
+            return (t.sum(0) - t) / (r - 1)
+
+        drift = float((drift_terms[:, 0].sum() / drift_terms[:, 1].sum()).sqrt())
+        drift_loo = loo_means(drift_terms)
+        drift_se = E.jackknife_se((drift_loo[:, 0] / drift_loo[:, 1]).sqrt()) if r > 1 else 0.0
+        value = float(cka_of(terms.mean(0)))
+        cka_se = E.jackknife_se(cka_of(loo_means(terms))) if r > 1 else 0.0
+        if r == P:  # every row read: nothing was estimated
+            drift_se = cka_se = 0.0
         return {
-            "drift": Estimate(drift, E.jackknife_se(loo), P, "biased"),
-            "cka": cka_estimate(K, K0, estimator),
+            "drift": Estimate(drift, drift_se, P, "biased", "matrix_free", drift_se),
+            "cka": Estimate(value, cka_se, P, estimator, "matrix_free", cka_se),
         }
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(P, generator=g)[: min(rows, P)]
-    r = idx.numel()
-    exact = []  # per model: row sums / P, their mean / P, diagonal of HKH
-    for m in (model, model0):
-        op = KernelOperator(m, xs, output_fn=output_fn, dtype=dtype)
-        c = _cpu64(op.row_sums()) / P
-        exact.append((c, c.mean(), _cpu64(op.diagonal()) - 2 * c + c.mean()))
-    (c, cbar, b), (c0, cbar0, b0) = exact
-    # per sampled row, accumulated over column blocks (memory r x block, not r x P):
-    # ||K_i - K0_i||^2, ||K0_i||^2, <C_i, C0_i>, ||C_i||^2, ||C0_i||^2 with C = HKH
-    acc = torch.zeros(r, 5, dtype=torch.float64)
-    blocks = zip(
-        _row_blocks(lambda a, b: kernel(model, a, b), xs, idx),
-        _row_blocks(lambda a, b: kernel(model0, a, b), xs, idx),
-        strict=True,
-    )
-    for (a, R), (_, R0) in blocks:
-        C = R - c[idx, None] - c[None, a : a + R.shape[1]] + cbar
-        C0 = R0 - c0[idx, None] - c0[None, a : a + R.shape[1]] + cbar0
-        acc += torch.stack(
-            [(R - R0).pow(2).sum(1), R0.pow(2).sum(1), (C * C0).sum(1), C.pow(2).sum(1),
-             C0.pow(2).sum(1)], 1,
-        )  # fmt: skip
-    drift_terms = acc[:, :2]
-    bi, b0i = b[idx], b0[idx]
-    terms = acc[:, 2:]
-    if estimator == "unbiased":
-        # HSIC_u of HKH (the same value as of K) from zero-diagonal sums; its row sums are -b
-        terms = terms - torch.stack([bi * b0i, bi**2, b0i**2], 1)
-
-    def cka_of(mean_terms: Tensor) -> Tensor:
-        T = mean_terms * P
-        if estimator == "biased":
-            return T[..., 0] / (T[..., 1] * T[..., 2]).sqrt()
-        S, S0, Q, Q00, Q11 = -b.sum(), -b0.sum(), b @ b0, b @ b, b0 @ b0
-        h = [
-            E.hsic_u(E.Sums(T[..., 0], S, S0, Q, P)),
-            E.hsic_u(E.Sums(T[..., 1], S, S, Q00, P)),
-            E.hsic_u(E.Sums(T[..., 2], S0, S0, Q11, P)),
-        ]
-        return h[0] / (h[1] * h[2]).sqrt()
-
-    def loo_means(t: Tensor) -> Tensor:  # [r, k] -> the r leave-one-row-out means
-        return (t.sum(0) - t) / (r - 1)
-
-    drift = float((drift_terms[:, 0].sum() / drift_terms[:, 1].sum()).sqrt())
-    drift_loo = loo_means(drift_terms)
-    drift_se = E.jackknife_se((drift_loo[:, 0] / drift_loo[:, 1]).sqrt()) if r > 1 else 0.0
-    value = float(cka_of(terms.mean(0)))
-    cka_se = E.jackknife_se(cka_of(loo_means(terms))) if r > 1 else 0.0
-    if r == P:  # every row read: nothing was estimated
-        drift_se = cka_se = 0.0
-    return {
-        "drift": Estimate(drift, drift_se, P, "biased", "matrix_free", drift_se),
-        "cka": Estimate(value, cka_se, P, estimator, "matrix_free", cka_se),
-    }

@@ -92,6 +92,26 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @contextlib.contextmanager
+def deterministic(model: nn.Module, mode: str = "eval") -> Iterator[None]:
+    """Measure ``model`` deterministically: the RNG forked, autocast off, and every module in
+    eval mode (``mode="eval"``: no dropout of any kind, BatchNorm on its running statistics)
+    or only its ``nn.Dropout`` modules switched off (``mode="as_is"``); every module's
+    training flag is restored after."""
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    devices = [device] if device.type == "cuda" else []
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.random.fork_rng(devices=devices), no_autocast(device):
+            for m, _ in modes:
+                if mode == "eval" or isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.training = False
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
 def tensor_attributes_kept(model: nn.Module) -> Iterator[None]:
     """Run a forward that must not leave traces in ``model``: tensor attributes that hooks
     set on modules during it (``weight`` under ``torch.nn.utils.weight_norm``, a cached

@@ -152,3 +152,26 @@ def test_ntk_change_from_sampled_rows_is_within_its_error(estimator):
         )
         for key in ("drift", "cka"):
             assert abs(free[key].value - dense[key].value) < 3 * free[key].stderr
+
+
+def test_models_in_training_mode_are_measured_deterministically_in_eval_mode():
+    # dropout and BatchNorm in training mode: every method measures the eval-mode kernel
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1)
+    ).double()
+    net[1].running_mean.normal_()  # running statistics unlike a batch's
+    x = torch.randn(60, 4, dtype=F64)
+    y = torch.sin(x[:, 0])
+    net.train()
+    with torch.no_grad():
+        want = lm.kernel_alignment(lm.empirical_ntk(net.eval(), x), y, estimator="unbiased")
+    net.train()
+    dense = lm.ntk_alignment(net, x, y, method="dense")
+    free = lm.ntk_alignment(net, x, y, method="matrix_free", rows=60, se_points=20)
+    assert dense.value == pytest.approx(want, rel=1e-10)
+    assert free.value == pytest.approx(want, rel=1e-7)
+    assert lm.ntk_alignment(net, x, y, method="dense").value == dense.value
+    change = lm.ntk_change(net, net, x, method="matrix_free", rows=60)
+    assert change["drift"].value == 0.0 and change["cka"].value == pytest.approx(1.0)
+    assert all(m.training for m in net.modules())  # the user's modes are restored
