@@ -5,8 +5,10 @@
     lazymeter sweep polynomial --alpha 0.5,1,2,4 --out runs/sweep --workers 2
     lazymeter report runs/sweep/* --out runs/report
 
-``run`` and ``sweep`` call the same ``train`` function as the example scripts; every field
-of a task's configuration dataclass is a flag (``lr_scale`` -> ``--lr-scale``).
+``run`` and ``sweep`` go through the same harness as the example scripts
+(:mod:`lazymeter.tasks.harness`); every field of a task's configuration dataclass is a flag
+(``lr_scale`` -> ``--lr-scale``) with its help text; ``--full`` is the paper's protocol,
+``--smoke`` a seconds-long run, ``--out``, ``--seed``, ``--device`` work for every task.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .tasks import TASKS
+from .tasks.harness import field_help, load_task, preset, run, run_many
+from .tasks.results import write_json
+from .threads import torch_threads
 
 
 def _parse_value(text: str, default: Any) -> Any:
@@ -46,101 +51,152 @@ def _parse_value(text: str, default: Any) -> Any:
         ) from None
 
 
-def _config_fields(task: str) -> tuple[type, Any, list[dataclasses.Field]]:
-    cfg_cls, train = TASKS[task].load()
-    return cfg_cls, train, list(dataclasses.fields(cfg_cls))
+def _fields(task: str) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(load_task(task).config))
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(p: argparse.ArgumentParser, fields: list[dataclasses.Field], grid: bool):
-    for f in fields:
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = f"default {default!r}" + (" (comma-separated values make a grid)" if grid else "")
-        p.add_argument(
-            _flag(f.name),
-            dest=f.name,
-            default=None,
-            metavar="V" if not grid else "V,..",
-            help=help_,
+COMMON = ("seed", "device")  # configuration fields every task has, listed with the common flags
+
+
+def _add_config_flags(p: argparse.ArgumentParser, task: str, grid: bool) -> None:
+    """A flag per configuration field, with its help text and its defaults."""
+    cls = load_task(task).config
+    default, paper = cls(), cls.paper()
+    group = p.add_argument_group(f"{task} configuration (CPU-sized default; paper = --full)")
+    for f in _fields(task):
+        d, pv = getattr(default, f.name), getattr(paper, f.name)
+        shown = f"default {d!r}" + (f", paper {pv!r}" if pv != d else "")
+        help_ = f"{field_help(f)} ({shown})" if field_help(f) else f"({shown})"
+        if grid and not isinstance(d, tuple):
+            help_ += "; comma-separated values make a grid"
+        target = p if f.name in COMMON else group
+        target.add_argument(
+            _flag(f.name), dest=f.name, default=None, metavar="V,.." if grid else "V", help=help_
         )
 
 
-def _config(cfg_cls: type, fields: list[dataclasses.Field], values: dict[str, Any], full: bool):
-    base = cfg_cls.paper() if full and hasattr(cfg_cls, "paper") else cfg_cls()
-    return dataclasses.replace(base, **values)
+def _add_common_flags(p: argparse.ArgumentParser, sweep: bool) -> None:
+    p.add_argument("--out", default=None, help="output directory (default runs/TASK)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the paper's protocol (paper preset)")
+    size.add_argument("--smoke", action="store_true", help="a seconds-long run (smoke preset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-figure", action="store_true", help="no figure.png")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for the runs of a sweep or multi-run task (default: 1 for run, "
+        "the cores for sweep)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
 
 def _overrides(
-    ns: argparse.Namespace, fields: list[dataclasses.Field], grid: bool
+    ns: argparse.Namespace, fields: list[dataclasses.Field], default: Any, grid: bool
 ) -> dict[str, list[Any]]:
     """Parsed flag values: a list per field (several for a sweep grid). A field whose default
-    is a tuple (e.g. ``ks=(1, 70, 100)``) takes one comma-separated tuple."""
+    is a tuple (e.g. ``alphas=(1.0, 2.0)``) takes one comma-separated tuple."""
     out = {}
     for f in fields:
-        raw = getattr(ns, f.name)
+        raw = getattr(ns, f.name, None)
         if raw is None:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else None
+        d = getattr(default, f.name)
         try:
-            if isinstance(default, (tuple, list)):
-                item = default[0] if default else ""
-                out[f.name] = [tuple(_parse_value(v, item) for v in str(raw).split(","))]
+            if isinstance(d, tuple):
+                item = d[0] if d else ""
+                out[f.name] = [tuple(_parse_value(v, item) for v in str(raw).split(",") if v)]
             elif grid:
-                out[f.name] = [_parse_value(v, default) for v in str(raw).split(",")]
+                out[f.name] = [_parse_value(v, d) for v in str(raw).split(",")]
             else:
-                out[f.name] = [_parse_value(str(raw), default)]
+                out[f.name] = [_parse_value(str(raw), d)]
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"{_flag(f.name)}: {e}") from None
     return out
 
 
+def _preset_name(ns: argparse.Namespace) -> str:
+    return "paper" if ns.full else "smoke" if ns.smoke else "default"
+
+
 def _short(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in summary.items() if k not in ("history", "config")}
+    drop = ("history", "config", "runs", "preset_differences")
+    return {k: v for k, v in summary.items() if k not in drop}
 
 
 def cmd_tasks(ns: argparse.Namespace) -> int:
-    for name, spec in TASKS.items():
-        cfg_cls, _ = spec.load()
-        print(f"{name}: {spec.description}")
-        for f in dataclasses.fields(cfg_cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            print(f"    {_flag(f.name):18s} {default!r}")
+    for name in TASKS:
+        task = load_task(name)
+        print(f"{name}: {task.description}")
+        default = task.config()
+        for f in dataclasses.fields(task.config):
+            print(f"    {_flag(f.name):20s} {getattr(default, f.name)!r:14}  {field_help(f)}")
     return 0
 
 
-def cmd_run(ns: argparse.Namespace) -> int:
-    cfg_cls, train, fields = _config_fields(ns.task)
-    values = {k: v[0] for k, v in _overrides(ns, fields, grid=False).items()}
-    cfg = _config(cfg_cls, fields, values, ns.full)
-    out = ns.out or os.path.join("runs", ns.task)
-    summary = train(cfg, out, progress=not ns.no_progress)
-    print(json.dumps(_short(summary), indent=1, default=str))
-    print(
-        f"wrote {out}/ (history.jsonl, summary.json, figure.png, TensorBoard events); "
-        f"report: lazymeter report {out}"
+def parse_run(
+    task: str, argv: Sequence[str], prog: str | None = None
+) -> tuple[Any, argparse.Namespace]:
+    """``(configuration, flags)`` of ``lazymeter run TASK ARGV``: the preset (``--full``,
+    ``--smoke`` or the default) with every configuration flag given."""
+    p = argparse.ArgumentParser(prog=prog or f"lazymeter run {task}")
+    _add_common_flags(p, sweep=False)
+    _add_config_flags(p, task, grid=False)
+    ns = p.parse_args(list(argv))
+    base = preset(task, _preset_name(ns))
+    try:
+        values = {k: v[0] for k, v in _overrides(ns, _fields(task), base, grid=False).items()}
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
+    return dataclasses.replace(base, **values), ns
+
+
+def run_task(task: str, argv: Sequence[str] | None = None, prog: str | None = None) -> dict:
+    """``lazymeter run TASK`` (and every example script): parse, run, print; the summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, ns = parse_run(task, argv, prog)
+    out = ns.out or os.path.join("runs", task)
+    summary = run(
+        task,
+        cfg,
+        out,
+        progress=not ns.no_progress,
+        figure=not ns.no_figure,
+        workers=ns.workers or 1,
+        threads=ns.threads,
     )
-    return 0
+    print(json.dumps(_short(summary), indent=1, default=str))
+    headline = load_task(task).headline
+    if headline is not None:
+        print(headline(summary))
+    differs = ", ".join(
+        f"{k}={v['value']!r} (paper {v['paper']!r})"
+        for k, v in summary["preset_differences"].items()
+    )
+    print(
+        f"preset: {_preset_name(ns)}"
+        + (f"; differs from the paper in {differs}" if differs else "")
+    )
+    fig = f", {summary['figure']}" if summary.get("figure") else ""
+    print(f"wrote {out}/ (summary.json{fig}); report: lazymeter report {out}")
+    return summary
 
 
-def _sweep_one(args: tuple[str, dict[str, Any], bool, str]) -> dict[str, Any]:
-    task, values, full, out = args
-    from .threads import torch_threads
-
-    cfg_cls, train, fields = _config_fields(task)
-    with torch_threads(1):  # one process per core; the count is restored afterwards
-        summary = train(_config(cfg_cls, fields, values, full), out, progress=False)
-    return {"values": values, "out": out, **_short(summary)}
-
-
-def cmd_sweep(ns: argparse.Namespace) -> int:
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    cfg_cls, _, fields = _config_fields(ns.task)
-    grid = _overrides(ns, fields, grid=True)
+def cmd_sweep(ns: argparse.Namespace, rest: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"lazymeter sweep {ns.task}")
+    _add_common_flags(p, sweep=True)
+    _add_config_flags(p, ns.task, grid=True)
+    ns2 = p.parse_args(list(rest))
+    base = preset(ns.task, _preset_name(ns2))
+    try:
+        grid = _overrides(ns2, _fields(ns.task), base, grid=True)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
     if not grid:
         print(
             "sweep: give at least one flag with comma-separated values, e.g. --alpha 0.5,1,2",
@@ -149,36 +205,28 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         return 2
     names = list(grid)
     combos = [dict(zip(names, vals, strict=True)) for vals in itertools.product(*grid.values())]
-    out = ns.out or os.path.join("runs", f"{ns.task}-sweep")
+    out = ns2.out or os.path.join("runs", f"{ns.task}-sweep")
     varying = [k for k in names if len(grid[k]) > 1] or names[:1]
+    label = lambda c: ",".join(f"{k}={c[k]}" for k in varying)  # noqa: E731
     jobs = [
-        (ns.task, c, ns.full, os.path.join(out, ",".join(f"{k}={c[k]}" for k in varying)))
+        (label(c), ns.task, dataclasses.replace(base, **c), os.path.join(out, label(c)))
         for c in combos
     ]
-    workers = ns.workers or min(len(jobs), os.cpu_count() or 1)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the examples extra
-        tqdm = None
-    results = []
-    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_sweep_one, j) for j in jobs]
-        bar = tqdm(total=len(jobs), desc=f"sweep {ns.task}", unit="run") if tqdm else None
-        for fut in cf.as_completed(futures):
-            results.append(fut.result())
-            if bar:
-                bar.update(1)
-        if bar:
-            bar.close()
-    results.sort(key=lambda r: [str(r["values"][k]) for k in names])
+    workers = ns2.workers or min(len(jobs), os.cpu_count() or 1)
+    with torch_threads(ns2.threads):
+        results = run_many(
+            jobs, workers=workers, progress=not ns2.no_progress, desc=f"sweep {ns.task}"
+        )
+    rows = [
+        {"values": c, "out": j[3], **_short(r)}
+        for c, j, r in zip(combos, jobs, results, strict=True)
+    ]
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "sweep.json"), "w") as f:
-        json.dump(results, f, indent=1, default=str)
-    for r in results:
-        g = r.get("time_to_grok", {})
+    write_json(os.path.join(out, "sweep.json"), rows, indent=1)
+    for r in rows:
+        g = r.get("time_to_grok") or {}
         print(
-            f"  {r['values']}: test loss {r.get('final_test_loss', math.nan):.4g}, "
+            f"  {r['values']}: test loss {r.get('final_test_loss', math.nan)}, "
             f"grok train/test steps {g.get('train_step')}/{g.get('test_step')}"
         )
     print(f"wrote {out}/sweep.json; report: lazymeter report {out}/*/ --out {out}/report")
@@ -203,17 +251,14 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lazymeter", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("tasks", help="list the bundled tasks and their defaults")
+    sub.add_parser("tasks", help="list the bundled tasks and their options")
     for name in ("run", "sweep"):
-        p = sub.add_parser(name, help=f"{name} a bundled task", add_help=False)
+        p = sub.add_parser(
+            name,
+            help=f"{name} a bundled task ('lazymeter {name} TASK --help' lists its options)",
+            add_help=False,
+        )
         p.add_argument("task", choices=sorted(TASKS))
-        p.add_argument("-h", "--help", action="store_true")
-        p.add_argument("--out", default=None, help="output directory")
-        p.add_argument("--full", action="store_true", help="the paper's full budget")
-        if name == "run":
-            p.add_argument("--no-progress", action="store_true")
-        else:
-            p.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     p = sub.add_parser("report", help="figure + HTML report of run directories")
     p.add_argument("dirs", nargs="+", help="run directories (with history.jsonl)")
     p.add_argument("--out", default=None, help="path prefix of report.png/.html")
@@ -224,22 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
     ns, rest = ap.parse_known_args(argv)
-    if ns.command in ("run", "sweep"):
-        # Second pass: the task is known, so its configuration fields become flags.
-        _, _, fields = _config_fields(ns.task)
-        p = argparse.ArgumentParser(prog=f"lazymeter {ns.command} {ns.task}")
-        _add_config_flags(p, fields, grid=ns.command == "sweep")
-        if ns.help:
-            p.print_help()
-            return 0
-        ns2 = p.parse_args(rest)
-        for k, v in vars(ns2).items():
-            setattr(ns, k, v)
-    elif rest:
-        ap.error(f"unrecognized arguments: {' '.join(rest)}")
-    command = {"tasks": cmd_tasks, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}
     try:
-        return command[ns.command](ns)
+        if ns.command == "run":
+            run_task(ns.task, rest)
+            return 0
+        if ns.command == "sweep":
+            return cmd_sweep(ns, rest)
+        if rest:
+            ap.error(f"unrecognized arguments: {' '.join(rest)}")
+        return {"tasks": cmd_tasks, "report": cmd_report}[ns.command](ns)
     except argparse.ArgumentTypeError as e:
         print(f"lazymeter {ns.command}: {e}", file=sys.stderr)
         return 2

@@ -9,13 +9,14 @@ are applied by :class:`lazymeter.LazyMeter`, not here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .progress import progress_bar
-from .results import write_json
+from .harness import Setup, Task, option, run
 
 
 class QuadraticNet(nn.Module):
@@ -91,59 +92,49 @@ class PolynomialConfig:
     Full-batch GD on the centred (or uncentred) MSE with ``lr = lr_scale * N / alpha^2``
     for ``epochs`` steps. Gradient descent at these learning rates follows gradient flow,
     so the curves depend on ``lr * epochs``: steps are reported as *lr-equivalent epochs*
-    ``step * lr_scale`` (the paper's epochs at ``lr = N / alpha^2``). ``lr_scale=20`` with
-    5k epochs reproduces the paper's 100k epochs (``--full``: ``lr_scale=1``).
+    ``step * lr_scale`` (the paper's epochs at ``lr = N / alpha^2``). The default
+    ``lr_scale=20`` with 5k epochs covers the paper's 100k epochs; ``paper()`` runs them
+    at ``lr_scale=1``.
     """
 
-    D: int = 100
-    P: int = 550
-    P_test: int = 1000
-    N: int = 500
-    alpha: float = 1.0
-    eps: float = 0.02
-    epochs: int = 5000
-    lr_scale: float = 20.0
-    seed: int = 0
-    center: bool = True
-    readouts: bool = False
-    linearized: bool = True
-    decompose: bool | None = None  # default: when uncentred (then it sums to the test loss)
-    per_decade: int = 16
-    max_probe: int = 64
-    # The paper measures alignment on its 1000 test points: the paper's (biased, "rows")
-    # definition and the unbiased one are also measured there (0: off).
-    paper_points: int = 1000
-    device: str = "cpu"
-    dtype: str = "float32"
-    threshold: float = 0.1
+    D: int = option(100, "input dimension")
+    P: int = option(550, "training points")
+    P_test: int = option(1000, "test points")
+    N: int = option(500, "hidden width")
+    alpha: float = option(1.0, "output scale (laziness)")
+    eps: float = option(0.02, "strength of the quadratic term of phi(h) = h + eps/2 h^2")
+    epochs: int = option(5000, "full-batch GD steps")
+    lr_scale: float = option(20.0, "lr = lr_scale * N / alpha^2; steps count lr_scale epochs")
+    seed: int = option(0, "seed of data and initialisation")
+    center: bool = option(True, "centre the model (subtract its output at initialisation)")
+    readouts: bool = option(False, "learn readout weights a_i (else a_i = 1)")
+    linearized: bool = option(True, "also train the linearised model (its losses: lin_*)")
+    decompose: bool | None = option(
+        None, "measure the test-loss decomposition (default: when uncentred)"
+    )
+    per_decade: int = option(16, "measurements per decade of steps")
+    max_probe: int = option(64, "points of the meter's train/test probes")
+    paper_points: int = option(
+        1000, "test points of the paper's (biased) and the unbiased alignment (0: off)"
+    )
+    device: str = option("cpu", "torch device")
+    dtype: str = option("float32", "float32 or float64")
+    threshold: float = option(0.1, "a loss crosses when it falls below threshold x its start")
 
     @classmethod
-    def paper(cls, **overrides: object) -> PolynomialConfig:
+    def paper(cls, **overrides: Any) -> PolynomialConfig:
         """The paper's exact schedule: ``lr = N / alpha^2`` for 100k epochs."""
-        return cls(**{"epochs": 100_000, "lr_scale": 1.0, **overrides})  # type: ignore[arg-type]
+        return cls(**{"epochs": 100_000, "lr_scale": 1.0, **overrides})
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> PolynomialConfig:
+        """A seconds-long run: D=10, P=40, N=20, 100 epochs at lr_scale 2."""
+        small = dict(D=10, P=40, P_test=50, N=20, epochs=100, lr_scale=2.0, paper_points=50)
+        return cls(**{**small, **overrides})
 
 
-def train(
-    cfg: PolynomialConfig,
-    out_dir: str | None = None,
-    *,
-    progress: bool = True,
-    figure: bool = True,
-) -> dict[str, object]:
-    """Train the quadratic net with :class:`lazymeter.LazyMeter` and return a summary.
-
-    Writes to ``out_dir`` (when given): ``history.jsonl`` (one row per measurement:
-    ``step`` in lr-equivalent epochs, ``train_loss``, ``test_loss``, ``lin_train_loss``,
-    ``lin_test_loss``, ``ntk_drift``, ``alignment_*``, ``param_movement``, ...), TensorBoard
-    events, ``summary.json`` and ``figure.png`` (with matplotlib).
-
-    Returns:
-        ``{"config", "k0_test_mse", "final_train_loss", "final_test_loss",
-        "final_lin_test_loss", "time_to_grok", "seconds", "history"}``.
-    """
-    import os
-    import time
-
+def build(cfg: PolynomialConfig) -> Setup:
+    """The quadratic net on its data, the meter's probes and quantities, full-batch GD."""
     import lazymeter as lm
 
     dtype = getattr(torch, cfg.dtype)
@@ -152,6 +143,16 @@ def train(
     model = QuadraticNet(
         cfg.D, cfg.N, cfg.eps, readouts=cfg.readouts, generator=g, dtype=dtype, device=cfg.device
     )
+    # Full-batch GD on the MSE follows gradient flow only below the stability edge
+    # lr * alpha^2 * 2 lambda_max(K0) / P < 2; past it the run blows up.
+    lam = lm.kernel_spectrum(lm.empirical_ntk(model, data.x), k=1)["eig_1"]
+    max_scale = cfg.P / (lam * cfg.N)
+    if cfg.lr_scale >= max_scale:
+        raise ValueError(
+            f"lr_scale: {cfg.lr_scale:g} puts gradient descent past its stability edge for "
+            f"this D/P/N (lr_scale must stay below {max_scale:.3g}; about D/2 here); lower "
+            "lr_scale and raise epochs to keep lr * epochs"
+        )
     decompose = (not cfg.center) if cfg.decompose is None else cfg.decompose
     metrics = (
         {
@@ -172,56 +173,63 @@ def train(
         ]
         for q in quantities[-2:]:
             q.schedule = f"log:{max(cfg.per_decade // 2, 1)}"
-    meter = lm.LazyMeter(
-        model,
-        alpha=cfg.alpha,
-        center=cfg.center,
-        probe=(data.x, data.y),
-        test_probe=(data.x_test, data.y_test),
-        schedule=f"log:{cfg.per_decade}",
-        log_dir=out_dir,
-        max_probe=cfg.max_probe,
-        max_baseline=max(2048, cfg.paper_points),
-        quantities=quantities,
-    )
-    lr = meter.scaled_lr(cfg.lr_scale * cfg.N)
-    # Full-batch GD on the MSE follows gradient flow only below the stability edge
-    # lr * alpha^2 * 2 lambda_max(K0) / P < 2; past it the run blows up.
-    lam = lm.kernel_spectrum(lm.empirical_ntk(model, data.x), k=1)["eig_1"]
-    max_scale = cfg.P / (lam * cfg.N)
-    if cfg.lr_scale >= max_scale:
-        raise ValueError(
-            f"lr_scale: {cfg.lr_scale:g} puts gradient descent past its stability edge for "
-            f"this D/P/N (lr_scale must stay below {max_scale:.3g}; about D/2 here); lower "
-            "lr_scale and raise epochs to keep lr * epochs"
-        )
-    t0 = time.perf_counter()
-    fit_full_batch(
-        meter,
-        data.x,
-        data.y,
-        data.x_test,
-        data.y_test,
-        epochs=cfg.epochs,
-        lr=lr,
-        lr_scale=cfg.lr_scale,
-        linearized=cfg.linearized,
-        progress=progress,
+    mse = lambda out, target: ((out - target) ** 2).mean()  # noqa: E731
+
+    def loss(meter: Any, i: int) -> Tensor:
+        # The network and its linearisation have disjoint parameters: one backward of the
+        # sum gives each its own gradient (one optimiser, the same lr).
+        total = mse(meter(data.x), data.y)
+        return total + mse(meter.linearized(data.x), data.y) if cfg.linearized else total
+
+    def measure(meter: Any) -> dict[str, float]:
+        out = {
+            "train_loss": mse(meter(data.x), data.y).item(),
+            "test_loss": mse(meter(data.x_test), data.y_test).item(),
+        }
+        if cfg.linearized:
+            out["lin_train_loss"] = mse(meter.linearized(data.x), data.y).item()
+            out["lin_test_loss"] = mse(meter.linearized(data.x_test), data.y_test).item()
+        return out
+
+    def optimizer(meter: Any) -> torch.optim.Optimizer:
+        params = list(meter.parameters())
+        if cfg.linearized:
+            params += list(meter.linearized.parameters())
+        return torch.optim.SGD(params, lr=meter.scaled_lr(cfg.lr_scale * cfg.N))
+
+    return Setup(
+        model=model,
+        meter=dict(
+            alpha=cfg.alpha,
+            center=cfg.center,
+            probe=(data.x, data.y),
+            test_probe=(data.x_test, data.y_test),
+            schedule=f"log:{cfg.per_decade}",
+            max_probe=cfg.max_probe,
+            max_baseline=max(2048, cfg.paper_points),
+            quantities=quantities,
+        ),
+        steps=cfg.epochs,
+        loss=loss,
+        measure=measure,
+        optimizer=optimizer,
+        step_unit=cfg.lr_scale,
+        hparams=dict(
+            eps=cfg.eps,
+            lr_scale=cfg.lr_scale,
+            D=cfg.D,
+            P=cfg.P,
+            N=cfg.N,
+            center=cfg.center,
+            seed=cfg.seed,
+        ),
         desc=f"alpha={cfg.alpha:g} eps={cfg.eps:g}",
     )
-    meter.close(
-        hparams={
-            "eps": cfg.eps,
-            "lr": lr,
-            "lr_scale": cfg.lr_scale,
-            "D": cfg.D,
-            "P": cfg.P,
-            "N": cfg.N,
-            "center": cfg.center,
-            "seed": cfg.seed,
-        }
-    )
-    seconds = time.perf_counter() - t0
+
+
+def summarize(cfg: PolynomialConfig, meter: Any, setup: Setup) -> dict[str, Any]:
+    """Final losses, the K0 baseline, the crossings (time to grok) and the alignments."""
+    import lazymeter as lm
 
     hist = meter.history
     grok = lm.time_to_grok(
@@ -231,8 +239,7 @@ def train(
         threshold=cfg.threshold,
     )
     last = hist[-1]
-    summary: dict[str, object] = {
-        "config": {**cfg.__dict__},
+    return {
         "k0_test_mse": meter.baseline.get("k0_test_mse"),
         "final_train_loss": last["train_loss"],
         "final_test_loss": last["test_loss"],
@@ -241,18 +248,50 @@ def train(
         "max_test_loss": max(r["test_loss"] for r in hist),
         "time_to_grok": grok.as_dict(),
         "alignment": _alignment_summary(hist, cfg.paper_points),
-        "seconds": seconds,
         "epochs_unit": f"lr-equivalent epochs at lr = N/alpha^2 (lr_scale={cfg.lr_scale:g})",
     }
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        write_json(os.path.join(out_dir, "summary.json"), summary, indent=2)
-        if figure:
-            from ..plots import plot_run
 
-            plot_run(hist, summary, os.path.join(out_dir, "figure.png"))
-    summary["history"] = hist
-    return summary
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """Time to grok, the final test loss against the K0 regression, the alignments."""
+    g, cfg = summary["time_to_grok"], summary["config"]
+    lines = [
+        f"train loss < {cfg['threshold']:g} x start at epoch {g['train_step']}, test loss at "
+        f"{g['test_step']} ({g['ratio']} x later); final test {summary['final_test_loss']:.4g}"
+        f" vs K0 regression {summary['k0_test_mse']:.4g}"
+    ]
+    for head, a in summary["alignment"].items():
+        lines.append(
+            f"{head} ({a['what']}): init {a['init']:.4g}, end {a['end']:.4g} "
+            f"(rise {a['rise']} +- {a['rise_se']})"
+        )
+    return "\n".join(lines)
+
+
+def plot(cfg: PolynomialConfig, summary: Mapping[str, Any], path: str) -> None:
+    from ..plots import plot_run
+
+    plot_run(summary["history"], summary, path)
+
+
+TASK = Task(
+    name="polynomial",
+    description="Figure 1: quadratic target (beta . x)^2 / 2, quadratic net, full-batch GD",
+    config=PolynomialConfig,
+    build=build,
+    summarize=summarize,
+    plot=plot,
+    headline=headline,
+)
+
+
+def train(
+    cfg: PolynomialConfig, out_dir: str | None = None, *, progress: bool = True, figure: bool = True
+) -> dict[str, Any]:
+    """:func:`lazymeter.tasks.harness.run` of this task: the summary, with its ``history``
+    (one row per measurement: ``step`` in lr-equivalent epochs, ``train_loss``,
+    ``test_loss``, ``lin_*``, ``ntk_drift``, ``alignment_*``, ``param_movement``, ...)."""
+    return run(TASK, cfg, out_dir, progress=progress, figure=figure)
 
 
 def _alignment_summary(hist: list[dict], points: int) -> dict[str, object]:
@@ -279,58 +318,3 @@ def _alignment_summary(hist: list[dict], points: int) -> dict[str, object]:
                 "rise_se": last.get(rise + "_se"),
             }
     return out
-
-
-def fit_full_batch(
-    meter,  # noqa: ANN001 - a lazymeter.LazyMeter (imported lazily: tasks load before it)
-    x: Tensor,
-    y: Tensor,
-    x_test: Tensor,
-    y_test: Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    lr_scale: float,
-    linearized: bool = False,
-    progress: bool = True,
-    desc: str = "",
-) -> None:
-    """Full-batch GD on the MSE of ``meter(x)`` (and of ``meter.linearized`` when
-    ``linearized``, with its own optimiser at the same ``lr``) for ``epochs`` steps.
-
-    Steps are reported to the meter as lr-equivalent epochs ``round(epoch * lr_scale)``; the
-    test losses are computed only when the meter will measure, on the state before that
-    epoch's update (matching the train loss of the same row).
-    """
-    opt = torch.optim.SGD(meter.parameters(), lr=lr)
-    lin = meter.linearized if linearized else None
-    lin_opt = torch.optim.SGD(lin.parameters(), lr=lr) if lin is not None else None
-    mse = lambda out, target: ((out - target) ** 2).mean()  # noqa: E731
-    bar = progress_bar(epochs, progress, desc)
-    for epoch in range(epochs + 1):
-        step = round(epoch * lr_scale)
-        loss = mse(meter(x), y)
-        scalars = {"train_loss": loss.item()}
-        lin_loss = None
-        if lin is not None:
-            lin_loss = mse(lin(x), y)
-            scalars["lin_train_loss"] = lin_loss.item()
-        if meter.will_measure(step):
-            with torch.no_grad():
-                scalars["test_loss"] = mse(meter(x_test), y_test).item()
-                if lin is not None:
-                    scalars["lin_test_loss"] = mse(lin(x_test), y_test).item()
-        meter.step(step=step, **scalars)
-        if epoch == epochs:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if lin_opt is not None and lin_loss is not None:
-            lin_opt.zero_grad()
-            lin_loss.backward()
-            lin_opt.step()
-        bar.update(1)
-        if epoch % 200 == 0:
-            bar.set_postfix(train=f"{scalars['train_loss']:.3g}", refresh=False)
-    bar.close()

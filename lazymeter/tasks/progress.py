@@ -13,13 +13,13 @@ class SilentBar:
     def close(self) -> None: ...
 
 
-def progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar over ``total`` epochs labelled ``desc``, or a :class:`SilentBar` when
-    ``enabled`` is false or tqdm (the ``examples`` extra) is missing."""
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "step") -> Any:
+    """A tqdm bar over ``total`` ``unit``s labelled ``desc``, or a :class:`SilentBar` when
+    ``enabled`` is false or tqdm (the ``experiments`` extra) is missing."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         enabled = False
     if enabled:
-        return tqdm(total=total, desc=desc, unit="epoch", mininterval=1.0)
+        return tqdm(total=total, desc=desc, unit=unit, mininterval=1.0)
     return SilentBar()
