@@ -159,6 +159,7 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
     Iteration ``i`` reports step ``round(i * setup.step_unit)``: when the meter will
     measure there, ``setup.measure`` gives the row's scalars (state before the update);
     otherwise the minimised loss is passed as ``train_loss`` (TensorBoard's scalar curve).
+    The last iteration (``i = steps``, no update) is always measured.
     A non-finite train loss at a measurement stops the run with a warning (gradient descent
     past its stability edge), keeping what was measured.
     """
@@ -171,10 +172,12 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
             step = round(i * setup.step_unit)
             measuring = meter.will_measure(step)
             loss = setup.loss(meter, i)
-            if measuring:
+            if measuring or i == setup.steps:
                 with torch.no_grad():
                     scalars = setup.measure(meter)
                 meter.step(step=step, **scalars)
+                if not measuring:  # the final state always gets a row: summaries read it
+                    meter.measure()
                 bar.set_postfix(
                     {k: f"{v:.3g}" for k, v in scalars.items() if k.endswith(("loss", "acc"))},
                     refresh=False,

@@ -158,3 +158,18 @@ def test_experiments_run_without_matplotlib_and_say_there_is_no_figure(tmp_path)
     assert "matplotlib is not installed" in done.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["figure"] is None
     assert not (tmp_path / "figure.png").exists()
+
+
+def test_the_docs_task_of_your_own_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "examples.md"
+    block = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)[0]
+    block = block.replace("Config(), ", "Config.smoke(), ")  # seconds, not the default budget
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "docs/examples.md", "exec"), namespace)  # noqa: S102
+    summary = namespace["summary"]
+    assert summary["final"] < summary["history"][0]["train_loss"]
+    assert (tmp_path / "runs" / "mine" / "summary.json").exists()
