@@ -15,4 +15,5 @@ TASKS: dict[str, str] = {
     "student_teacher": "lazymeter.tasks.student_teacher:TASK",
     "mnist": "lazymeter.tasks.mnist:TASK",
     "eigenlabels": "lazymeter.tasks.eigenlabels:TASK",
+    "eigenlabels_run": "lazymeter.tasks.eigenlabels:RUN",
 }
