@@ -16,14 +16,11 @@ import pytest
 import torch
 
 import lazymeter
-from lazymeter import cli
 from lazymeter.threads import torch_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Polynomial task, smoke-sized (as in test_cli.py).
-SMALL = dict(D=10, P=40, P_test=50, N=20, epochs=60, lr_scale=2.0, per_decade=4, linearized=False)
-
 
 def _modules() -> list[str]:
     """Every module of the package (``__main__`` modules run the command line: left out)."""
@@ -180,47 +177,30 @@ def test_torch_threads_restores_the_count(two_threads):
     assert torch.get_num_threads() == two_threads
 
 
-def test_sweep_worker_restores_the_count(two_threads, tmp_path):
+def test_a_run_on_fewer_threads_restores_the_count(two_threads, tmp_path):
     pytest.importorskip("matplotlib")  # the polynomial task draws its figure
-    out = tmp_path / "alpha=2"
-    result = cli._sweep_one(("polynomial", {**SMALL, "alpha": 2.0}, False, str(out)))
+    from lazymeter.tasks.harness import preset, run
+
+    s = run("polynomial", preset("polynomial", "smoke"), str(tmp_path), progress=False, threads=1)
     assert torch.get_num_threads() == two_threads
-    assert result["values"]["alpha"] == 2.0 and result["out"] == str(out)
-    assert math.isfinite(result["final_test_loss"]) and "history" not in result
-    assert (out / "summary.json").is_file() and (out / "figure.png").stat().st_size > 10_000
+    assert math.isfinite(s["final_test_loss"])
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "figure.png").stat().st_size > 1e4
 
 
-def test_sweep_worker_runs_train_on_one_thread_even_when_it_fails(two_threads, monkeypatch):
-    seen = []
-
-    def train(cfg, out, progress):
-        seen.append(torch.get_num_threads())
-        raise RuntimeError("diverged")
-
-    real = cli._config_fields
-
-    def fake(task):
-        cfg_cls, _, fields = real(task)
-        return cfg_cls, train, fields
-
-    monkeypatch.setattr(cli, "_config_fields", fake)
-    with pytest.raises(RuntimeError, match="diverged"):
-        cli._sweep_one(("polynomial", {}, False, "unused"))
-    assert seen == [1]
-    assert torch.get_num_threads() == two_threads
-
-
-def test_transformer_sweep_worker_restores_the_count(two_threads, monkeypatch):
-    from lazymeter.tasks import transformer_modular as tm
+def test_a_worker_job_runs_on_one_thread_even_when_it_fails(two_threads, monkeypatch):
+    from lazymeter.tasks import harness
 
     seen = []
 
-    def train(cfg, out_dir, progress, figure):
+    def fake_run(task, cfg, out, progress, figure):
         seen.append((torch.get_num_threads(), progress, figure))
-        return {"alpha": cfg.alpha}
+        if cfg == "fail":
+            raise RuntimeError("diverged")
+        return {"ok": 1}
 
-    monkeypatch.setattr(tm, "train", train)
-    cfg = tm.TransformerModularConfig(alpha=3.0)
-    assert tm._train_quiet(cfg, None) == {"alpha": 3.0}
-    assert seen == [(1, False, False)]
+    monkeypatch.setattr(harness, "run", fake_run)
+    assert harness._run_job_quiet(("a", "polynomial", "cfg", None)) == {"name": "a", "ok": 1}
+    with pytest.raises(RuntimeError, match="diverged"):
+        harness._run_job_quiet(("b", "polynomial", "fail", None))
+    assert seen == [(1, False, False)] * 2
     assert torch.get_num_threads() == two_threads

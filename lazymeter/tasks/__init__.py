@@ -12,6 +12,7 @@ TASKS: dict[str, str] = {
     "polynomial": "lazymeter.tasks.polynomial:TASK",
     "modular_mlp": "lazymeter.tasks.modular_mlp:TASK",
     "transformer_modular": "lazymeter.tasks.transformer_modular:TASK",
+    "transformer_modular_run": "lazymeter.tasks.transformer_modular:RUN",
     "student_teacher": "lazymeter.tasks.student_teacher:TASK",
     "mnist": "lazymeter.tasks.mnist:TASK",
     "eigenlabels": "lazymeter.tasks.eigenlabels:TASK",

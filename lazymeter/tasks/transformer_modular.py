@@ -5,13 +5,13 @@ Task: all pairs ``(a, b)`` of ``0..p-1`` as tokens ``[a, b, =]`` (``=`` is token
 ``(a + b) mod p``; a random 40% of the ``p^2`` pairs train, the rest test
 (:func:`lazymeter.tasks.modular.modular_addition`). Model: Nanda et al.'s grokking transformer
 (:class:`lazymeter.tasks.transformer.Transformer`: token + position embeddings, one attention
-block, one ReLU MLP, no LayerNorm, context 3), logits read at the last position. Training
-follows the paper: the loss sees the centred, rescaled logits ``alpha * (f(x) - f0(x))``
+block, one ReLU MLP, no LayerNorm, context 3), logits ``[B, p]`` read at the last position.
+Training follows the paper: the loss sees the centred, rescaled logits ``alpha * (f(x) - f0(x))``
 (:class:`lazymeter.LazyMeter` with ``center=True``), cross-entropy computed in float64,
 full-batch AdamW (betas 0.9/0.98, weight decay 1.0) at ``lr = base / alpha^2`` with a linear
-warm-up.
+warm-up over ``warmup`` steps.
 
-Learning rate and alpha: the paper's code divides the AdamW learning rate by ``alpha^2``, the
+Learning rate and alpha: the authors' code divides the AdamW learning rate by ``alpha^2``, the
 gradient-descent rule (``meter.scaled_lr(base)``), and so do we. Adam normalises the gradient
 scale away, so under that rule a larger alpha is both lazier (parameters must move less to
 change the output) and slower in function space (``alpha * lr`` per step ~ ``base / alpha``),
@@ -19,85 +19,85 @@ and the decoupled weight decay ``lr * wd`` per step slows by ``alpha^2`` too.
 ``lr_scaling="alpha"`` uses ``base / alpha`` instead (``meter.scaled_lr(base, "adam")``), which
 keeps the function-space speed fixed and isolates laziness.
 
-Paper settings (``TransformerModularConfig.paper()``): p=113, d_model=128, 4 heads of 32,
-d_mlp=512, base lr 1e-3 (Nanda et al.'s), 200k full-batch epochs (a GPU job). The default is a
-CPU-sized version that still groks: p=31, d_model=32 (4 heads of 8), d_mlp=128, base lr 3e-2
-(the smaller net tolerates a larger step, and grokking time scales roughly as
-``1 / (lr * wd)``), 2000 epochs. There, with alpha = 1, 1.5, 2, 4, the train accuracy passes
-90% by step ~100 for all, the test accuracy at step 340 and 890 for alpha = 1 and 1.5, not
-within the budget for alpha = 2 (0.77 at the end), and the alpha = 4 run ends at the test
-accuracy of kernel regression with the initial NTK (0.37): the lazy limit
-(``examples/transformer_modular.py``).
+Two tasks: :data:`RUN` (``transformer_modular_run``) trains one alpha; :data:`TASK`
+(``transformer_modular``) sweeps ``alphas``, one :data:`RUN` sub-run per alpha (written into
+``OUT/alpha<a>/``), and draws the comparison figure. Every measurement row (``log:
+curve_per_decade`` steps, every ``eval_every`` steps and the last step) holds the train and
+test loss and accuracy; the NTK diagnostics (drift, alignment, parameter movement) are measured
+on the sparser ``log:per_decade`` grid and at the last step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..threads import torch_threads
-from .results import first_step_at_or_above, write_json
+from .harness import Setup, Task, option, run
+from .results import first_step_at_or_above
 
 # (base lr, weight decay) when not given. AdamW: see the module docstring. SGD and heavy-ball
 # momentum (the appendix's optimiser controls) need a far larger step on this cross-entropy
 # loss and a matching smaller weight decay (the per-step shrink is lr * wd for all three);
 # these fit the train set of the default task in a few hundred steps.
-OPTIMIZER_DEFAULTS = {"adamw": (3e-2, 1.0), "sgd": (0.5, 1e-3), "momentum": (0.05, 1e-3)}
-PAPER_LR = {"adamw": 1e-3}
+OPTIMIZER_DEFAULTS = {"adamw": (1e-2, 1.0), "sgd": (0.5, 1e-3), "momentum": (0.05, 1e-3)}
+
+# The authors' notebook (grokking-feature-timescales-anon-final.ipynb, transformer cell):
+# p=113, d_model=128, 4 heads, d_mlp=4*d_model, 40% train, AdamW(lr=6e-6/alpha^2,
+# weight_decay=1, betas=(0.9, 0.98)), a 10-step linear warm-up, 200k full-batch epochs, and
+# alpha ("scale") = 0.05, 0.1, ..., 0.5.
+PAPER = dict(
+    p=113, d_model=128, n_heads=4, d_mlp=512, lr=6e-6, steps=200_000, eval_every=100,
+)  # fmt: skip
+PAPER_ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+SMOKE = dict(
+    p=7, d_model=16, n_heads=4, d_mlp=32, steps=30, eval_every=5, per_decade=4, max_probe=16,
+    curve_per_decade=8, max_baseline=64,
+)  # fmt: skip
 
 
 @dataclass
-class TransformerModularConfig:
-    """One run: the transformer on ``(a + b) mod p`` at output scale ``alpha``.
+class _Common:
+    """The fields shared by one run and the sweep (see :class:`TransformerModularConfig`)."""
 
-    Defaults: the CPU-sized task (p=31, d_model=32, d_mlp=128, 2000 full-batch epochs).
-    ``lr``/``weight_decay`` None: :data:`OPTIMIZER_DEFAULTS` for ``optimizer``. The learning
-    rate is ``lr / alpha^2`` (``lr_scaling="alpha2"``, the paper's) or ``lr / alpha``
-    (``"alpha"``), warmed up linearly over ``warmup`` steps. The test set is evaluated every
-    ``eval_every`` steps and on a log grid (``curve_per_decade``); the meter measures on a
-    ``log:per_decade`` schedule with ``max_probe`` probe points (the NTK of a model with ``p``
-    outputs costs ``O(max_probe^2 * p * n_params)``).
-    """
+    p: int = option(31, "modulus: the task is (a + b) mod p on all p^2 pairs")
+    train_frac: float = option(0.4, "fraction of the p^2 pairs that train")
+    d_model: int = option(32, "residual width")
+    n_heads: int = option(4, "attention heads (of d_model / n_heads each)")
+    d_mlp: int = option(128, "MLP hidden width")
+    center: bool = option(True, "train the centred logits alpha * (f - f0) (the paper's)")
+    optimizer: str = option("adamw", "adamw (the paper's), sgd or momentum (appendix controls)")
+    lr: float | None = option(
+        None, "base lr before the alpha scaling (None: the optimiser's default, 1e-2 for adamw)"
+    )
+    weight_decay: float | None = option(
+        None, "weight decay (None: the optimiser's default, 1.0 for adamw)"
+    )
+    lr_scaling: str = option(
+        "alpha2", "lr = base / alpha^2 ('alpha2', the paper's) or base / alpha ('alpha')"
+    )
+    betas: tuple[float, float] = option((0.9, 0.98), "AdamW betas")
+    momentum: float = option(0.9, "momentum of the 'momentum' optimiser")
+    warmup: int = option(10, "steps of the linear lr warm-up")
+    steps: int = option(2000, "full-batch epochs")
+    eval_every: int = option(10, "a measurement row (losses, accuracies) every this many steps")
+    curve_per_decade: int = option(32, "also measurement rows on this log grid (early steps)")
+    per_decade: int = option(8, "NTK diagnostics on this log grid (and at the last step)")
+    max_probe: int = option(
+        32, "probe points of the NTK diagnostics (cost ~ max_probe^2 * p * params)"
+    )
+    max_baseline: int = option(2048, "points per split of the K0 kernel-regression baseline")
+    seed: int = option(0, "seed of the split and the initialisation")
+    device: str = option("cpu", "torch device")
+    acc_threshold: float = option(0.9, "an accuracy crosses when it exceeds this")
+    threshold: float = option(0.1, "a loss crosses when it falls below threshold x its start")
 
-    p: int = 31
-    train_frac: float = 0.4
-    d_model: int = 32
-    n_heads: int = 4
-    d_mlp: int = 128
-    alpha: float = 1.0
-    center: bool = True
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float | None = None
-    lr_scaling: str = "alpha2"
-    betas: tuple[float, float] = (0.9, 0.98)
-    momentum: float = 0.9
-    warmup: int = 10
-    steps: int = 2000
-    eval_every: int = 10
-    curve_per_decade: int = 32
-    per_decade: int = 8
-    max_probe: int = 32
-    max_baseline: int = 2048
-    seed: int = 0
-    device: str = "cpu"
-    acc_threshold: float = 0.9
-    threshold: float = 0.1
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> TransformerModularConfig:
-        """The paper's setting: p=113, d_model=128, 4 heads, d_mlp=512, lr 1e-3, 200k epochs."""
-        opt = overrides.get("optimizer", "adamw")
-        base = dict(p=113, d_model=128, n_heads=4, d_mlp=512, steps=200_000, eval_every=100)
-        base["lr"] = PAPER_LR.get(opt)
-        return cls(**{**base, **overrides})
-
-    def resolved(self) -> TransformerModularConfig:
+    def resolved(self) -> Any:
         """A copy with ``lr`` and ``weight_decay`` filled in from the optimiser's defaults."""
         if self.optimizer not in OPTIMIZER_DEFAULTS:
             raise ValueError(
@@ -106,11 +106,76 @@ class TransformerModularConfig:
         if self.lr_scaling not in ("alpha2", "alpha"):
             raise ValueError(f"lr_scaling: expected 'alpha2' or 'alpha', got {self.lr_scaling!r}")
         lr, wd = OPTIMIZER_DEFAULTS[self.optimizer]
-        return replace(
+        return dataclasses.replace(
             self,
             lr=lr if self.lr is None else self.lr,
             weight_decay=wd if self.weight_decay is None else self.weight_decay,
         )
+
+
+@dataclass
+class TransformerModularConfig(_Common):
+    """One run: the transformer on ``(a + b) mod p`` at output scale ``alpha``.
+
+    ``paper()``: the authors' p=113, d_model=128, 4 heads, d_mlp=512, base lr 6e-6
+    (``lr = 6e-6 / alpha^2``), 200k full-batch epochs. The default is a CPU-sized task that
+    keeps the mechanism (centred logits, AdamW at ``base / alpha^2``, weight decay 1, 40%
+    train): p=31, d_model=32, d_mlp=128, base lr 1e-2 and 2000 epochs. The small net tolerates
+    a far larger step than the paper's, and grokking time scales roughly as ``1 / (lr * wd)``.
+    """
+
+    alpha: float = option(1.0, "output scale (laziness)")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TransformerModularConfig:
+        """The authors' transformer at the rich end of their sweep (alpha 0.05)."""
+        return cls(**{**PAPER, "alpha": PAPER_ALPHAS[0], **overrides})
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> TransformerModularConfig:
+        """A seconds-long run: p=7, d_model=16, d_mlp=32, 30 epochs."""
+        return cls(**{**SMOKE, **overrides})
+
+
+@dataclass
+class TransformerSweepConfig(_Common):
+    """The alpha sweep: one :class:`TransformerModularConfig` run per entry of ``alphas``.
+
+    ``paper()``: the authors' ten alphas 0.05, 0.1, ..., 0.5 at base lr 6e-6 (so
+    ``lr = 2.4e-3 ... 2.4e-5``), p=113, d_model=128, d_mlp=512, 200k epochs (a GPU job:
+    ``--device cuda``; on a CPU the one-off K0 baseline on 2048 points alone takes over ten
+    minutes, ``--max-baseline`` lowers it). The CPU default keeps the mechanism (centred
+    logits, AdamW at ``base / alpha^2``, weight decay 1, 40% train, a sweep that reaches the
+    rich side) on a smaller task: p=31, d_model=32, d_mlp=128, base lr 1e-2 (1700x the
+    authors', so that 2000 epochs replace their 200k) and alphas 0.5, 1, 2, 4, which straddle
+    alpha = 1 on this net: 0.5 and 1 grok within the budget, 2 and 4 do not.
+    """
+
+    alphas: tuple[float, ...] = option((0.5, 1.0, 2.0, 4.0), "output scales, one run each")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TransformerSweepConfig:
+        """The authors' sweep: alpha 0.05..0.5, lr 6e-6 / alpha^2, 200k epochs."""
+        return cls(**{**PAPER, "alphas": PAPER_ALPHAS, **overrides})
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> TransformerSweepConfig:
+        """A seconds-long sweep: alphas 0.5 and 4 on the smoke-sized run."""
+        return cls(**{**SMOKE, "alphas": (0.5, 4.0), **overrides})
+
+    def run_config(self, alpha: float) -> TransformerModularConfig:
+        """The configuration of this sweep's run at ``alpha``."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(_Common)}
+        return TransformerModularConfig(**shared, alpha=float(alpha))
+
+
+def _log_steps(per_decade: int, last: int) -> set[int]:
+    """Step 0 and ``round(10 ** (j / per_decade))`` up to ``last`` (the meter's ``log:N``)."""
+    out, j = {0}, 0
+    while (s := round(10 ** (j / per_decade))) <= last:
+        out.add(s)
+        j += 1
+    return out
 
 
 def _make_optimizer(cfg: TransformerModularConfig, params: Any, lr: float) -> Any:
@@ -120,210 +185,216 @@ def _make_optimizer(cfg: TransformerModularConfig, params: Any, lr: float) -> An
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=cfg.weight_decay)
 
 
-def train(
-    cfg: TransformerModularConfig,
-    out_dir: str | None = None,
-    *,
-    progress: bool = True,
-    figure: bool = True,
-) -> dict[str, Any]:
-    """Train the transformer at ``cfg.alpha`` with :class:`lazymeter.LazyMeter`; a summary.
+def build(cfg: TransformerModularConfig) -> Setup:
+    """The transformer on its split, the meter's probes and schedules, AdamW with warm-up.
 
-    Writes to ``out_dir`` (when given): ``history.jsonl`` (one row per measurement: ``step``,
-    ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``lr``, ``ntk_drift``,
-    ``alignment_*``, ``param_movement``, ...), TensorBoard events, ``summary.json`` (with the
-    dense accuracy/loss ``curve``) and ``figure.png``.
-
-    Returns:
-        ``{"config", "alpha", "lr", "train_acc_step", "test_acc_step", "final_train_acc",
-        "final_test_acc", "final_train_loss", "final_test_loss", "k0_test_acc",
-        "time_to_grok", "seconds", "curve", "history", ...}``. ``train_acc_step`` /
-        ``test_acc_step``: first step at which the accuracy exceeds ``acc_threshold``
-        (train checked every step, test every ``eval_every`` steps and on the log grid).
+    Measurement rows (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``lr``) at
+    ``log:curve_per_decade`` steps, every ``eval_every`` steps and the last one; the meter's
+    quantities (NTK drift, alignment, parameter movement, spectrum, K0 baseline) only on
+    ``log:per_decade`` steps and the last one, since each costs an NTK on the probe.
     """
-    import time
-
     import lazymeter as lm
 
     from .modular import modular_addition
-    from .progress import progress_bar
     from .transformer import Transformer
 
     cfg = cfg.resolved()
-    t_setup = time.perf_counter()
     dev = torch.device(cfg.device)
     split = modular_addition(cfg.p, cfg.train_frac, cfg.seed)
     tokens, labels, n = split.tokens().to(dev), split.labels.to(dev), split.n_train
     x, y, x_test, y_test = tokens[:n], labels[:n], tokens[n:], labels[n:]
-    # The model draws from the global RNG: seed it without disturbing the caller's stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = Transformer(
-            cfg.p + 1, cfg.d_model, cfg.n_heads, cfg.d_mlp, n_ctx=3, n_classes=cfg.p
-        ).to(dev)
-    meter = lm.LazyMeter(
-        model,
-        alpha=cfg.alpha,
-        center=cfg.center,
-        probe=(x, y),
-        test_probe=(x_test, y_test),
-        schedule=f"log:{cfg.per_decade}",
-        log_dir=out_dir,
-        output_fn=lambda out: out[:, -1],  # the answer is read at the "=" position
-        max_probe=cfg.max_probe,
-        max_baseline=cfg.max_baseline,
-    )
-    lr = meter.scaled_lr(cfg.lr, "sgd" if cfg.lr_scaling == "alpha2" else "adam")
-    opt = _make_optimizer(cfg, meter.parameters(), lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
-    grid = lm.make_schedule(f"log:{cfg.curve_per_decade}")  # dense early curve points
+    # The runner seeds the global RNG with cfg.seed before build(): the init is reproducible.
+    model = Transformer(cfg.p + 1, cfg.d_model, cfg.n_heads, cfg.d_mlp, n_ctx=3, n_classes=cfg.p)
+    model = model.to(dev)
 
-    def evaluate(inp: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-        out = meter(inp)
+    rows = _log_steps(cfg.curve_per_decade, cfg.steps) | {cfg.steps}
+    kernel = _log_steps(cfg.per_decade, cfg.steps) | {cfg.steps}
+    quantities = lm.quantities.default(max_baseline=cfg.max_baseline)
+    for q in quantities:
+        q.schedule = lambda s: s in kernel
+    box: dict[str, Any] = {}  # the optimiser, and the train logits of the current iteration
+
+    def xent(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # float64: the train loss falls to ~1e-7, below float32's resolution of log-softmax.
-        loss = F.cross_entropy(out.double(), target)
-        return loss, (out.argmax(-1) == target).double().mean().item()
+        return F.cross_entropy(out.double(), target)
 
-    curve: dict[str, list[float]] = {
-        k: [] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")
-    }
-    train_acc_step = math.nan
-    bar = progress_bar(cfg.steps, progress, f"alpha={cfg.alpha:g}")
-    setup_seconds = time.perf_counter() - t_setup
-    t0 = time.perf_counter()
-    for step in range(cfg.steps + 1):
-        loss, acc = evaluate(x, y)
-        scalars = {"train_loss": loss.item(), "train_acc": acc, "lr": opt.param_groups[0]["lr"]}
-        if math.isnan(train_acc_step) and acc > cfg.acc_threshold:
-            train_acc_step = float(step)
-        on_grid = grid.due(step)
-        if on_grid or step % cfg.eval_every == 0 or step == cfg.steps or meter.will_measure(step):
-            # The state before this step's update, matching the train loss above.
-            with torch.no_grad():
-                test_loss, test_acc = evaluate(x_test, y_test)
-            scalars.update(test_loss=test_loss.item(), test_acc=test_acc)
-            for k in curve:
-                curve[k].append(step if k == "step" else scalars[k])
-        meter.step(step=step, **scalars)
-        if step == cfg.steps:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.update(1)
-        if step % 100 == 0:
-            bar.set_postfix(train=f"{acc:.2f}", test=f"{curve['test_acc'][-1]:.2f}", refresh=False)
-    bar.close()
-    if not meter.history or meter.history[-1]["step"] != cfg.steps:
-        meter.measure()  # the final state too, whatever the log schedule says
-    meter.close()
-    seconds = time.perf_counter() - t0
+    def acc(out: torch.Tensor, target: torch.Tensor) -> float:
+        return (out.argmax(-1) == target).double().mean().item()
 
-    hist = meter.history
-    last = hist[-1]
-    grok = lm.time_to_grok(
-        curve["step"], curve["train_loss"], curve["test_loss"], threshold=cfg.threshold
-    )
-    summary: dict[str, Any] = {
-        "config": asdict(cfg),
-        "alpha": cfg.alpha,
-        "lr": lr,
-        "train_acc_step": train_acc_step,
-        "test_acc_step": first_step_at_or_above(
-            curve["step"], curve["test_acc"], cfg.acc_threshold, strict=True
+    def loss(meter: Any, i: int) -> torch.Tensor:
+        out = meter(x)  # [n_train, p]: alpha * (f - f0) at the "=" position
+        box["train_out"] = out.detach()  # measure() reuses it (the same state, no 2nd pass)
+        return xent(out, y)
+
+    def measure(meter: Any) -> dict[str, float]:
+        out = box.pop("train_out", None)
+        out = meter(x) if out is None else out
+        test = meter(x_test)
+        lr = box["opt"].param_groups[0]["lr"] if "opt" in box else math.nan
+        return {
+            "train_loss": xent(out, y).item(),
+            "train_acc": acc(out, y),
+            "test_loss": xent(test, y_test).item(),
+            "test_acc": acc(test, y_test),
+            "lr": lr,
+        }
+
+    def optimizer(meter: Any) -> torch.optim.Optimizer:
+        lr = meter.scaled_lr(cfg.lr, "sgd" if cfg.lr_scaling == "alpha2" else "adam")
+        box["opt"] = _make_optimizer(cfg, meter.parameters(), lr)
+        return box["opt"]
+
+    def scheduler(opt: torch.optim.Optimizer) -> Any:
+        # Linear warm-up to the full lr over cfg.warmup steps (the authors' min(step/10, 1)
+        # starts at lr 0; this starts at 1/warmup, so no step is spent at lr 0).
+        warm = max(cfg.warmup, 1)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+    return Setup(
+        model=model,
+        meter=dict(
+            alpha=cfg.alpha,
+            center=cfg.center,
+            probe=(x, y),
+            test_probe=(x_test, y_test),
+            schedule=lambda s: s in rows or s % cfg.eval_every == 0,
+            output_fn=lambda out: out[:, -1],  # the answer is read at the "=" position
+            max_probe=cfg.max_probe,
+            max_baseline=cfg.max_baseline,
+            quantities=quantities,
         ),
+        steps=cfg.steps,
+        loss=loss,
+        measure=measure,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hparams=dict(
+            p=cfg.p,
+            d_model=cfg.d_model,
+            d_mlp=cfg.d_mlp,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            lr_scaling=cfg.lr_scaling,
+            seed=cfg.seed,
+        ),
+        desc=f"alpha={cfg.alpha:g}",
+        data=dict(resolved=cfg),
+    )
+
+
+def summarize(cfg: TransformerModularConfig, meter: Any, setup: Setup) -> dict[str, Any]:
+    """Accuracy crossings, final numbers, the K0 baseline and the lazy/rich diagnostics.
+
+    ``train_acc_step`` / ``test_acc_step``: the first measured step at which the accuracy
+    exceeds ``acc_threshold`` (None: never within ``steps``); ``lr``: the lr after the alpha
+    scaling (before the warm-up factor); ``time_to_grok``: the loss crossings (``threshold``
+    x each loss's start).
+    """
+    import lazymeter as lm
+
+    res = setup.data["resolved"]
+    hist = meter.history
+    steps = [r["step"] for r in hist]
+    kernel = [r for r in hist if "ntk_drift" in r]
+    last, last_k = hist[-1], (kernel[-1] if kernel else {})
+    grok = lm.time_to_grok(
+        steps, [r["train_loss"] for r in hist], [r["test_loss"] for r in hist], cfg.threshold
+    )
+    cross = lambda key: first_step_at_or_above(  # noqa: E731
+        steps, [r[key] for r in hist], cfg.acc_threshold, strict=True
+    )
+    rule = "sgd" if res.lr_scaling == "alpha2" else "adam"
+    return {
+        "alpha": cfg.alpha,
+        "lr": meter.scaled_lr(res.lr, rule),
+        "base_lr": res.lr,
+        "weight_decay": res.weight_decay,
         "acc_threshold": cfg.acc_threshold,
+        "train_acc_step": cross("train_acc"),
+        "test_acc_step": cross("test_acc"),
         "final_train_acc": last["train_acc"],
         "final_test_acc": last["test_acc"],
         "final_train_loss": last["train_loss"],
         "final_test_loss": last["test_loss"],
-        "max_test_loss": max(curve["test_loss"]),
+        "max_test_loss": max(r["test_loss"] for r in hist),
         "k0_test_acc": meter.baseline.get("k0_test_acc"),
         "k0_test_mse": meter.baseline.get("k0_test_mse"),
-        "final_ntk_drift": last.get("ntk_drift"),
-        "final_param_movement": last.get("param_movement"),
-        "final_alignment_test": last.get("alignment_test"),
-        "alignment0_test": last.get("alignment0_test"),
+        "final_ntk_drift": last_k.get("ntk_drift"),
+        "final_param_movement": last_k.get("param_movement"),
+        "final_alignment_test": last_k.get("alignment_test"),
+        "alignment0_test": last_k.get("alignment0_test"),
         "time_to_grok": grok.as_dict(),
-        "seconds": seconds,
-        "setup_seconds": setup_seconds,
-        "curve": curve,
     }
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
-        if figure:
-            plot_runs([{**summary, "history": hist}], os.path.join(out_dir, "figure.png"))
-    summary["history"] = hist
-    return summary
 
 
-def _run_dir(out: str, alpha: float) -> str:
-    return os.path.join(out, f"alpha{alpha:g}")
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _train_quiet(cfg: TransformerModularConfig, out_dir: str | None) -> dict[str, Any]:
-    """A worker's run: one torch thread (the workers share the cores), no bar, no figure."""
-    with torch_threads(1):
-        return train(cfg, out_dir, progress=False, figure=False)
+def runs(cfg: TransformerSweepConfig) -> list[tuple[str, Task, TransformerModularConfig]]:
+    """One :data:`RUN` per alpha, into ``OUT/alpha<a>/``."""
+    if not cfg.alphas:
+        raise ValueError("alphas: give at least one output scale")
+    return [(f"alpha{a:g}", RUN, cfg.run_config(a)) for a in cfg.alphas]
 
 
-def sweep(
-    cfg: TransformerModularConfig,
-    alphas: list[float],
-    out_dir: str | None = None,
-    *,
-    workers: int = 1,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``cfg`` at each alpha; OUT/alpha<a>/ holds each run's files, OUT/summary.json the
-    per-alpha summaries (without histories) and OUT/figure.png the comparison.
+def combine(cfg: TransformerSweepConfig, subs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-alpha crossings and the figure's two claims, checked.
 
-    ``workers > 1`` trains in that many spawned processes (one torch thread each; CPU only).
-    Returns ``{"config", "alphas", "runs" (summaries with histories), "wall_seconds", ...}``.
+    ``delay_grows_with_alpha``: in increasing alpha, the test-accuracy crossing steps
+    (never = infinity) never decrease and the smallest alpha crosses before the largest.
+    ``laziest_k0_gap``: the largest alpha's final test accuracy minus the test accuracy of
+    kernel regression with the initial NTK (the alpha -> infinity limit).
     """
-    import multiprocessing
-    import time
-    from concurrent.futures import ProcessPoolExecutor
-
-    configs = [replace(cfg, alpha=float(a)) for a in alphas]
-    dirs = [None if out_dir is None else _run_dir(out_dir, a) for a in alphas]
-    t0 = time.perf_counter()
-    if workers > 1 and len(configs) > 1 and cfg.device == "cpu":
-        # spawn, not fork: the parent may already hold torch/OpenMP thread pools.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            # The slowest (laziest) runs first, so that they do not start last.
-            order = sorted(range(len(configs)), key=lambda i: -configs[i].alpha)
-            futures = {i: pool.submit(_train_quiet, configs[i], dirs[i]) for i in order}
-            runs = [futures[i].result() for i in range(len(configs))]
-    else:
-        runs = [
-            train(c, d, progress=progress, figure=False) for c, d in zip(configs, dirs, strict=True)
-        ]
-    wall = time.perf_counter() - t0
-    result: dict[str, Any] = {
-        "config": asdict(cfg.resolved()),
-        "alphas": [float(a) for a in alphas],
-        "workers": workers,
-        "wall_seconds": wall,
-        "runs": runs,
+    order = sorted(range(len(subs)), key=lambda i: subs[i]["alpha"])
+    t = [subs[i]["test_acc_step"] for i in order]
+    t = [v if _finite(v) else math.inf for v in t]
+    grows = all(a <= b for a, b in zip(t[:-1], t[1:], strict=True)) and t[0] < t[-1]
+    lazy = subs[order[-1]]
+    k0 = lazy.get("k0_test_acc")
+    return {
+        "alphas": [s["alpha"] for s in subs],
+        "test_acc_steps": [s["test_acc_step"] for s in subs],
+        "train_acc_steps": [s["train_acc_step"] for s in subs],
+        "final_test_accs": [s["final_test_acc"] for s in subs],
+        "k0_test_acc": k0,
+        "delay_grows_with_alpha": bool(grows),
+        "laziest_k0_gap": lazy["final_test_acc"] - k0 if _finite(k0) else None,
     }
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        light = {**result, "runs": [{k: v for k, v in r.items() if k != "history"} for r in runs]}
-        write_json(os.path.join(out_dir, "summary.json"), light, indent=1)
-        plot_runs(runs, os.path.join(out_dir, "figure.png"))
-    return result
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if _finite(v) else "never"
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """A table of the runs' crossings and final accuracies, and the claims."""
+    subs = summary["runs"] if "runs" in summary else [summary]
+    thr = subs[0]["acc_threshold"]
+    lines = [f"alpha  lr        train>{thr:g}  test>{thr:g}  train_acc  test_acc  test_loss"]
+    for s in subs:
+        lines.append(
+            f"{s['alpha']:<6g} {s['lr']:<9.3g} {_fmt(s['train_acc_step']):>9} "
+            f"{_fmt(s['test_acc_step']):>9}  {s['final_train_acc']:9.3f} "
+            f"{s['final_test_acc']:9.3f} {s['final_test_loss']:10.3g}"
+        )
+    k0 = subs[0].get("k0_test_acc")
+    lines.append(f"K0 kernel regression test accuracy (the lazy limit): {_fmt(k0)}")
+    if "delay_grows_with_alpha" in summary:
+        lines.append(
+            f"delay grows with alpha: {summary['delay_grows_with_alpha']}; laziest run minus "
+            f"K0 accuracy: {_fmt(summary['laziest_k0_gap'])}"
+        )
+    return "\n".join(lines)
 
 
 def _positive(steps: list[float], values: list[float]) -> tuple[list[float], list[float]]:
-    pts = [(s, v) for s, v in zip(steps, values, strict=True) if s > 0 and math.isfinite(v)]
-    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
+    pts = [(s, v) for s, v in zip(steps, values, strict=True) if s > 0 and _finite(v)]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_runs(runs: list[dict[str, Any]], path: str) -> None:
+def plot_runs(subs: list[Mapping[str, Any]], path: str) -> None:
     """Accuracy, loss, and lazy-vs-rich diagnostics against steps (log x), one colour per
     alpha; train dashed, test solid. Dots mark where each test accuracy first exceeds the
     threshold; the dotted grey line is the test accuracy of kernel regression with the initial
@@ -333,23 +404,14 @@ def plot_runs(runs: list[dict[str, Any]], path: str) -> None:
     fig = Figure(figsize=(12, 8.5))
     axes = fig.subplots(2, 2)
     (ax_acc, ax_loss), (ax_move, ax_align) = axes
-    for i, r in enumerate(runs):
-        c, color = r["curve"], f"C{i}"
-        label = f"alpha={r['alpha']:g}"
+    for i, r in enumerate(subs):
+        hist, color, label = r.get("history") or [], f"C{i}", f"alpha={r['alpha']:g}"
+        steps = [h["step"] for h in hist]
         for key, ax, style in (
             ("train_acc", ax_acc, "--"),
             ("test_acc", ax_acc, "-"),
             ("train_loss", ax_loss, "--"),
             ("test_loss", ax_loss, "-"),
-        ):
-            xs, ys = _positive(c["step"], c[key])
-            ax.plot(xs, ys, style, color=color, lw=1.3, label=label if style == "-" else None)
-        t = r.get("test_acc_step", math.nan)
-        if math.isfinite(t) and t > 0:
-            ax_acc.plot([t], [r["acc_threshold"]], "o", color=color, ms=6)
-        hist = r.get("history") or []
-        steps = [h["step"] for h in hist]
-        for key, ax, style in (
             ("param_movement", ax_move, "-"),
             ("ntk_drift", ax_move, "--"),
             ("alignment_test", ax_align, "-"),
@@ -358,16 +420,20 @@ def plot_runs(runs: list[dict[str, Any]], path: str) -> None:
             xs, ys = _positive(steps, [h.get(key, math.nan) for h in hist])
             if xs:
                 ax.plot(xs, ys, style, color=color, lw=1.3, label=label if style == "-" else None)
-    k0 = runs[0].get("k0_test_acc") if runs else None
-    if k0 is not None and math.isfinite(k0):
+        t = r.get("test_acc_step")
+        if _finite(t) and t > 0:
+            ax_acc.plot([t], [r["acc_threshold"]], "o", color=color, ms=6)
+    first = subs[0] if subs else {}
+    k0 = first.get("k0_test_acc")
+    if _finite(k0):
         ax_acc.axhline(k0, color="gray", ls=":", label="K0 kernel regression (test)")
-    a0 = runs[0].get("alignment0_test") if runs else None
-    if a0 is not None and math.isfinite(a0):
+    a0 = first.get("alignment0_test")
+    if _finite(a0):
         ax_align.axhline(a0, color="gray", ls=":", label="K0 (test)")
-    cfg = runs[0]["config"] if runs else {}
+    cfg = first.get("config", {})
     ax_acc.set_title(
         f"(a) accuracy (train --, test -), p={cfg.get('p')}, {cfg.get('optimizer')}, "
-        f"wd={cfg.get('weight_decay')}"
+        f"wd={first.get('weight_decay')}"
     )
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(-0.02, 1.02)
@@ -384,3 +450,59 @@ def plot_runs(runs: list[dict[str, Any]], path: str) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_one(cfg: Any, summary: Mapping[str, Any], path: str) -> None:
+    plot_runs([summary], path)
+
+
+def _plot_sweep(cfg: Any, summary: Mapping[str, Any], path: str) -> None:
+    plot_runs(summary["runs"], path)
+
+
+RUN = Task(
+    name="transformer_modular_run",
+    description="one alpha of the transformer on (a + b) mod p (centred logits, AdamW)",
+    config=TransformerModularConfig,
+    build=build,
+    summarize=summarize,
+    plot=_plot_one,
+    headline=headline,
+)
+
+TASK = Task(
+    name="transformer_modular",
+    description="transformer on (a + b) mod p: alpha sweep, grokking delayed as alpha grows",
+    config=TransformerSweepConfig,
+    runs=runs,
+    combine=combine,
+    plot=_plot_sweep,
+    headline=headline,
+)
+
+
+def train(
+    cfg: TransformerModularConfig,
+    out_dir: str | None = None,
+    *,
+    progress: bool = True,
+    figure: bool = True,
+) -> dict[str, Any]:
+    """:func:`lazymeter.tasks.harness.run` of one alpha (:data:`RUN`): the summary, with its
+    ``history`` (one row per measurement: ``step``, ``train_loss``, ``train_acc``,
+    ``test_loss``, ``test_acc``, ``lr``, and on the kernel grid ``ntk_drift``,
+    ``alignment_*``, ``param_movement``, ...)."""
+    return run(RUN, cfg, out_dir, progress=progress, figure=figure)
+
+
+def sweep(
+    cfg: TransformerSweepConfig,
+    out_dir: str | None = None,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    figure: bool = True,
+) -> dict[str, Any]:
+    """:func:`lazymeter.tasks.harness.run` of the sweep (:data:`TASK`); ``workers > 1`` needs
+    :data:`RUN` registered in ``lazymeter.tasks.TASKS`` (sub-runs cross processes by name)."""
+    return run(TASK, cfg, out_dir, progress=progress, figure=figure, workers=workers)
