@@ -114,17 +114,25 @@ class ScaledModel(nn.Module):
         lazy. Adam-type optimisers normalise the gradient scale away: each
         parameter moves about ``lr`` per step, so ``g`` moves ``alpha * lr``;
         ``optimizer="adam"`` returns ``lr / alpha`` to keep that speed fixed.
+
+        ``optimizer="none"`` returns ``lr`` unchanged (no alpha scaling, e.g. the paper's
+        MNIST runs: AdamW at a fixed lr for every alpha). The function-space speed then
+        scales with alpha: ``alpha^2`` times the ``alpha = 1`` speed under GD, ``alpha``
+        times under Adam, so alpha sets both the laziness and the speed.
         """
         if optimizer == "sgd":
             out = lr / self.alpha / self.alpha  # not alpha**2: no OverflowError
         elif optimizer == "adam":
             out = lr / self.alpha
+        elif optimizer == "none":
+            out = lr
         else:
-            raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {optimizer!r}")
+            raise ValueError(f"optimizer: expected 'sgd', 'adam' or 'none', got {optimizer!r}")
         if not (math.isfinite(out) and out > 0):
+            rule = {"sgd": " / alpha^2", "adam": " / alpha", "none": ""}[optimizer]
+            shown = {"sgd": f" / {self.alpha:g}^2", "adam": f" / {self.alpha:g}", "none": ""}
             raise ValueError(
-                f"alpha: lr / alpha{'^2' if optimizer == 'sgd' else ''} = {lr} / "
-                f"{self.alpha:g}{'^2' if optimizer == 'sgd' else ''} is {out}, not a usable "
+                f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out}, not a usable "
                 "learning rate; pick alpha (and lr) so that it is a finite positive float"
             )
         return out

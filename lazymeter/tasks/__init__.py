@@ -15,6 +15,7 @@ TASKS: dict[str, str] = {
     "transformer_modular_run": "lazymeter.tasks.transformer_modular:RUN",
     "student_teacher": "lazymeter.tasks.student_teacher:TASK",
     "mnist": "lazymeter.tasks.mnist:TASK",
+    "mnist_run": "lazymeter.tasks.mnist:RUN",
     "eigenlabels": "lazymeter.tasks.eigenlabels:TASK",
     "eigenlabels_run": "lazymeter.tasks.eigenlabels:RUN",
 }
