@@ -136,6 +136,21 @@ def check_mnist(s: Mapping[str, Any]) -> tuple[list[str], bool]:
     return lines, bool(s["test_step_grows_with_alpha"])
 
 
+def check_fig2(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+    rows = s["sweep"]
+    lines = [f"convention {s['convention']!r} (alpha = scale^2 in the paper's code)"]
+    lines += [
+        f"scale {r['scale']:g} (alpha {r['alpha']:g}): ~90% accuracy on train at step "
+        f"{fmt(r['train_acc_step'])}, on test at {fmt(r['test_acc_step'])} (delay "
+        f"{fmt(r['acc_delay'])}); final test accuracy {fmt(r['final_test_acc'])}"
+        for r in rows
+    ]
+    inf = lambda v: math.inf if v is None else v  # noqa: E731 - null = never
+    delays = [inf(r["acc_delay"]) for r in rows]
+    after = all(inf(r["test_acc_step"]) > inf(r["train_acc_step"]) for r in rows)
+    return lines, bool(len(rows) > 1 and after and later(delays))
+
+
 FIGURES: list[Figure] = [
     Figure(
         "fig1",
@@ -146,6 +161,16 @@ FIGURES: list[Figure] = [
         "polynomial",
         "polynomial_regression.py",
         check_fig1,
+    ),
+    Figure(
+        "fig2",
+        "Figure 2: modular arithmetic with an MLP",
+        "A two-layer network with quadratic activations learns (a + b) mod p: test accuracy "
+        "rises after train accuracy, and the delay grows with the laziness alpha, without "
+        "weight decay.",
+        "modular_mlp",
+        "modular_arithmetic.py",
+        check_fig2,
     ),
     Figure(
         "fig5",
