@@ -10,6 +10,8 @@ from __future__ import annotations
 
 TASKS: dict[str, str] = {
     "polynomial": "lazymeter.tasks.polynomial:TASK",
+    "alpha_eps": "lazymeter.tasks.phase_diagram:TASK",
+    "decomposition": "lazymeter.tasks.decomposition:TASK",
     "modular_mlp": "lazymeter.tasks.modular_mlp:TASK",
     "transformer_modular": "lazymeter.tasks.transformer_modular:TASK",
     "transformer_modular_run": "lazymeter.tasks.transformer_modular:RUN",

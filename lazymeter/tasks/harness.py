@@ -74,6 +74,9 @@ class Setup:
         hparams: written to TensorBoard's hparams with the final numbers.
         desc: the progress bar's label.
         data: whatever the task's ``summarize`` needs again (data, labels, thresholds).
+        stop: ``stop(step, scalars) -> reason | None``, asked after each measurement row;
+            a reason ends the run there (e.g. converged) and is kept in :attr:`stopped`.
+        stopped: why the run ended early (set by :func:`fit`; None when it ran its steps).
     """
 
     model: nn.Module
@@ -87,6 +90,8 @@ class Setup:
     hparams: dict[str, Any] = field(default_factory=dict)
     desc: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    stop: Callable[[int, dict[str, float]], str | None] | None = None
+    stopped: str | None = None
 
 
 SubRun = tuple[str, "Task | str", Any]
@@ -159,7 +164,8 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
     Iteration ``i`` reports step ``round(i * setup.step_unit)``: when the meter will
     measure there, ``setup.measure`` gives the row's scalars (state before the update);
     otherwise the minimised loss is passed as ``train_loss`` (TensorBoard's scalar curve).
-    The last iteration (``i = steps``, no update) is always measured.
+    The last iteration (``i = steps``, no update) is always measured; ``setup.stop`` may end
+    the run at an earlier measurement.
     A non-finite train loss at a measurement stops the run with a warning (gradient descent
     past its stability edge), keeping what was measured.
     """
@@ -190,6 +196,10 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
                         stacklevel=2,
                     )
                     break
+                if setup.stop is not None and i < setup.steps:
+                    setup.stopped = setup.stop(step, scalars)
+                    if setup.stopped is not None:
+                        break
             else:
                 meter.step(step=step, train_loss=loss.item())
             if i == setup.steps:

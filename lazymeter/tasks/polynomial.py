@@ -1,6 +1,8 @@
-"""The paper's polynomial-regression task (section 5, Figure 1).
+"""The paper's polynomial-regression task (section 5, Figure 1; the runs of Figures 3 and 4).
 
-Data: ``x ~ N(0, I/D)``, ``beta ~ N(0, I_D)``, target ``y = (beta . x)^2 / 2``.
+Data: ``x ~ N(0, I/D)``, ``beta ~ N(0, I_D)``, target ``y = (beta . x)^2 / 2`` (Figures 1,
+3e and 4) or ``y = (beta . x)^2`` (Figure 3a: the authors' ``(beta . X / sqrt(D))^2`` with
+``X ~ N(0, I)``).
 Model (no readouts): ``f(x) = mean_i phi(w_i . x)``, ``phi(h) = h + eps/2 h^2``,
 ``W [N, D]`` standard normal, only ``W`` trained (optional readouts ``a [N]``:
 ``f(x) = mean_i a_i phi(w_i . x)``). The output scale alpha and the centring
@@ -9,6 +11,7 @@ are applied by :class:`lazymeter.LazyMeter`, not here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .harness import Setup, Task, option, run
+from .results import first_step_at_or_above
 
 
 class QuadraticNet(nn.Module):
@@ -67,22 +71,32 @@ class PolynomialData:
     beta: Tensor
 
 
+TARGETS = {"half_square": 0.5, "square": 1.0}  # y = scale * (beta . x)^2
+THRESHOLD_KINDS = ("relative", "absolute")
+
+
 def make_data(
     D: int,
     P: int,
     P_test: int,
     *,
+    target: str = "half_square",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> PolynomialData:
-    """``P`` train and ``P_test`` test points of ``y = (beta . x)^2 / 2``, ``x ~ N(0, I/D)``."""
+    """``P`` train and ``P_test`` test points, ``x ~ N(0, I/D)``, of ``y = (beta . x)^2 / 2``
+    (``target="half_square"``) or ``y = (beta . x)^2`` (``"square"``); the draws do not
+    depend on ``target``."""
+    if target not in TARGETS:
+        raise ValueError(f"target: expected one of {sorted(TARGETS)}, got {target!r}")
+    scale = TARGETS[target]
     beta = torch.randn(D, generator=generator, dtype=dtype)
     x = torch.randn(P, D, generator=generator, dtype=dtype) / D**0.5
     xt = torch.randn(P_test, D, generator=generator, dtype=dtype) / D**0.5
-    target = lambda v: (v @ beta) ** 2 / 2  # noqa: E731
+    target_fn = lambda v: scale * (v @ beta) ** 2  # noqa: E731
     to = lambda t: t.to(device)  # noqa: E731
-    return PolynomialData(to(x), to(target(x)), to(xt), to(target(xt)), to(beta))
+    return PolynomialData(to(x), to(target_fn(x)), to(xt), to(target_fn(xt)), to(beta))
 
 
 @dataclass
@@ -95,6 +109,17 @@ class PolynomialConfig:
     ``step * lr_scale`` (the paper's epochs at ``lr = N / alpha^2``). The default
     ``lr_scale=20`` with 5k epochs covers the paper's 100k epochs; ``paper()`` runs them
     at ``lr_scale=1``.
+
+    Crossings (time to grok): a loss crosses when it first falls to ``threshold`` x its
+    start (``threshold_kind="relative"``, :func:`lazymeter.time_to_grok`; Figure 1) or below
+    ``threshold`` itself (``"absolute"``: the authors' phase diagram, Figure 3e).
+    ``stop_early`` ends the run at the first measurement where both losses have crossed (the
+    crossings are all a phase diagram reads), or where it has converged without the test
+    loss crossing: the train loss has crossed and either fell to ``converge_train`` x its
+    start (the gradient has vanished: the test loss is frozen) or the test loss, below its
+    start, moved by at most ``converge_rtol`` of itself over the last decade of steps (a
+    plateau). The authors stop when both losses change by under 1e-5 in 4 steps with the
+    test loss below its start, or after 110k steps.
     """
 
     D: int = option(100, "input dimension")
@@ -119,7 +144,20 @@ class PolynomialConfig:
     )
     device: str = option("cpu", "torch device")
     dtype: str = option("float32", "float32 or float64")
-    threshold: float = option(0.1, "a loss crosses when it falls below threshold x its start")
+    threshold: float = option(
+        0.1, "a loss crosses at threshold x its start (relative) or below threshold (absolute)"
+    )
+    threshold_kind: str = option("relative", "relative (x the loss's start) or absolute")
+    target: str = option("half_square", "y = (beta . x)^2 / 2 (half_square) or (beta . x)^2")
+    stop_early: bool = option(
+        False, "stop once both losses crossed, or once converged without the test crossing"
+    )
+    converge_rtol: float = option(
+        0.01, "stop_early: converged when the test loss moved by <= this x itself in a decade"
+    )
+    converge_train: float = option(
+        1e-6, "stop_early: converged when the train loss fell to this x its start"
+    )
 
     @classmethod
     def paper(cls, **overrides: Any) -> PolynomialConfig:
@@ -137,9 +175,20 @@ def build(cfg: PolynomialConfig) -> Setup:
     """The quadratic net on its data, the meter's probes and quantities, full-batch GD."""
     import lazymeter as lm
 
+    if cfg.threshold_kind not in THRESHOLD_KINDS:
+        raise ValueError(
+            f"threshold_kind: expected one of {THRESHOLD_KINDS}, got {cfg.threshold_kind!r}"
+        )
+    if not (0 < cfg.threshold < 1 or cfg.threshold_kind == "absolute" and cfg.threshold > 0):
+        raise ValueError(
+            f"threshold: expected a fraction in (0, 1) (relative) or > 0 (absolute), got "
+            f"{cfg.threshold}"
+        )
     dtype = getattr(torch, cfg.dtype)
     g = torch.Generator().manual_seed(cfg.seed)
-    data = make_data(cfg.D, cfg.P, cfg.P_test, generator=g, dtype=dtype, device=cfg.device)
+    data = make_data(
+        cfg.D, cfg.P, cfg.P_test, target=cfg.target, generator=g, dtype=dtype, device=cfg.device
+    )
     model = QuadraticNet(
         cfg.D, cfg.N, cfg.eps, readouts=cfg.readouts, generator=g, dtype=dtype, device=cfg.device
     )
@@ -156,8 +205,11 @@ def build(cfg: PolynomialConfig) -> Setup:
     decompose = (not cfg.center) if cfg.decompose is None else cfg.decompose
     metrics = (
         {
-            # follows the meter's centring (and its initial weights)
-            "decomp": lm.QuadraticDecomposition(data.beta, alpha=cfg.alpha, eps=cfg.eps)
+            # follows the meter's centring (and its initial weights); the decomposition is of
+            # (beta' . x)^2 / 2, so beta' = sqrt(2 scale) beta for y = scale (beta . x)^2
+            "decomp": lm.QuadraticDecomposition(
+                data.beta * (2 * TARGETS[cfg.target]) ** 0.5, alpha=cfg.alpha, eps=cfg.eps
+            )
         }
         if decompose
         else None
@@ -175,6 +227,8 @@ def build(cfg: PolynomialConfig) -> Setup:
             q.schedule = f"log:{max(cfg.per_decade // 2, 1)}"
     mse = lambda out, target: ((out - target) ** 2).mean()  # noqa: E731
 
+    rows: list[tuple[float, float, float]] = []  # (step, train, test): what stop_early reads
+
     def loss(meter: Any, i: int) -> Tensor:
         # The network and its linearisation have disjoint parameters: one backward of the
         # sum gives each its own gradient (one optimiser, the same lr).
@@ -190,6 +244,10 @@ def build(cfg: PolynomialConfig) -> Setup:
             out["lin_train_loss"] = mse(meter.linearized(data.x), data.y).item()
             out["lin_test_loss"] = mse(meter.linearized(data.x_test), data.y_test).item()
         return out
+
+    def stop(step: int, scalars: dict[str, float]) -> str | None:
+        rows.append((step, scalars["train_loss"], scalars["test_loss"]))
+        return stop_reason(cfg, rows)
 
     def optimizer(meter: Any) -> torch.optim.Optimizer:
         params = list(meter.parameters())
@@ -224,20 +282,73 @@ def build(cfg: PolynomialConfig) -> Setup:
             seed=cfg.seed,
         ),
         desc=f"alpha={cfg.alpha:g} eps={cfg.eps:g}",
+        stop=stop if cfg.stop_early else None,
     )
+
+
+def crossed(cfg: PolynomialConfig, loss: float, start: float) -> bool:
+    """Whether ``loss`` has crossed: ``loss <= threshold * start`` (relative, as
+    :func:`lazymeter.time_to_grok`) or ``loss < threshold`` (absolute, as the authors'
+    phase diagram); False for a non-finite loss."""
+    if not math.isfinite(loss):
+        return False
+    if cfg.threshold_kind == "absolute":
+        return loss < cfg.threshold
+    return loss <= cfg.threshold * start
+
+
+def stop_reason(cfg: PolynomialConfig, rows: list[tuple[float, float, float]]) -> str | None:
+    """``"crossed"``, ``"converged"`` or None for the measured ``(step, train_loss,
+    test_loss)`` rows so far (see :class:`PolynomialConfig`, ``stop_early``)."""
+    step, train, test = rows[-1]
+    _, train0, test0 = rows[0]
+    hit_train = any(crossed(cfg, r[1], train0) for r in rows)
+    if hit_train and any(crossed(cfg, r[2], test0) for r in rows):
+        return "crossed"
+    if not hit_train or step <= 0:
+        return None
+    if train <= cfg.converge_train * train0:
+        return "converged"
+    if not test < test0:
+        return None
+    # the last row at least a decade before this one (log-spaced measurements)
+    past = [r for r in rows if 0 < r[0] <= step / 10]
+    if past and abs(test - past[-1][2]) <= cfg.converge_rtol * test:
+        return "converged"
+    return None
+
+
+def grok_time(cfg: PolynomialConfig, hist: list[dict]) -> dict[str, float]:
+    """The crossings of the run's curves (``train_step``, ``test_step``, ``delay``,
+    ``ratio``, ``threshold``; NaN where a loss never crosses), with ``cfg``'s threshold
+    kind."""
+    import lazymeter as lm
+
+    steps = [r["step"] for r in hist]
+    train, test = [r["train_loss"] for r in hist], [r["test_loss"] for r in hist]
+    if cfg.threshold_kind == "relative":
+        return lm.time_to_grok(steps, train, test, threshold=cfg.threshold).as_dict()
+
+    def first(curve: list[float]) -> float:
+        # the first step with loss < threshold: -loss > -threshold (NaN entries skipped)
+        return first_step_at_or_above(steps, [-v for v in curve], -cfg.threshold, strict=True)
+
+    t_train, t_test = first(train), first(test)
+    delay = t_test - t_train
+    ratio = t_test / t_train if t_train > 0 else math.nan
+    return {
+        "train_step": t_train,
+        "test_step": t_test,
+        "delay": delay,
+        "ratio": ratio if math.isfinite(ratio) else math.nan,
+        "threshold": cfg.threshold,
+    }
 
 
 def summarize(cfg: PolynomialConfig, meter: Any, setup: Setup) -> dict[str, Any]:
-    """Final losses, the K0 baseline, the crossings (time to grok) and the alignments."""
-    import lazymeter as lm
-
+    """Final losses, the K0 baseline, the crossings (time to grok), where and why the run
+    stopped (``stopped``: None when it ran its epochs) and the alignments."""
     hist = meter.history
-    grok = lm.time_to_grok(
-        [r["step"] for r in hist],
-        [r["train_loss"] for r in hist],
-        [r["test_loss"] for r in hist],
-        threshold=cfg.threshold,
-    )
     last = hist[-1]
     return {
         "k0_test_mse": meter.baseline.get("k0_test_mse"),
@@ -246,7 +357,10 @@ def summarize(cfg: PolynomialConfig, meter: Any, setup: Setup) -> dict[str, Any]
         "final_lin_train_loss": last.get("lin_train_loss"),
         "final_lin_test_loss": last.get("lin_test_loss"),
         "max_test_loss": max(r["test_loss"] for r in hist),
-        "time_to_grok": grok.as_dict(),
+        "time_to_grok": grok_time(cfg, hist),
+        "threshold_kind": cfg.threshold_kind,
+        "final_step": last["step"],
+        "stopped": setup.stopped,
         "alignment": _alignment_summary(hist, cfg.paper_points),
         "epochs_unit": f"lr-equivalent epochs at lr = N/alpha^2 (lr_scale={cfg.lr_scale:g})",
     }
@@ -255,8 +369,10 @@ def summarize(cfg: PolynomialConfig, meter: Any, setup: Setup) -> dict[str, Any]
 def headline(summary: Mapping[str, Any]) -> str:
     """Time to grok, the final test loss against the K0 regression, the alignments."""
     g, cfg = summary["time_to_grok"], summary["config"]
+    absolute = cfg.get("threshold_kind") == "absolute"
+    level = f"{cfg['threshold']:g}" + ("" if absolute else " x start")
     lines = [
-        f"train loss < {cfg['threshold']:g} x start at epoch {g['train_step']}, test loss at "
+        f"train loss < {level} at epoch {g['train_step']}, test loss at "
         f"{g['test_step']} ({g['ratio']} x later); final test {summary['final_test_loss']:.4g}"
         f" vs K0 regression {summary['k0_test_mse']:.4g}"
     ]

@@ -77,3 +77,36 @@ def test_data_and_model_are_seedable_and_follow_dtype():
     net = QuadraticNet(5, 3, 0.5, readouts=True, dtype=torch.float64)
     h = a.x @ net.W.T
     torch.testing.assert_close(net(a.x), ((h + 0.25 * h**2) * net.a).mean(-1))
+
+
+def test_square_target_is_twice_the_default_on_the_same_draw():
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    half = make_data(5, 10, 7, generator=g())
+    square = make_data(5, 10, 7, target="square", generator=g())
+    assert torch.equal(half.x, square.x) and torch.equal(half.beta, square.beta)
+    torch.testing.assert_close(square.y, (square.x @ square.beta) ** 2)
+    torch.testing.assert_close(square.y_test, 2 * half.y_test)
+    with pytest.raises(ValueError, match="target: expected one of"):
+        make_data(5, 10, 7, target="cube")
+
+
+def test_stop_early_ends_the_run_at_the_absolute_crossings():
+    cfg = PolynomialConfig(
+        **{**SMALL, "eps": 0.1}, linearized=False, threshold_kind="absolute", stop_early=True
+    )
+    s = train(cfg, progress=False)
+    hist, g = s["history"], s["time_to_grok"]
+    assert s["stopped"] == "crossed" and s["threshold_kind"] == "absolute"
+    # the run ended at the measurement where the test loss first fell below 0.1 (absolute),
+    # long before its 2000 steps (16k lr-equivalent epochs)
+    assert s["final_step"] == hist[-1]["step"] == g["test_step"] < 0.5 * 2000 * 8.0
+    assert hist[-1]["test_loss"] < 0.1 <= min(r["test_loss"] for r in hist[:-1])
+    assert g["train_step"] == next(r["step"] for r in hist if r["train_loss"] < 0.1)
+    assert g["delay"] == g["test_step"] - g["train_step"] > 0
+
+
+def test_threshold_options_are_checked():
+    with pytest.raises(ValueError, match="threshold_kind"):
+        train(PolynomialConfig.smoke(threshold_kind="sometimes"), progress=False)
+    with pytest.raises(ValueError, match="threshold: expected a fraction"):
+        train(PolynomialConfig.smoke(threshold=2.0), progress=False)
