@@ -151,6 +151,43 @@ def check_fig2(s: Mapping[str, Any]) -> tuple[list[str], bool]:
     return lines, bool(len(rows) > 1 and after and later(delays))
 
 
+def check_fig3(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+    inf = lambda v: math.inf if v is None else v  # noqa: E731 - null = never
+    kind = "<" if s["threshold_kind"] == "absolute" else "<= start x"
+    lines = [f"{s['metric']} at loss {kind} {s['threshold']:g} (lr-equivalent epochs):"]
+    for a, row in zip(s["alphas"], s["matrix"], strict=True):
+        cells = ", ".join(f"eps {e:g}: {fmt(v)}" for e, v in zip(s["eps"], row, strict=True))
+        lines.append(f"alpha {a:g}: {cells}")
+    never = ", ".join(f"(alpha {a:g}, eps {e:g})" for a, e in s["never"]) or "none"
+    lines.append(f"never grokked: {never}")
+    # the delay grows with alpha in every eps column where the laziest cells still grok
+    cols = list(zip(*s["matrix"], strict=True))
+    grows = [later([inf(v) for v in col]) for col in cols]
+    corner = [s["alphas"][-1], s["eps"][-1]] in [list(c) for c in s["never"]]
+    lines.append(f"delay grows with alpha in {sum(grows)} of {len(cols)} eps columns")
+    return lines, bool(all(grows) and corner)
+
+
+def check_fig4(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+    g, d0, d1 = s["time_to_grok"], s["decomposition_initial"], s["decomposition_final"]
+    lines = [
+        "terms at the start: "
+        + ", ".join(f"{k} {fmt(d0[k])}" for k in ("variance", "misalignment", "linear")),
+        "at the end: "
+        + ", ".join(f"{k} {fmt(d1[k])}" for k in ("variance", "misalignment", "linear")),
+        f"train loss < 0.1 x start at epoch {fmt(g['train_step'])}, with the misalignment still "
+        f"{fmt(s['misalignment_at_train_crossing'])} x its start; misalignment < 0.1 x start at "
+        f"{fmt(s['misalignment_collapse_step'])}, test loss at {fmt(g['test_step'])}",
+        f"sum of the terms vs the {s['config']['P_test']}-point test loss: at most "
+        f"{fmt(s['max_rel_gap'])} apart (Monte-Carlo std bound {fmt(s['mc_rel_std_bound'])})",
+    ]
+    late = (s["misalignment_at_train_crossing"] or 0) > 0.5 and (
+        s["collapse_over_train_step"] or 0
+    ) > 2
+    sums = s["max_rel_gap"] < 2 * s["mc_rel_std_bound"]
+    return lines, bool(late and sums)
+
+
 FIGURES: list[Figure] = [
     Figure(
         "fig1",
@@ -171,6 +208,26 @@ FIGURES: list[Figure] = [
         "modular_mlp",
         "modular_arithmetic.py",
         check_fig2,
+    ),
+    Figure(
+        "fig3",
+        "Figure 3: laziness and the quadratic part set the time to grok",
+        "The delay between fitting and generalising grows with alpha and shrinks with eps "
+        "(panels a, b); the phase diagram over (alpha, eps) has a corner where the network "
+        "never groks: it fits the train set while its test loss stays above the threshold.",
+        "alpha_eps",
+        "alpha_eps_sweep.py",
+        check_fig3,
+    ),
+    Figure(
+        "fig4",
+        "Figure 4: the test loss split into three terms",
+        "The test loss is exactly the sum of a variance, a misalignment and a linear-power "
+        "term; the train loss falls while the misalignment stays high, and generalisation "
+        "waits for the misalignment to collapse (feature learning).",
+        "decomposition",
+        "loss_decomposition.py",
+        check_fig4,
     ),
     Figure(
         "fig5",
