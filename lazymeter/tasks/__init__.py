@@ -16,6 +16,8 @@ TASKS: dict[str, str] = {
     "transformer_modular": "lazymeter.tasks.transformer_modular:TASK",
     "transformer_modular_run": "lazymeter.tasks.transformer_modular:RUN",
     "student_teacher": "lazymeter.tasks.student_teacher:TASK",
+    "init_scale": "lazymeter.tasks.init_scale:TASK",
+    "init_scale_run": "lazymeter.tasks.init_scale:RUN",
     "mnist": "lazymeter.tasks.mnist:TASK",
     "mnist_run": "lazymeter.tasks.mnist:RUN",
     "eigenlabels": "lazymeter.tasks.eigenlabels:TASK",
