@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lazymeter.tasks.harness import preset, run  # noqa: E402
+from lazymeter.tasks.results import comes_later, never_is_inf  # noqa: E402
 
 Check = Callable[[Mapping[str, Any]], tuple[list[str], bool]]
 
@@ -53,11 +54,6 @@ def fmt(v: Any, spec: str = ".3g") -> str:
     if isinstance(v, float) and abs(v) >= 1000 and spec == ".3g":
         return f"{v / 1000:.3g}k"
     return format(v, spec)
-
-
-def later(steps: list[float]) -> bool:
-    """Non-decreasing (never = inf), and the last strictly after the first."""
-    return all(a <= b for a, b in zip(steps[:-1], steps[1:], strict=True)) and steps[0] < steps[-1]
 
 
 def check_fig1(s: Mapping[str, Any]) -> tuple[list[str], bool]:
@@ -98,11 +94,10 @@ def check_fig5(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"the curve's height, kernel change 1 - CKA <= {fmt(lz['kernel_change'])}, weights "
         f"move <= {fmt(lz['param_movement'])}"
     )
-    inf = lambda v: math.inf if v is None else v  # noqa: E731 - null = never
-    train = [inf(by_k[k]["train_half"]) for k in ks]
-    test = [inf(by_k[k]["test_half"]) for k in ks]
+    train = [by_k[k]["train_half"] for k in ks]
+    test = [by_k[k]["test_half"] for k in ks]
     lazy = lz["kernel_change"] < 0.01 and lz["lin_test_gap"] < 0.1
-    return lines, bool(later(train) and later(test) and lazy)
+    return lines, bool(comes_later(train) and comes_later(test) and lazy)
 
 
 def check_transformer(s: Mapping[str, Any]) -> tuple[list[str], bool]:
@@ -145,14 +140,12 @@ def check_fig2(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"{fmt(r['acc_delay'])}); final test accuracy {fmt(r['final_test_acc'])}"
         for r in rows
     ]
-    inf = lambda v: math.inf if v is None else v  # noqa: E731 - null = never
-    delays = [inf(r["acc_delay"]) for r in rows]
-    after = all(inf(r["test_acc_step"]) > inf(r["train_acc_step"]) for r in rows)
-    return lines, bool(len(rows) > 1 and after and later(delays))
+    delays = [r["acc_delay"] for r in rows]
+    after = all(never_is_inf(r["test_acc_step"]) > never_is_inf(r["train_acc_step"]) for r in rows)
+    return lines, bool(len(rows) > 1 and after and comes_later(delays))
 
 
 def check_fig3(s: Mapping[str, Any]) -> tuple[list[str], bool]:
-    inf = lambda v: math.inf if v is None else v  # noqa: E731 - null = never
     kind = "<" if s["threshold_kind"] == "absolute" else "<= start x"
     lines = [f"{s['metric']} at loss {kind} {s['threshold']:g} (lr-equivalent epochs):"]
     for a, row in zip(s["alphas"], s["matrix"], strict=True):
@@ -162,7 +155,7 @@ def check_fig3(s: Mapping[str, Any]) -> tuple[list[str], bool]:
     lines.append(f"never grokked: {never}")
     # the delay grows with alpha in every eps column where the laziest cells still grok
     cols = list(zip(*s["matrix"], strict=True))
-    grows = [later([inf(v) for v in col]) for col in cols]
+    grows = [comes_later(col) for col in cols]
     corner = [s["alphas"][-1], s["eps"][-1]] in [list(c) for c in s["never"]]
     lines.append(f"delay grows with alpha in {sum(grows)} of {len(cols)} eps columns")
     return lines, bool(all(grows) and corner)

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from ..history import series
 from .harness import Setup, SubRun, Task, option, run
 from .polynomial import QuadraticNet
-from .results import first_step_at_or_above
+from .results import first_step_at_or_above, never_is_inf
 
 _NORMALIZE = ("variance", "norm")
 _CENTRING = ("double", "mean")
@@ -449,11 +449,6 @@ def runs(cfg: EigenLabelsConfig) -> list[SubRun]:
     return [(f"k{k}", RUN, run_config(cfg, k)) for k in cfg.ks]
 
 
-def _step_or_inf(v: Any) -> float:
-    # a crossing that never happens (NaN, or None once through JSON) is infinitely late
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
-
-
 def combine(cfg: EigenLabelsConfig, subs: list[dict[str, Any]]) -> dict[str, Any]:
     """The experiment's numbers: per ``k`` the crossings (``inf``: never, written as null),
     the final test loss relative to its start, and the laziness evidence at its worst over
@@ -463,10 +458,10 @@ def combine(cfg: EigenLabelsConfig, subs: list[dict[str, Any]]) -> dict[str, Any
         g, h = s["time_to_grok"], s["time_to_half"]
         by_k[str(s["k"])] = {
             "eigenvalue": s["eigenvalue"],
-            "train_half": _step_or_inf(h["train_step"]),
-            "test_half": _step_or_inf(h["test_step"]),
-            "train_grok": _step_or_inf(g["train_step"]),
-            "test_grok": _step_or_inf(g["test_step"]),
+            "train_half": never_is_inf(h["train_step"]),
+            "test_half": never_is_inf(h["test_step"]),
+            "train_grok": never_is_inf(g["train_step"]),
+            "test_grok": never_is_inf(g["test_step"]),
             "final_test_over_start": s["final_test_loss"] / s["initial_test_loss"],
             "final_test_over_k0": s["final_test_loss"] / s["k0_test_mse"]
             if s.get("k0_test_mse")

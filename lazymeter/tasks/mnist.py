@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..history import series
 from .harness import Setup, Task, option, run
-from .results import first_step_at_or_above
+from .results import first_step_at_or_above, never_is_inf
 
 # ---------------------------------------------------------------------------------------- IDX
 
@@ -616,13 +616,10 @@ def combine(cfg: MnistConfig, subs: list[dict[str, Any]]) -> dict[str, Any]:
     train accuracy never crosses has no delay: False)."""
     ordered = sorted(subs, key=lambda s: s["alpha"])
 
-    def late(v: float) -> float:
-        return v if math.isfinite(v) else math.inf
-
     def delay(s: Mapping[str, Any]) -> float:
         if not math.isfinite(s["train_acc_step"]):
             return math.nan
-        return late(s["test_acc_step"]) - s["train_acc_step"]
+        return never_is_inf(s["test_acc_step"]) - s["train_acc_step"]
 
     first = ordered[0]
     keys = (
@@ -639,7 +636,9 @@ def combine(cfg: MnistConfig, subs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **{k: first[k] for k in ("dataset", "n_train", "n_test", "input_dim", "acc_threshold")},
         "by_alpha": {k: [s[k] for s in ordered] for k in keys},
-        "test_step_grows_with_alpha": increasing([late(s["test_acc_step"]) for s in ordered]),
+        "test_step_grows_with_alpha": increasing(
+            [never_is_inf(s["test_acc_step"]) for s in ordered]
+        ),
         "delay_grows_with_alpha": increasing([delay(s) for s in ordered]),
     }
 

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ..history import series
 from .harness import Setup, SubRun, Task, option, run
 from .modular import modular_addition
+from .results import step_text
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 CONVENTIONS = ("paper", "alpha")
@@ -363,12 +364,6 @@ def sweep_table(subs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "never"
-    return f"{v / 1000:.3g}k" if abs(v) >= 1000 else f"{v:.3g}"
-
-
 def headline(summary: Mapping[str, Any]) -> str:
     """The convention, and per scale: ~90%-accuracy steps on train and test, the delay."""
     unit = summary.get("steps_unit", "steps")
@@ -379,8 +374,8 @@ def headline(summary: Mapping[str, Any]) -> str:
     table = summary.get("sweep") or sweep_table([summary])
     for r in table:
         lines.append(
-            f"  s={r['scale']:g} (alpha={r['alpha']:g}): train {_fmt(r['train_acc_step'])}, "
-            f"test {_fmt(r['test_acc_step'])} (delay {_fmt(r['acc_delay'])}); "
+            f"  s={r['scale']:g} (alpha={r['alpha']:g}): train {step_text(r['train_acc_step'])}, "
+            f"test {step_text(r['test_acc_step'])} (delay {step_text(r['acc_delay'])}); "
             f"final test acc {r['final_test_acc']:.3f}"
         )
     return "\n".join(lines)

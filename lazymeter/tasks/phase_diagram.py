@@ -27,6 +27,7 @@ from typing import Any
 
 from .harness import SubRun, Task, option
 from .polynomial import PolynomialConfig
+from .results import is_finite, step_text
 
 METRICS = ("delay", "test_step", "ratio")
 
@@ -183,7 +184,7 @@ def combine(cfg: PhaseDiagramConfig, summaries: list[dict[str, Any]]) -> dict[st
         "final_step": matrix(lambda s: s["final_step"]),
         "stopped": matrix(lambda s: s["stopped"]),
         "never": [
-            [x, e] for (x, e), s in cell.items() if not _finite(s["time_to_grok"]["test_step"])
+            [x, e] for (x, e), s in cell.items() if not is_finite(s["time_to_grok"]["test_step"])
         ],
         "threshold": cfg.threshold,
         "threshold_kind": cfg.threshold_kind,
@@ -199,16 +200,6 @@ def combine(cfg: PhaseDiagramConfig, summaries: list[dict[str, Any]]) -> dict[st
     }
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _fmt(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "never"
-    return f"{v / 1000:.3g}k" if abs(v) >= 1000 else f"{v:.3g}"
-
-
 def headline(summary: Mapping[str, Any]) -> str:
     """The heat map as a table (rows alpha, columns eps) and the cells that never grokked."""
     eps, width = summary["eps"], 9
@@ -220,7 +211,7 @@ def headline(summary: Mapping[str, Any]) -> str:
         "alpha\\eps".ljust(10) + "".join(f"{e:g}".rjust(width) for e in eps),
     ]
     for x, row in zip(summary["alphas"], summary["matrix"], strict=True):
-        lines.append(f"{x:<10g}" + "".join(_fmt(v).rjust(width) for v in row))
+        lines.append(f"{x:<10g}" + "".join(step_text(v).rjust(width) for v in row))
     never = ", ".join(f"(alpha={x:g}, eps={e:g})" for x, e in summary["never"]) or "none"
     lines.append(f"never grokked: {never}")
     return "\n".join(lines)
@@ -290,7 +281,7 @@ def plot(cfg: PhaseDiagramConfig, summary: Mapping[str, Any], path: str) -> None
         for j in range(len(epss)):
             if ok[i, j]:
                 dark = norm is not None and norm(shown[i, j]) > 0.6
-                ax_c.text(j, i, _fmt(m[i, j]), ha="center", va="center", fontsize=7,
+                ax_c.text(j, i, step_text(m[i, j]), ha="center", va="center", fontsize=7,
                           color="white" if dark else "black")  # fmt: skip
             else:
                 ax_c.add_patch(

@@ -1,5 +1,5 @@
 """What every experiment does with its curves and its summary: read a crossing step off a
-curve, and write strict JSON."""
+curve, compare and print crossing steps (never = infinitely late), and write strict JSON."""
 
 from __future__ import annotations
 
@@ -18,6 +18,30 @@ def first_step_at_or_above(
         if v is not None and math.isfinite(v) and (v > level if strict else v >= level):
             return float(s)
     return math.nan
+
+
+def is_finite(v: Any) -> bool:
+    """Whether ``v`` is a finite int or float (not None, NaN or +-Inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def never_is_inf(v: Any) -> float:
+    """A crossing step with "never" (NaN, or None once through JSON) as infinitely late."""
+    return float(v) if is_finite(v) else math.inf
+
+
+def comes_later(steps: Sequence[Any]) -> bool:
+    """Whether crossing steps (never = infinitely late) never decrease along ``steps`` and
+    the last comes strictly after the first: "the delay grows"."""
+    t = [never_is_inf(v) for v in steps]
+    return len(t) > 1 and all(a <= b for a, b in zip(t[:-1], t[1:], strict=True)) and t[0] < t[-1]
+
+
+def step_text(v: Any) -> str:
+    """A step for people: ``340``, ``12.1k``, or ``never`` (None, NaN)."""
+    if not is_finite(v):
+        return "never"
+    return f"{v / 1000:.3g}k" if abs(v) >= 1000 else f"{v:.3g}"
 
 
 def finite_or_none(v: Any) -> Any:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .harness import Setup, Task, option, run
-from .results import first_step_at_or_above
+from .results import comes_later, first_step_at_or_above, is_finite, step_text
 
 # (base lr, weight decay) when not given. AdamW: see the module docstring. SGD and heavy-ball
 # momentum (the appendix's optimiser controls) need a far larger step on this cross-entropy
@@ -328,10 +328,6 @@ def summarize(cfg: TransformerModularConfig, meter: Any, setup: Setup) -> dict[s
     }
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def runs(cfg: TransformerSweepConfig) -> list[tuple[str, Task, TransformerModularConfig]]:
     """One :data:`RUN` per alpha, into ``OUT/alpha<a>/``."""
     if not cfg.alphas:
@@ -348,9 +344,7 @@ def combine(cfg: TransformerSweepConfig, subs: list[dict[str, Any]]) -> dict[str
     kernel regression with the initial NTK (the alpha -> infinity limit).
     """
     order = sorted(range(len(subs)), key=lambda i: subs[i]["alpha"])
-    t = [subs[i]["test_acc_step"] for i in order]
-    t = [v if _finite(v) else math.inf for v in t]
-    grows = all(a <= b for a, b in zip(t[:-1], t[1:], strict=True)) and t[0] < t[-1]
+    grows = comes_later([subs[i]["test_acc_step"] for i in order])
     lazy = subs[order[-1]]
     k0 = lazy.get("k0_test_acc")
     return {
@@ -360,12 +354,8 @@ def combine(cfg: TransformerSweepConfig, subs: list[dict[str, Any]]) -> dict[str
         "final_test_accs": [s["final_test_acc"] for s in subs],
         "k0_test_acc": k0,
         "delay_grows_with_alpha": bool(grows),
-        "laziest_k0_gap": lazy["final_test_acc"] - k0 if _finite(k0) else None,
+        "laziest_k0_gap": lazy["final_test_acc"] - k0 if is_finite(k0) else None,
     }
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if _finite(v) else "never"
 
 
 def headline(summary: Mapping[str, Any]) -> str:
@@ -375,22 +365,22 @@ def headline(summary: Mapping[str, Any]) -> str:
     lines = [f"alpha  lr        train>{thr:g}  test>{thr:g}  train_acc  test_acc  test_loss"]
     for s in subs:
         lines.append(
-            f"{s['alpha']:<6g} {s['lr']:<9.3g} {_fmt(s['train_acc_step']):>9} "
-            f"{_fmt(s['test_acc_step']):>9}  {s['final_train_acc']:9.3f} "
+            f"{s['alpha']:<6g} {s['lr']:<9.3g} {step_text(s['train_acc_step']):>9} "
+            f"{step_text(s['test_acc_step']):>9}  {s['final_train_acc']:9.3f} "
             f"{s['final_test_acc']:9.3f} {s['final_test_loss']:10.3g}"
         )
     k0 = subs[0].get("k0_test_acc")
-    lines.append(f"K0 kernel regression test accuracy (the lazy limit): {_fmt(k0)}")
+    lines.append(f"K0 kernel regression test accuracy (the lazy limit): {step_text(k0)}")
     if "delay_grows_with_alpha" in summary:
         lines.append(
             f"delay grows with alpha: {summary['delay_grows_with_alpha']}; laziest run minus "
-            f"K0 accuracy: {_fmt(summary['laziest_k0_gap'])}"
+            f"K0 accuracy: {step_text(summary['laziest_k0_gap'])}"
         )
     return "\n".join(lines)
 
 
 def _positive(steps: list[float], values: list[float]) -> tuple[list[float], list[float]]:
-    pts = [(s, v) for s, v in zip(steps, values, strict=True) if s > 0 and _finite(v)]
+    pts = [(s, v) for s, v in zip(steps, values, strict=True) if s > 0 and is_finite(v)]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -421,14 +411,14 @@ def plot_runs(subs: list[Mapping[str, Any]], path: str) -> None:
             if xs:
                 ax.plot(xs, ys, style, color=color, lw=1.3, label=label if style == "-" else None)
         t = r.get("test_acc_step")
-        if _finite(t) and t > 0:
+        if is_finite(t) and t > 0:
             ax_acc.plot([t], [r["acc_threshold"]], "o", color=color, ms=6)
     first = subs[0] if subs else {}
     k0 = first.get("k0_test_acc")
-    if _finite(k0):
+    if is_finite(k0):
         ax_acc.axhline(k0, color="gray", ls=":", label="K0 kernel regression (test)")
     a0 = first.get("alignment0_test")
-    if _finite(a0):
+    if is_finite(a0):
         ax_align.axhline(a0, color="gray", ls=":", label="K0 (test)")
     cfg = first.get("config", {})
     ax_acc.set_title(
