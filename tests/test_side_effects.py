@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Polynomial task, smoke-sized (as in test_cli.py).
 
+
 def _modules() -> list[str]:
     """Every module of the package (``__main__`` modules run the command line: left out)."""
     names = [m.name for m in pkgutil.walk_packages(lazymeter.__path__, "lazymeter.")]
