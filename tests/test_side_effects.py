@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import textwrap
@@ -205,3 +206,22 @@ def test_a_worker_job_runs_on_one_thread_even_when_it_fails(two_threads, monkeyp
         harness._run_job_quiet(("b", "polynomial", "fail", None))
     assert seen == [(1, False, False)] * 2
     assert torch.get_num_threads() == two_threads
+
+
+GLOBAL_MPL = re.compile(
+    r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot"
+)
+
+
+def test_no_library_module_switches_the_backend_or_uses_pyplot():
+    """Every figure in the package (the tasks' too, which the test above does not draw) is a
+    ``matplotlib.figure.Figure`` of its own: no ``matplotlib.use``, no pyplot."""
+    package = os.path.join(ROOT, "lazymeter")
+    offenders = []
+    for folder, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                if GLOBAL_MPL.search(open(path, encoding="utf-8").read()):
+                    offenders.append(os.path.relpath(path, ROOT))
+    assert offenders == []

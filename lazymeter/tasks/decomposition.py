@@ -169,15 +169,13 @@ def headline(summary: Mapping[str, Any]) -> str:
 def plot(cfg: DecompositionConfig, summary: Mapping[str, Any], path: str) -> None:
     """Left: log-log losses and the three terms (dashed) with their sum (black) on the test
     loss (red dots). Right: kernel-target alignment and NTK drift / parameter movement."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [r for r in summary["history"] if r["step"] > 0]
     col = lambda k: [r.get(k, math.nan) for r in rows]  # noqa: E731
     steps = col("step")
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(12, 4.4))  # not pyplot: no global registry, the user's backend kept
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(steps, col("train_loss"), color="C0", label="train loss")
     ax.plot(steps, col("test_loss"), "o", color="C3", ms=4, label="test loss (finite test set)")
     for i, k in enumerate(TERMS):
@@ -212,7 +210,6 @@ def plot(cfg: DecompositionConfig, summary: Mapping[str, Any], path: str) -> Non
     ax2.set_title("feature learning: alignment and drift", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 TASK = Task(

@@ -246,14 +246,14 @@ def plot(cfg: PhaseDiagramConfig, summary: Mapping[str, Any], path: str) -> None
     """Panels (a) alpha curves, (b) eps curves, (c) the (alpha, eps) heat map of the metric
     (hatched grey: never grokked)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(17, 4.8))
+    # a Figure of its own, not pyplot: no global figure registry, the user's backend kept
+    fig = Figure(figsize=(17, 4.8))
+    ax_a, ax_b, ax_c = fig.subplots(1, 3)
     a, b = summary["panel_a"], summary["panel_b"]
     _plot_curves(ax_a, [(f"alpha={r['alpha']:g}", r) for r in a["runs"]], 0.1,
                  f"(a) eps={a['eps']:g}, y=({cfg.curve_target}) P={cfg.curve_P}")  # fmt: skip
@@ -265,14 +265,13 @@ def plot(cfg: PhaseDiagramConfig, summary: Mapping[str, Any], path: str) -> None
         ax_c.set_axis_off()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return
     m = np.array([[math.nan if v is None else v for v in row] for row in summary["matrix"]])
     ok = np.isfinite(m)  # NaN: the test loss never crossed, i.e. never grokked
     pos = ok & (m > 0)
     floor = m[pos].min() if pos.any() else 1.0  # a delay <= 0 (no grokking delay) gets the floor
     shown = np.where(ok, np.maximum(np.nan_to_num(m, nan=floor), floor), np.nan)
-    cmap = plt.get_cmap("OrRd").with_extremes(bad="lightgray")
+    cmap = matplotlib.colormaps["OrRd"].with_extremes(bad="lightgray")
     norm = LogNorm(floor, max(shown[ok].max(), floor * 1.01)) if ok.any() else None
     im = ax_c.imshow(
         np.ma.masked_invalid(shown), origin="lower", aspect="auto", cmap=cmap, norm=norm
@@ -304,7 +303,6 @@ def plot(cfg: PhaseDiagramConfig, summary: Mapping[str, Any], path: str) -> None
         fig.colorbar(im, ax=ax_c, label=label)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 TASK = Task(
