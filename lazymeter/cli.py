@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import __version__
 from .tasks import TASKS
 from .tasks.harness import field_help, load_task, preset, run, run_many
 from .tasks.results import write_json
@@ -250,6 +251,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lazymeter", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"lazymeter {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list the bundled tasks and their options")
     for name in ("run", "sweep"):
@@ -265,8 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _task_list(command: str) -> str:
+    width = max(len(n) for n in TASKS)
+    rows = [f"  {n:{width}}  {load_task(n).description}" for n in TASKS]
+    return (
+        f"usage: lazymeter {command} TASK [options]   (lazymeter {command} TASK --help: its "
+        "options)\n\ntasks:\n" + "\n".join(rows)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["run"], ["sweep"]) and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        # Without a task there are no options to show yet: list the tasks instead.
+        print(_task_list(argv[0]), file=sys.stdout if len(argv) > 1 else sys.stderr)
+        return 0 if len(argv) > 1 else 2
     ap = build_parser()
     ns, rest = ap.parse_known_args(argv)
     try:

@@ -142,3 +142,16 @@ def test_grokking_onset_waits_for_a_significant_alignment_rise():
     rows[3] = row(4, test=1.15, align=0.05, se=0.03)
     rows[4] = row(5, test=1.0, align=0.1, se=0.1)
     assert math.isnan(grokking_onset(rows))
+
+
+def test_version_and_run_or_sweep_without_a_task_list_the_tasks(capsys):
+    import lazymeter
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and lazymeter.__version__ in capsys.readouterr().out
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "polynomial" in out and "alpha_eps" in out and "TASK --help" in out
+    assert main(["sweep"]) == 2  # a usage error, but one that says what to type
+    assert "mnist" in capsys.readouterr().err
