@@ -8,6 +8,7 @@ and :func:`register_rule` (a structured per-layer rule returning :class:`Outer` 
 ``einsum``, ``@``, indexing, ...). :func:`explain` names each parameter's route;
 :func:`clear_caches` forgets what the engines remembered. :class:`Sketch` and
 :func:`sketched_ntk` estimate the traced kernel of many-output models.
+``empirical_ntk(..., per_layer=True)`` splits the kernel by :func:`parameter_groups`.
 """
 
 from .api import (
@@ -32,6 +33,7 @@ from .engines import (
 from .explain import Explanation, ParamRoute, explain
 from .forms import Dense, Outer
 from .functional import FunctionalModel
+from .groups import parameter_groups
 from .ops import OP_RULES, register_op_rule
 from .registry import DECLINES, RULES, register_rule, unregister_rule
 from .routing import coverage
@@ -65,6 +67,7 @@ __all__ = [
     "empirical_ntk",
     "explain",
     "kernel_dtype",
+    "parameter_groups",
     "parse_bytes",
     "register_engine",
     "register_op_rule",

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .cache import CACHE
 from .engines import ENGINES, as_engine, choose_engine, ranked_engines
 from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, no_autocast, num_samples
+from .groups import group_names
 
 logger = logging.getLogger("lazymeter")
 
@@ -83,12 +84,12 @@ def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ..
     return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in xs)
 
 
-def _autocast_off(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def _autocast_off(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``fn(model, ...)`` with autocast switched off on the model's device: a kernel
     inside a user's autocast region would otherwise silently be bfloat16/float16."""
 
     @functools.wraps(fn)
-    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
         params = model.parameters() if isinstance(model, nn.Module) else iter(())
         device = next((p.device for p in params), torch.device("cpu"))
         with no_autocast(device):
@@ -130,7 +131,8 @@ def empirical_ntk(
     memory_budget: int | str | None = None,
     dtype: torch.dtype | None = None,
     outputs: Any = "all",
-) -> Tensor:
+    per_layer: bool = False,
+) -> Tensor | dict[str, Tensor]:
     """Empirical neural tangent kernel of ``model`` between two input sets.
 
     ``K[i, j] = sum_o <J_o(x1_i), J_o(x2_j)>`` where ``J_o(x)`` is the gradient
@@ -168,10 +170,28 @@ def empirical_ntk(
             unbiased estimate of the traced kernel from ``s`` random output projections
             (``s`` backward passes instead of ``O``; for language-model-sized outputs).
             :func:`~lazymeter.ntk.sketch.sketched_ntk` also returns its standard error.
+        per_layer: return the kernel split by parameter group instead: ``{group: K_g}``
+            with ``K_g[i, j] = sum_o sum_{p in g} <J_{o,p}(x1_i), J_{o,p}(x2_j)>``, one
+            group per module that owns trainable parameters (named as in
+            ``named_modules()``; a parameter of the root module is a group named after
+            it; :func:`~lazymeter.ntk.groups.parameter_groups` lists them), so that
+            ``sum_g K_g = K`` (to rounding). Each ``K_g`` has ``K``'s shape. An engine
+            whose ``compute_groups`` keeps the split does it in one pass (the cost of
+            ``K``, ``G`` times its memory); the default computes each group's kernel
+            separately (the NTK engines guide says which does which). Exact outputs only
+            (``outputs="all"``).
 
     Returns:
-        ``K`` on the model's device, in ``dtype`` (see above).
+        ``K`` on the model's device, in ``dtype`` (see above); a dict of them with
+        ``per_layer=True``.
     """
+    if not isinstance(per_layer, bool):
+        raise TypeError(f"per_layer: expected True or False, got {per_layer!r}")
+    if per_layer and not (isinstance(outputs, str) and outputs == "all"):
+        raise ValueError(
+            "per_layer: per-layer kernels are exact only; pass outputs='all' (a sketched "
+            "kernel is not split by layer)"
+        )
     if not (isinstance(outputs, str) and outputs == "all"):
         from .sketch import check_outputs, sketched_ntk
 
@@ -202,16 +222,18 @@ def empirical_ntk(
         raise ValueError(f"memory_budget: expected a positive number of bytes, got {memory_budget}")
 
     n_out = fm.num_outputs(xs1)
+    split = group_names(fm.params) if per_layer else None
     run = dict(n_out=n_out, trace=trace_outputs, chunk_size=chunk_size, budget=budget)
+    run["groups"] = None if split is None else list(split.values())
     if method != "auto":
-        return _run(method, fm, xs1, xs2, **run)
+        return _named(_run(method, fm, xs1, xs2, **run), split)
     # auto: the cheapest applicable engine; if it fails on this model (an op without a
     # batching or forward-mode rule, ...), the next one, and the one that worked is
     # remembered for this model and input signature.
     key = _auto_key(fm, xs1, trace_outputs)
     known = CACHE.methods.get(fm.model, {}).get(key)
     if known is not None and known in ENGINES:
-        return _run(known, fm, xs1, xs2, **run)
+        return _named(_run(known, fm, xs1, xs2, **run), split)
     n2 = None if xs2 is None else num_samples(xs2)
     tried: list[str] = []
     for name, why in ranked_engines(fm, xs1, n2, n_out, trace_outputs):
@@ -229,7 +251,7 @@ def empirical_ntk(
             )
             continue
         CACHE.methods.setdefault(fm.model, {})[key] = name
-        return K
+        return _named(K, split)
     raise RuntimeError(
         "method='auto': every applicable engine failed: " + "; ".join(tried or ["none applies"])
     )
@@ -245,6 +267,13 @@ def _auto_key(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple
     )
 
 
+def _named(K: Tensor, split: dict[str, list[str]] | None) -> Tensor | dict[str, Tensor]:
+    """``K`` itself, or its groups ``K[g]`` by group name when the kernel was split."""
+    if split is None:
+        return K
+    return dict(zip(split, K.unbind(0), strict=True))
+
+
 def _run(
     method: str,
     fm: FunctionalModel,
@@ -255,8 +284,10 @@ def _run(
     trace: bool,
     chunk_size: int | None,
     budget: int,
+    groups: list[list[str]] | None = None,
 ) -> Tensor:
-    """One engine's kernel, its block size planned by the engine when not given."""
+    """One engine's kernel, its block size planned by the engine when not given; split by
+    parameter group (``[G, ...]``) when ``groups`` are given."""
     engine = as_engine(ENGINES[method], method)
     if chunk_size is None:
         longest = max(num_samples(xs1), 0 if xs2 is None else num_samples(xs2))
@@ -265,6 +296,11 @@ def _run(
         )
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
+        if groups is not None:
+            return engine.compute_groups(
+                fm, xs1, xs2, groups=groups, n_out=n_out, trace=trace, chunk_size=chunk_size,
+                budget=budget,
+            )  # fmt: skip
         return engine.compute(
             fm, xs1, xs2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget
         )

@@ -36,6 +36,7 @@ def blocked_kernel(
     pair_fn: Callable[[Any, Any], Tensor],
     cache_cols: bool | Callable[[Any], bool],
     panel: int | Callable[[Any], int] = 1,
+    groups: int = 0,
 ) -> Tensor:
     """Fill ``K`` block by block: ``K[rows_i, cols_j] = pair_fn(row_fn(x1_i), col_fn(x2_j))``.
 
@@ -50,7 +51,16 @@ def blocked_kernel(
     once per panel and dropped, so column work is repeated ``ceil(row blocks / panel)``
     times instead of once per row block. Each block is the same ``pair_fn`` of the same
     slices either way, so the result does not depend on ``panel``.
+
+    ``groups > 0``: ``pair_fn`` returns per-group blocks ``[G, c1, c2(, O, O)]`` (a kernel
+    split by parameter group) and ``K`` is ``[G, n1, n2(, O, O)]``; each group is
+    assembled and symmetrised as above.
     """
+    lead = (slice(None),) if groups else ()
+
+    def swap(blk: Tensor) -> Tensor:  # the block of (x2, x1) from that of (x1, x2)
+        return blk.transpose(-1, -2) if trace else blk.transpose(-4, -3).transpose(-2, -1)
+
     symmetric = x2 is None
     xc = x1 if symmetric else x2
     n1, n2 = num_samples(x1), num_samples(xc)
@@ -58,9 +68,10 @@ def blocked_kernel(
         r = row_fn(x1)
         blk = pair_fn(r, r if symmetric and row_fn is col_fn else col_fn(xc))
         if symmetric:
-            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
+            blk = (blk + swap(blk)) / 2
         return blk
     shape = (n1, n2) if trace else (n1, n2, n_out, n_out)
+    shape = (groups, *shape) if groups else shape
     K = torch.zeros(shape, dtype=like.dtype, device=like.device)
     rows, cols = blocks(n1, chunk_size), blocks(n2, chunk_size)
     cache: dict[int, Any] = {}
@@ -71,10 +82,10 @@ def blocked_kernel(
         blk = pair_fn(r, c)
         if symmetric and j == i:
             # Off-diagonal blocks are mirrored exactly; only these need symmetrising.
-            blk = (blk + (blk.T if trace else blk.permute(1, 0, 3, 2))) / 2
-        K[a0:a1, b0:b1] = blk
+            blk = (blk + swap(blk)) / 2
+        K[(*lead, slice(a0, a1), slice(b0, b1))] = blk
         if symmetric and j > i:
-            K[b0:b1, a0:a1] = blk.transpose(0, 1) if trace else blk.permute(1, 0, 3, 2)
+            K[(*lead, slice(b0, b1), slice(a0, a1))] = swap(blk)
 
     first = row_fn(slice_inputs(x1, *rows[0]))
     if not isinstance(cache_cols, bool):  # decided from the first block's features
@@ -139,6 +150,33 @@ def _gram(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
+def _contract_one(a: Tensor, b: Tensor, trace: bool) -> Tensor:
+    """``<a, b>`` of one parameter's Jacobians ``[c1, O, n_p]``, ``[c2, O, n_p]``, in float64:
+    ``[c1, c2]`` traced or ``[c1, c2, O, O]``."""
+    c1, n_out, _ = a.shape
+    c2 = b.shape[0]
+    if trace:
+        return _gram(a.reshape(c1, -1), b.reshape(c2, -1))
+    blk = _gram(a.reshape(c1 * n_out, -1), b.reshape(c2 * n_out, -1))
+    return blk.reshape(c1, n_out, c2, n_out).permute(0, 2, 1, 3)
+
+
+def contract_groups(
+    J1: list[Tensor], J2: list[Tensor], trace: bool, owners: list[int], groups: int
+) -> Tensor:
+    """:func:`contract` split by parameter group: ``out[g] = sum_{p: owners[p] == g}
+    <J1_p, J2_p>``, ``[G, c1, c2]`` traced or ``[G, c1, c2, O, O]``; the groups sum to
+    :func:`contract`'s result (same float64 accumulation, other order)."""
+    a0 = J1[0]
+    c1, n_out, _ = a0.shape
+    c2 = J2[0].shape[0]
+    shape = (groups, c1, c2) if trace else (groups, c1, c2, n_out, n_out)
+    out = torch.zeros(shape, dtype=torch.float64, device=a0.device)
+    for a, b, g in zip(J1, J2, owners, strict=True):
+        out[g] += _contract_one(a, b, trace)
+    return out.to(a0.dtype)
+
+
 def contract(J1: list[Tensor], J2: list[Tensor], trace: bool) -> Tensor:
     """``sum_p <J1_p, J2_p>`` over parameters: traced ``[c1, c2]`` or ``[c1, c2, O, O]``.
 
@@ -149,13 +187,7 @@ def contract(J1: list[Tensor], J2: list[Tensor], trace: bool) -> Tensor:
     parameters and outputs are summed."""
     out = None
     for a, b in zip(J1, J2, strict=True):
-        c1, n_out, _ = a.shape
-        c2 = b.shape[0]
-        if trace:
-            blk = _gram(a.reshape(c1, -1), b.reshape(c2, -1))
-        else:
-            blk = _gram(a.reshape(c1 * n_out, -1), b.reshape(c2 * n_out, -1))
-            blk = blk.reshape(c1, n_out, c2, n_out).permute(0, 2, 1, 3)
+        blk = _contract_one(a, b, trace)
         out = blk if out is None else out + blk
     assert out is not None
     return out.to(J1[0].dtype)

@@ -16,14 +16,14 @@ Shapes: ``K`` is ``[P1, P2]`` when ``trace`` (outputs summed), else
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from .blocks import blocked_kernel, contract, jacobian_rows
+from .blocks import blocked_kernel, contract, contract_groups, jacobian_rows
 from .functional import FunctionalModel, num_samples
 
 # Live copies per Jacobian entry: the two blocks being contracted plus the
@@ -103,6 +103,42 @@ class Engine:
     ) -> Tensor:
         """The kernel: ``[P1, P2]`` when ``trace``, else ``[P1, P2, O, O]``."""
         raise NotImplementedError
+
+    def compute_groups(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        groups: Sequence[Sequence[str]],
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """The kernel split by parameter group, ``[G, P1, P2]`` (``[G, P1, P2, O, O]``):
+        ``K_g`` is the kernel over the parameters ``groups[g]`` alone (names of
+        ``fm.params``, each in one group), so ``sum_g K_g = K``.
+
+        The default computes each group's kernel with :meth:`compute` on ``fm`` restricted
+        to that group (``G`` calls: each costs about what the whole kernel does for
+        engines whose cost is dominated by forward and backward passes); engines that
+        can keep the split of one pass override it.
+        """
+        return torch.stack(
+            [
+                self.compute(
+                    FunctionalModel(fm.model, fm.output_fn, only=names),
+                    x1,
+                    x2,
+                    n_out=n_out,
+                    trace=trace,
+                    chunk_size=chunk_size,
+                    budget=budget,
+                )
+                for names in groups
+            ]
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         """``engine(fm, x1, x2, *, n_out, trace, chunk_size, budget)``: :meth:`compute`."""
@@ -213,6 +249,15 @@ def choose_engine(
     raise ValueError("method='auto': no registered engine applies (" + "; ".join(reasons) + ")")
 
 
+def owners_of(names: Sequence[str], groups: Sequence[Sequence[str]]) -> list[int]:
+    """The index in ``groups`` of each parameter of ``names`` (each in exactly one group)."""
+    index = {n: g for g, members in enumerate(groups) for n in members}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"groups: parameters {missing} are in no group")
+    return [index[n] for n in names]
+
+
 def recurrent_layers(fm: FunctionalModel) -> str | None:
     """Why ``torch.func.vmap`` cannot run this model per sample, or None: recurrent layers
     (``nn.RNN``/``nn.GRU``/``nn.LSTM``) make their hidden state inside ``forward`` and
@@ -278,20 +323,39 @@ class JacobianEngine(Engine):
     ) -> Tensor:
         """See the class docstring."""
         refuse_recurrent(fm, "jacobian")
+        return self._compute(fm, x1, x2, None, n_out, trace, chunk_size, budget)
+
+    def compute_groups(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        groups: Sequence[Sequence[str]],
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """One pass: the per-parameter contractions summed within each group
+        (:func:`~lazymeter.ntk.blocks.contract_groups`); the cost of :meth:`compute`."""
+        refuse_recurrent(fm, "jacobian")
+        return self._compute(fm, x1, x2, groups, n_out, trace, chunk_size, budget)
+
+    def _compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        groups: Sequence[Sequence[str]] | None,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
         total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
         rows = lambda xs: jacobian_rows(fm, xs, n_out)  # noqa: E731
-        return blocked_kernel(
-            x1,
-            x2,
-            chunk_size,
-            trace=trace,
-            n_out=n_out,
-            like=next(iter(fm.params.values())),
-            row_fn=rows,
-            col_fn=rows,
-            pair_fn=lambda a, b: contract(a, b, trace),
-            cache_cols=total <= budget,
-        )
+        return _contracted(fm, x1, x2, rows, groups, n_out, trace, chunk_size, total <= budget)
 
 
 class NTVPEngine(Engine):
@@ -436,43 +500,97 @@ class LoopEngine(Engine):
         budget: int,
     ) -> Tensor:
         """See the class docstring."""
+        return self._compute(fm, x1, x2, None, n_out, trace, chunk_size, budget)
 
-        def rows(xs: tuple[Tensor, ...]) -> list[Tensor]:
-            per_param: list[list[Tensor]] = [[] for _ in fm.params]
-            with torch.enable_grad():
-                for i in range(num_samples(xs)):
-                    leaves = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}
-                    out = fm.batched(leaves, tuple(t[i : i + 1] for t in xs))[0]  # [O]
-                    grads = [
-                        torch.autograd.grad(
-                            out[o], list(leaves.values()), retain_graph=True, allow_unused=True
-                        )
-                        for o in range(n_out)
-                    ]
-                    for k, leaf in enumerate(leaves.values()):
-                        per_param[k].append(
-                            torch.stack(
-                                [
-                                    (torch.zeros_like(leaf) if g[k] is None else g[k]).reshape(-1)
-                                    for g in grads
-                                ]
-                            )
-                        )
-            return [torch.stack(r) for r in per_param]  # [c, O, n_p] per parameter
+    def compute_groups(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        groups: Sequence[Sequence[str]],
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """One pass: each parameter's Jacobian contracted into its group's kernel; the
+        cost of :meth:`compute`."""
+        return self._compute(fm, x1, x2, groups, n_out, trace, chunk_size, budget)
 
+    def _compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        groups: Sequence[Sequence[str]] | None,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
         total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
-        return blocked_kernel(
-            x1,
-            x2,
-            chunk_size,
-            trace=trace,
-            n_out=n_out,
-            like=next(iter(fm.params.values())),
-            row_fn=rows,
-            col_fn=rows,
-            pair_fn=lambda a, b: contract(a, b, trace),
-            cache_cols=total <= budget,
-        )
+        rows = lambda xs: _loop_rows(fm, xs, n_out)  # noqa: E731
+        return _contracted(fm, x1, x2, rows, groups, n_out, trace, chunk_size, total <= budget)
+
+
+def _loop_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
+    """Per-sample Jacobians of a block by a Python loop of autograd calls, one
+    ``[c, O, n_p]`` tensor per parameter (in ``fm.params`` order)."""
+    per_param: list[list[Tensor]] = [[] for _ in fm.params]
+    with torch.enable_grad():
+        for i in range(num_samples(xs)):
+            leaves = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}
+            out = fm.batched(leaves, tuple(t[i : i + 1] for t in xs))[0]  # [O]
+            grads = [
+                torch.autograd.grad(
+                    out[o], list(leaves.values()), retain_graph=True, allow_unused=True
+                )
+                for o in range(n_out)
+            ]
+            for k, leaf in enumerate(leaves.values()):
+                per_param[k].append(
+                    torch.stack(
+                        [
+                            (torch.zeros_like(leaf) if g[k] is None else g[k]).reshape(-1)
+                            for g in grads
+                        ]
+                    )
+                )
+    return [torch.stack(r) for r in per_param]  # [c, O, n_p] per parameter
+
+
+def _contracted(
+    fm: FunctionalModel,
+    x1: tuple[Tensor, ...],
+    x2: tuple[Tensor, ...] | None,
+    rows: Callable[[tuple[Tensor, ...]], list[Tensor]],
+    groups: Sequence[Sequence[str]] | None,
+    n_out: int,
+    trace: bool,
+    chunk_size: int,
+    cache_cols: bool,
+) -> Tensor:
+    """The kernel of per-parameter Jacobian blocks ``rows(xs)`` (in ``fm.params`` order),
+    whole (``groups=None``) or split by group (``[G, ...]``)."""
+    if groups is None:
+        pair_fn = lambda a, b: contract(a, b, trace)  # noqa: E731
+    else:
+        owners = owners_of(list(fm.params), groups)
+        pair_fn = lambda a, b: contract_groups(a, b, trace, owners, len(groups))  # noqa: E731
+    return blocked_kernel(
+        x1,
+        x2,
+        chunk_size,
+        trace=trace,
+        n_out=n_out,
+        like=next(iter(fm.params.values())),
+        row_fn=rows,
+        col_fn=rows,
+        pair_fn=pair_fn,
+        cache_cols=cache_cols,
+        groups=0 if groups is None else len(groups),
+    )
 
 
 #: The generic engines, registered as ``"jacobian"``, ``"ntvp"`` and ``"loop"``.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blocks import contract
+from .blocks import contract, contract_groups
 
 
 @dataclass
@@ -327,6 +327,18 @@ def pair_tied(a: Tied, b: Tied) -> Tensor:
     )
 
 
+def _pair_one(a: Dense | Pairwise | Tied, b: Dense | Pairwise | Tied, trace: bool) -> Tensor:
+    """Kernel block of one parameter's two forms (the same kind on both sides)."""
+    if isinstance(a, Dense):
+        assert isinstance(b, Dense)
+        return contract([a.J], [b.J], trace)
+    if isinstance(a, Tied):
+        assert isinstance(b, Tied) and trace
+        return pair_tied(a, b)
+    assert isinstance(b, Pairwise)
+    return pair_outer(a, b, trace)
+
+
 def pair(
     fa: list[Dense | Pairwise | Tied],
     fb: list[Dense | Pairwise | Tied],
@@ -337,19 +349,35 @@ def pair(
     plus the generic parameters' Jacobians (:func:`~lazymeter.ntk.blocks.contract`)."""
     out = None
     for a, b in zip(fa, fb, strict=True):
-        if isinstance(a, Dense):
-            assert isinstance(b, Dense)
-            blk = contract([a.J], [b.J], trace)
-        elif isinstance(a, Tied):
-            assert isinstance(b, Tied) and trace
-            blk = pair_tied(a, b)
-        else:
-            assert isinstance(b, Pairwise)
-            blk = pair_outer(a, b, trace)
+        blk = _pair_one(a, b, trace)
         out = blk if out is None else out + blk
     if generic[0]:
         blk = contract(generic[0], generic[1], trace)
         out = blk if out is None else out + blk
+    assert out is not None
+    return out
+
+
+def pair_groups(
+    fa: list[Dense | Pairwise | Tied],
+    fb: list[Dense | Pairwise | Tied],
+    generic: tuple[list[Tensor], list[Tensor]],
+    trace: bool,
+    owners: tuple[list[int], list[int]],
+    groups: int,
+) -> Tensor:
+    """:func:`pair` split by parameter group: ``owners`` gives the group of each form and of
+    each generic Jacobian; ``[G, c1, c2]`` traced or ``[G, c1, c2, O, O]``. The groups sum
+    to :func:`pair`'s block (the same terms, added in another order)."""
+    out: Tensor | None = None
+    for a, b, g in zip(fa, fb, owners[0], strict=True):
+        blk = _pair_one(a, b, trace)
+        if out is None:
+            out = blk.new_zeros((groups, *blk.shape))
+        out[g] += blk
+    if generic[0]:
+        blk = contract_groups(generic[0], generic[1], trace, owners[1], groups)
+        out = blk if out is None else out + blk.to(out.dtype)
     assert out is not None
     return out
 

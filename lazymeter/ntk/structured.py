@@ -36,6 +36,7 @@ parameter that fails (used outside its layer as well) is moved to the generic pa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -48,6 +49,7 @@ from .engines import (
     Engine,
     jacobian_contraction,
     ntk_vector_products,
+    owners_of,
     recurrent_layers,
     refuse_recurrent,
     register_engine,
@@ -63,6 +65,7 @@ from .forms import (
     materialize,
     outer_costs,
     pair,
+    pair_groups,
     pairwise,
     parts,
     scatter,
@@ -186,7 +189,42 @@ class StructuredEngine(Engine):
         budget: int,
     ) -> Tensor:
         """Per-layer structured NTK (see the module docstring); exact for every model."""
+        return self._compute(fm, x1, x2, None, n_out, trace, chunk_size, budget)
+
+    def compute_groups(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        groups: Sequence[Sequence[str]],
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
+        """One pass that keeps the per-layer split: each parameter's form (or generic
+        Jacobian) is contracted into its group's kernel instead of the total
+        (:func:`~lazymeter.ntk.forms.pair_groups`); the cost of :meth:`compute`, and
+        ``G`` times its kernel memory. A bias folded into its weight's form belongs to
+        the same module; one in another group is not folded."""
+        return self._compute(fm, x1, x2, groups, n_out, trace, chunk_size, budget)
+
+    def _compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        groups: Sequence[Sequence[str]] | None,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> Tensor:
         refuse_recurrent(fm, "structured")
+        owner = None
+        if groups is not None:
+            owner = dict(zip(fm.params, owners_of(list(fm.params), groups), strict=True))
         key = signature(fm, x1, trace)
         state: dict[str, Any] = {"route": CACHE.routes.get(fm.model, {}).get(key)}
 
@@ -212,15 +250,17 @@ class StructuredEngine(Engine):
                 f = fs[0]
                 if len(fs) == 1 and isinstance(f, Outer) and f.bias is not None and f.h is not None:
                     bias_name = n.rsplit(".", 1)[0] + "." + f.bias if "." in n else f.bias
-                    if bias_name in covered_now and bias_name not in found.ops:
+                    same = owner is None or owner.get(bias_name) == owner[n]
+                    if bias_name in covered_now and bias_name not in found.ops and same:
                         fs = [fold_bias(f)]
                         folded.add(bias_name)
                 merged[n] = fs
-            chosen = []
+            chosen, owners = [], []
             for n, fs in merged.items():
                 if n in folded:
                     continue
                 for f in fs:
+                    owners.append(0 if owner is None else owner[n])
                     if isinstance(f, Tied):  # cross terms are traced only
                         if trace:
                             f = Tied(pairwise(f.lookup), pairwise(f.product))
@@ -232,6 +272,13 @@ class StructuredEngine(Engine):
                     chosen.append(f)
             gfm = state["generic"]
             gen = jacobian_rows(gfm, xs, n_out) if gfm is not None else []
+            if owner is not None:
+                # The route is fixed after the first block, so every block lays out its
+                # forms alike; the groups of the first are those of all.
+                gen_owners = [] if gfm is None else [owner[n] for n in gfm.params]
+                layout = (owners, gen_owners)
+                if state.setdefault("owners", layout) != layout:
+                    raise RuntimeError("structured: blocks laid out their forms differently")
             return chosen, gen
 
         n_cols = num_samples(x1 if x2 is None else x2)
@@ -253,6 +300,11 @@ class StructuredEngine(Engine):
             # per panel of row blocks instead of once per row block.
             return 1 + max(0, (budget - work()) // max(feature_bytes(first), 1))
 
+        def pair_fn(a: Any, b: Any) -> Tensor:
+            if groups is None:
+                return pair(a[0], b[0], (a[1], b[1]), trace)
+            return pair_groups(a[0], b[0], (a[1], b[1]), trace, state["owners"], len(groups))
+
         return blocked_kernel(
             x1,
             x2,
@@ -262,9 +314,10 @@ class StructuredEngine(Engine):
             like=next(iter(fm.params.values())),
             row_fn=rows,
             col_fn=rows,
-            pair_fn=lambda a, b: pair(a[0], b[0], (a[1], b[1]), trace),
+            pair_fn=pair_fn,
             cache_cols=cache_all,
             panel=panel,
+            groups=0 if groups is None else len(groups),
         )
 
 

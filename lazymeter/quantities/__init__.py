@@ -26,6 +26,7 @@ from .context import MeasureContext
 from .features import FeatureCKA
 from .function import FunctionQuantity, MetricFn
 from .kernel import KernelDrift
+from .layers import LayerKernels
 from .linearized import LinearizedShadow
 from .params import ParameterMovement
 from .spectrum import Spectrum
@@ -105,6 +106,7 @@ __all__ = [
     "FeatureCKA",
     "FunctionQuantity",
     "KernelDrift",
+    "LayerKernels",
     "LazyBaseline",
     "LinearizedShadow",
     "MeasureContext",
