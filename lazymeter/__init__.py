@@ -27,7 +27,9 @@ from .ntk.alignment import ntk_alignment, ntk_change
 from .probes import ProbeSize
 from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
-from .sinks import read_jsonl, tag_for
+from .live import LiveView
+from .plots import plot_run
+from .sinks import Sink, read_jsonl, tag_for
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,9 @@ __all__ = [
     "make_schedule",
     "read_jsonl",
     "tag_for",
+    "Sink",
+    "LiveView",
+    "plot_run",
     "Estimate",
     "alignment_change",
     "alignment_estimate",

@@ -31,7 +31,7 @@ from .probes import Probe, ProbeSize, check_label_variance, prepare, subsample, 
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
-from .sinks import RunLog, scalar_values
+from .sinks import RunLog, Sink, scalar_values
 from .validation import int_at_least
 
 _STATE_VERSION = 2
@@ -64,7 +64,14 @@ class LazyMeter(ScaledModel):
             that do not depend on the probe size, each with ``<key>_se``, its jackknife
             standard error) or ``"biased"`` (plain ratios; they depend on the probe size);
             None: unbiased with ``centering="double"``, biased with another centering.
-        writer: a TensorBoard ``SummaryWriter`` (anything with ``add_scalar``) to log into.
+        writer: a TensorBoard ``SummaryWriter`` to log into (left open at :meth:`close`), or
+            any object with its ``add_scalar(tag, value, step)`` (``add_text``, ``flush``,
+            ``add_custom_scalars``, ``add_image``, ``add_hparams`` are used when present).
+            Anything else is a ``TypeError``; other trackers go in ``sinks``.
+        sinks: more places for the measurements: :class:`lazymeter.Sink` objects
+            (``write_row(row, step)`` and ``close()``), e.g.
+            :class:`lazymeter.integrations.mlflow.MlflowSink` or
+            :class:`lazymeter.integrations.wandb.WandbSink`; only rank 0 writes to them.
         output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``).
         max_probe: kernels use at most this many probe points (a fixed seeded subset); a
             measurement costs ``O(max_probe^2 * n_params)``. ``seed``: of that subset. A
@@ -104,6 +111,7 @@ class LazyMeter(ScaledModel):
         *,
         quantities: Sequence[Q.Quantity] | None = None,
         writer: Any = None,
+        sinks: Sequence[Sink] | None = None,
         output_fn: Callable[[Any], Any] | None = None,
         max_probe: int | ProbeSize = 64,
         max_baseline: int = 2048,
@@ -168,8 +176,8 @@ class LazyMeter(ScaledModel):
         self._init_probes(probe, test_probe, max_probe, max_baseline, seed)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         if self._dist is not None and not self._dist.main:
-            self.log_dir, writer = None, None  # one writer per run: rank 0
-        self._log = RunLog(self.log_dir, writer, tensorboard)
+            self.log_dir, writer, sinks = None, None, None  # one writer per run: rank 0
+        self._log = RunLog(self.log_dir, writer, tensorboard, sinks)
         estimators = {
             q.name: q.describe() for q in self.quantities if callable(getattr(q, "describe", None))
         }
@@ -425,7 +433,7 @@ class LazyMeter(ScaledModel):
             mine = lambda q: id(q) in own or (due and self._schedules[id(q)] is None)  # noqa: E731
             return self._measure([q for q in self.quantities if mine(q)])  # + the scalars
         if step % self.scalar_every == 0:
-            self._log.tb.write(values, step)
+            self._log.write_scalars(values, step)
         return None
 
     def will_measure(self, step: int | None = None) -> bool:
@@ -540,8 +548,40 @@ class LazyMeter(ScaledModel):
         """
         if hparams is not None and self.history:
             probe_size = 0 if self.probe_x is None else int(self.probe_x.shape[0])
-            self._log.tb.write_hparams(
+            self._log.write_hparams(
                 {"alpha": self.alpha, "max_probe": probe_size, **dict(hparams)},
                 {k: v for k, v in self.history[-1].items() if k != "step"},
             )
         self._log.close()
+
+    # ------------------------------------------------------------------ notebooks
+    def plot(self, **kwargs: Any) -> Any:
+        """A matplotlib ``Figure`` of the run so far: :func:`lazymeter.plot_run` of
+        :attr:`history` (losses and the K0 baseline, NTK drift and CKA to init, alignment
+        with bands of one standard error, parameter movement, the regime read at each
+        measurement), with ``log_dir/meta.json`` when there is one and the meter's
+        ``regime_thresholds``. ``kwargs``: those of :func:`~lazymeter.plot_run`, e.g.
+        ``loss="cross_entropy"`` (the baseline, an MSE, is then not drawn on the loss's
+        axes) or ``step_label="epoch"``. Needs matplotlib; pyplot is never used."""
+        from .plots import plot_run, run_info
+
+        kwargs.setdefault("thresholds", self.regime_thresholds)
+        kwargs["meta"] = {**run_info(self.log_dir), **(kwargs.get("meta") or {})}
+        return plot_run(self.history, **kwargs)
+
+    def live(self, every: int = 1, *, display: Any = None, **plot_kwargs: Any) -> Any:
+        """Show :meth:`plot` in a Jupyter notebook now and redraw it in place after every
+        ``every``-th measurement; returns the :class:`~lazymeter.LiveView`, a sink of this
+        meter from now on (``close()`` stops it; a view attached earlier is closed and
+        replaced). ``display``: IPython's ``display`` by default (ImportError without
+        IPython) or a stand-in; ``plot_kwargs`` go to :meth:`plot`."""
+        from .live import LiveView
+
+        view = LiveView(lambda: self.plot(**plot_kwargs), every=every, display=display)
+        view.rows = [dict(r) for r in self.history]
+        for old in [s for s in self._log.sinks if isinstance(s, LiveView)]:
+            old.close()
+            self._log.sinks.remove(old)
+        view.refresh()  # the output appears in the cell that calls live()
+        self._log.sinks.append(view)
+        return view

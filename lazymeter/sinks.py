@@ -1,7 +1,8 @@
-"""Where measurements go: JSON lines on disk and TensorBoard scalars.
+"""Where measurements go: JSON lines on disk, TensorBoard scalars, and any :class:`Sink`.
 
-Both sinks take flat ``{key: float}`` rows. :func:`tag_for` maps a row key to
-a TensorBoard tag under ``lazymeter/``, grouped by what it measures.
+Every sink takes flat ``{key: float}`` rows. :func:`tag_for` maps a row key to
+a TensorBoard tag under ``lazymeter/``, grouped by what it measures (the MLflow and
+W&B sinks in :mod:`lazymeter.integrations` name their metrics the same way).
 """
 
 from __future__ import annotations
@@ -11,7 +12,84 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where a meter's measurements go: pass instances as ``LazyMeter(..., sinks=[...])``.
+
+    Two methods are required:
+
+    * ``write_row(row, step)``: one measurement. ``row`` is the ``{key: float}`` dict that
+      :attr:`LazyMeter.history` receives (``step``, the scalars passed to ``step()``, the
+      quantities' keys; NaN for a value that could not be computed); ``step`` is
+      ``int(row["step"])``.
+    * ``close()``: from :meth:`LazyMeter.close`; release what the sink holds.
+
+    Optional hooks, called only when the sink defines them:
+
+    * ``write_scalars(values, step)``: the scalars passed to ``step()`` at steps without a
+      measurement, every ``scalar_every`` steps (at a measurement they are in the row).
+    * ``write_meta(meta)``: once, at construction: what the numbers depend on (the NTK
+      engine, modes, estimators; nested dicts, as in ``log_dir/meta.json``).
+    * ``write_text(tag, text, step)``: the lazy/rich read-out with every row
+      (``tag = "lazymeter/regime"``).
+    * ``write_hparams(hparams, metrics)``: from ``meter.close(hparams=...)``, with the last
+      row's values as ``metrics``.
+    * ``flush()``: before a checkpoint is taken (``state_dict``).
+    * ``rewind(history, step)``: after ``load_state_dict``: the run continues from ``step``
+      with ``history`` (what a crashed run logged after the checkpoint should go).
+
+    Only rank 0 of a distributed meter writes to its sinks (the other ranks drop them),
+    and a sink that raises is warned about once and then called as before: a failing
+    sink never stops training. :class:`JsonlSink` and :class:`TensorBoardSink` are sinks.
+    """
+
+    def write_row(self, row: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_writer(writer: Any) -> None:
+    """``writer=`` takes a TensorBoard ``SummaryWriter`` or any object with its
+    ``add_scalar(tag, value, step)`` (``add_text``, ``flush``, ``add_custom_scalars``,
+    ``add_image`` and ``add_hparams`` are used when present); a :class:`Sink` or anything
+    else is a ``TypeError`` naming what to pass instead."""
+    if writer is None or callable(getattr(writer, "add_scalar", None)):
+        return
+    hint = (
+        "; it is a lazymeter Sink: pass it as sinks=[...]"
+        if callable(getattr(writer, "write_row", None))
+        else ""
+    )
+    raise TypeError(
+        "writer: expected a TensorBoard SummaryWriter (or an object with its "
+        f"add_scalar(tag, value, step)), got {type(writer).__name__}{hint}"
+    )
+
+
+def check_sinks(sinks: Iterable[Any] | None) -> list[Any]:
+    """The ``sinks=`` argument as a list, each checked to have ``write_row`` and ``close``."""
+    if sinks is None:
+        return []
+    if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+        raise TypeError(f"sinks: expected a list of sinks, got {type(sinks).__name__}")
+    out = list(sinks)
+    for i, sink in enumerate(out):
+        missing = [m for m in ("write_row", "close") if not callable(getattr(sink, m, None))]
+        if missing:
+            hint = (
+                " (a SummaryWriter goes in writer=)"
+                if callable(getattr(sink, "add_scalar", None))
+                else ""
+            )
+            raise TypeError(
+                f"sinks[{i}]: {type(sink).__name__} has no {' or '.join(missing)}; a sink needs "
+                f"write_row(row, step) and close(){hint}"
+            )
+    return out
+
 
 #: Row key -> TensorBoard tag under ``lazymeter/``. Filled by the quantities that produce
 #: the keys (:class:`lazymeter.Quantity` ``tags``), not kept here by hand; the losses the
@@ -157,6 +235,21 @@ class JsonlSink:
             raise ValueError(f"JsonlSink({self.path!r}) is closed")
         _write_all(self._fd, _line(row))
         os.fsync(self._fd)
+
+    def write_row(self, row: dict[str, Any], step: int) -> None:
+        """:class:`Sink` ``write_row``: the row is one line (``step`` is in it already)."""
+        self.write(row)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """``meta.json`` beside the file (written whole, then renamed into place)."""
+        path = os.path.join(os.path.dirname(os.path.abspath(self.path)), "meta.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, indent=1, default=str) + "\n")
+        os.replace(path + ".tmp", path)
+
+    def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
+        """:class:`Sink` ``rewind``: the file becomes ``history`` (:meth:`rewrite`)."""
+        self.rewrite(history)
 
     def rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
         """Replace the file with ``rows`` (atomically), e.g. after resuming from a checkpoint.
@@ -329,14 +422,14 @@ class TensorBoardSink:
 
     def write_text(self, tag: str, text: str, step: int) -> None:
         w = self.writer
-        if w is not None:
+        if callable(getattr(w, "add_text", None)):  # a duck-typed writer may take no text
             w.add_text(tag, text, step)
 
     def write_figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib ``Figure`` as an image, rendered with the Agg canvas directly
         (``SummaryWriter.add_figure`` would import pyplot, a global side effect)."""
         w = self.writer
-        if w is None:
+        if not callable(getattr(w, "add_image", None)):
             return
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -349,7 +442,7 @@ class TensorBoardSink:
     def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Hyperparameters with the run's final metrics (TensorBoard's HPARAMS tab)."""
         w = self.writer
-        if w is None:
+        if not callable(getattr(w, "add_hparams", None)):
             return
         clean = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()
@@ -360,6 +453,25 @@ class TensorBoardSink:
             if isinstance(v, (int, float)) and math.isfinite(v)
         }
         w.add_hparams(clean, finals, run_name=".")
+
+    def write_row(self, row: dict[str, Any], step: int) -> None:
+        """:class:`Sink` ``write_row``: the row's scalars at ``step``, flushed."""
+        self.write(row, step, flush=True)
+
+    def write_scalars(self, values: dict[str, float], step: int) -> None:
+        """:class:`Sink` ``write_scalars``: the user's scalars between measurements."""
+        self.write(values, step)
+
+    def flush(self) -> None:
+        """Flush the writer if one is open (a duck-typed writer may have no ``flush``)."""
+        flush = getattr(self._writer, "flush", None)
+        if callable(flush):
+            flush()
+
+    def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
+        """:class:`Sink` ``rewind``: later events of an earlier run are purged."""
+        if step is not None:
+            self.purge_after(step)
 
     def write(self, row: dict[str, Any], step: int, flush: bool = False) -> None:
         w = self.writer
@@ -382,39 +494,66 @@ class TensorBoardSink:
             for t, v in values.items():
                 w.add_scalar(t, v, step)
         if flush:
-            w.flush()
+            self.flush()
 
     def close(self) -> None:
         if self._writer is not None:
             if self._owned:
                 self._writer.close()
             else:
-                self._writer.flush()
+                self.flush()
 
 
 class RunLog:
     """One run's sinks: ``log_dir/history.jsonl`` (a fresh file; an earlier run's is moved
-    aside) and TensorBoard (in ``log_dir``, or the given ``writer``). Either may be absent."""
+    aside), TensorBoard (in ``log_dir``, or the given ``writer``) and the user's ``sinks``
+    (:class:`Sink`). Any of them may be absent."""
 
-    def __init__(self, log_dir: str | None, writer: Any = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        log_dir: str | None,
+        writer: Any = None,
+        tensorboard: bool = True,
+        sinks: Iterable[Any] | None = None,
+    ) -> None:
+        check_writer(writer)
+        self.sinks = check_sinks(sinks)
         self.jsonl: JsonlSink | None = None
         if log_dir is not None:
             check_writable(log_dir)
             self.jsonl = JsonlSink(fresh_history(log_dir))
         self.tb = TensorBoardSink(log_dir if tensorboard else None, writer)
         self._meta_text: str | None = None
+        self._failed: set[int] = set()  # id() of the user's sinks already warned about
+
+    def _each(self, method: str, *args: Any) -> None:
+        """Call ``method`` on every user sink that has it. A sink that raises is warned
+        about once (it may be a tracker's server gone away) and called again next time:
+        measurements are kept in ``meter.history`` whatever a sink does."""
+        for sink in self.sinks:
+            fn = getattr(sink, method, None)
+            if not callable(fn):
+                continue
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - a sink must never stop training
+                if id(sink) not in self._failed:
+                    self._failed.add(id(sink))
+                    warnings.warn(
+                        f"lazymeter: sink {type(sink).__name__}.{method} failed ({e!r}); "
+                        "measurements are kept in meter.history (warned once per sink)",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """What the run's numbers depend on (engine, modes): ``log_dir/meta.json`` (written
-        whole, then renamed into place) and, with the first row (TensorBoard's writer is
-        made lazily, after a resumed run has set its purge step), a text entry."""
-        text = json.dumps(meta, indent=1, default=str)
+        """What the run's numbers depend on (engine, modes): ``log_dir/meta.json``, the
+        user's sinks' ``write_meta`` and, with the first row (TensorBoard's writer is made
+        lazily, after a resumed run has set its purge step), a text entry."""
         if self.jsonl is not None:
-            path = os.path.join(os.path.dirname(self.jsonl.path), "meta.json")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            os.replace(path + ".tmp", path)
-        self._meta_text = f"```\n{text}\n```"
+            self.jsonl.write_meta(meta)
+        self._meta_text = f"```\n{json.dumps(meta, indent=1, default=str)}\n```"
+        self._each("write_meta", meta)
 
     def write_row(
         self,
@@ -424,8 +563,9 @@ class RunLog:
         figures: Callable[[], dict[str, Any]] | None = None,
     ) -> OSError | None:
         """Append ``row`` to the JSONL file (its ``OSError`` is returned, not raised: the
-        in-memory history goes on) and write its scalars, ``texts`` and ``figures()``
-        (``{tag: Figure}``, only asked for when TensorBoard is on) at ``step``."""
+        in-memory history goes on), write its scalars and ``texts`` at ``step`` to
+        TensorBoard and the user's sinks, and ``figures()`` (``{tag: Figure}``, only asked
+        for when TensorBoard is on) to TensorBoard."""
         error = None
         if self.jsonl is not None:
             try:
@@ -442,28 +582,45 @@ class RunLog:
             for tag, fig in (figures() if figures else {}).items():
                 self.tb.write_figure(tag, fig, step)
             if self.tb.writer is not None:
-                self.tb.writer.flush()
+                self.tb.flush()
+        self._each("write_row", row, step)
+        for tag, text in (texts or {}).items():
+            self._each("write_text", tag, text, step)
         return error
 
+    def write_scalars(self, values: dict[str, float], step: int) -> None:
+        """The user's scalars at a step without a measurement (every ``scalar_every``)."""
+        self.tb.write_scalars(values, step)
+        self._each("write_scalars", values, step)
+
+    def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Hyperparameters with the run's final metrics: TensorBoard and the user's sinks."""
+        self.tb.write_hparams(hparams, metrics)
+        self._each("write_hparams", hparams, metrics)
+
     def flush(self) -> None:
-        if self.tb.writer_if_open is not None:
-            self.tb.writer_if_open.flush()
+        self.tb.flush()
+        self._each("flush")
 
     def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
         """After loading a checkpoint: the files continue exactly as ``history`` does
         (whatever a crashed run logged after the checkpoint is dropped; the run's meta text
-        was written by the run that made the checkpoint)."""
+        was written by the run that made the checkpoint). The user's sinks' ``rewind``
+        is called with the same arguments."""
         self._meta_text = None
+        history = list(history)
         if self.jsonl is not None:
-            self.jsonl.rewrite(history)
-        if step is not None:
-            self.tb.purge_after(step)
+            self.jsonl.rewind(history, step)
+        self.tb.rewind(history, step)
+        self._each("rewind", history, step)
 
     def close(self) -> None:
         if self.jsonl is not None:
             self.jsonl.close()
             self.jsonl = None
         self.tb.close()
+        self._each("close")
+        self.sinks = []  # closed: the meter goes on in memory only
 
 
 def scalar_values(scalars: dict[str, Any]) -> dict[str, float]:

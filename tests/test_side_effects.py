@@ -79,9 +79,9 @@ SUMMARY = {
 
 
 def _plot(tmp: str) -> list[str]:
-    """The library's figure calls on fake data: ``plots.plot_run`` and ``report.write_report``
-    on a one-run directory. Returns the PNG paths."""
-    from lazymeter.plots import plot_run
+    """The library's figure calls on fake data: ``plots.paper_figure``, ``plots.plot_run``
+    and ``report.write_report`` on a one-run directory. Returns the PNG paths."""
+    from lazymeter.plots import paper_figure, plot_run
     from lazymeter.report import write_report
 
     hist = _history()
@@ -92,9 +92,11 @@ def _plot(tmp: str) -> list[str]:
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(SUMMARY, f)
     fig_png = os.path.join(tmp, "figure.png")
-    plot_run(hist, SUMMARY, fig_png)
+    paper_figure(hist, SUMMARY, fig_png)
+    run_png = os.path.join(tmp, "run.png")
+    plot_run(run_dir).savefig(run_png)
     report_png, _ = write_report([run_dir], os.path.join(tmp, "report"))
-    return [fig_png, report_png]
+    return [fig_png, run_png, report_png]
 
 
 @pytest.fixture

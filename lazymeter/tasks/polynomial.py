@@ -385,9 +385,9 @@ def headline(summary: Mapping[str, Any]) -> str:
 
 
 def plot(cfg: PolynomialConfig, summary: Mapping[str, Any], path: str) -> None:
-    from ..plots import plot_run
+    from ..plots import paper_figure
 
-    plot_run(summary["history"], summary, path)
+    paper_figure(summary["history"], summary, path)
 
 
 TASK = Task(

@@ -1,0 +1,177 @@
+"""MLflow as a :class:`lazymeter.Sink`: each measurement's scalars as metrics at its step.
+
+``pip install lazymeter[mlflow]`` (``mlflow-skinny``: file stores and tracking servers;
+the full ``mlflow`` package adds ``sqlite://`` stores, mlflow 3's default). Usage::
+
+    from lazymeter.integrations.mlflow import MlflowSink
+
+    meter = lm.LazyMeter(model, ..., sinks=[MlflowSink(experiment="lazy-vs-rich")])
+
+MLflow 3 refuses a plain file store (``file://...`` or ``./mlruns``) unless the environment
+has ``MLFLOW_ALLOW_FILE_STORE=true``; this sink does not set it (an environment variable
+is the user's choice).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..sinks import tag_for
+
+# MLflow's own limits: metrics, and params or tags, per log_batch call; characters of a
+# name; characters of a param value (tags take 8000).
+_METRICS_PER_BATCH = 1000
+_PER_BATCH = 100
+_MAX_NAME = 250
+_MAX_VALUE = 6000
+# Characters MLflow accepts in a metric, tag or param name (others become "_").
+_BAD_NAME = re.compile(r"[^\w\-. :/]")
+
+
+def _name(key: str) -> str:
+    return _BAD_NAME.sub("_", key)[:_MAX_NAME]
+
+
+def _flatten(meta: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"<prefix>a.b": "1"}`` (values as text, cut to MLflow's limit)."""
+    out: dict[str, str] = {}
+    for k, v in meta.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[_name(f"{prefix}{k}")] = str(v)[:_MAX_VALUE]
+    return out
+
+
+class MlflowSink:
+    """Measurements to an MLflow run, through ``MlflowClient`` (no global MLflow state is
+    changed: no ``set_tracking_uri``, no ``start_run``).
+
+    * Each row's values (and the scalars passed to ``step()`` every ``scalar_every``
+      steps) are metrics at the meter's step, named like the TensorBoard tags
+      (``ntk_drift -> lazymeter/ntk/drift``; ``name=`` changes that), in one
+      ``log_batch`` call per row. NaN (a value that could not be computed) is logged as NaN.
+    * The run's meta (NTK engine, modes, estimators) becomes tags ``lazymeter.<key>``; the
+      lazy/rich read-out the tag ``lazymeter/regime`` (the latest one); the hparams of
+      ``meter.close(hparams=...)`` params.
+
+    Which run: ``run_id`` if given; else the active run (``mlflow.start_run()`` before the
+    meter's first measurement), left open; else a new run in ``experiment`` (default: env
+    ``MLFLOW_EXPERIMENT_NAME``, else ``"Default"``), ended (FINISHED) at ``meter.close()``.
+    Nothing is contacted before the first measurement, so a sink given to a rank that
+    never writes (a distributed meter's other ranks) starts no run.
+
+    ``tracking_uri``: where (default: MLflow's, e.g. env ``MLFLOW_TRACKING_URI``).
+    MLflow keeps every value logged at a step: after a resume from a checkpoint, what a
+    crashed run logged past the checkpoint stays in MLflow (it cannot be deleted).
+    """
+
+    def __init__(
+        self,
+        run_id: str | None = None,
+        *,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: Callable[[str], str] = tag_for,
+    ) -> None:
+        try:
+            import mlflow  # noqa: F401 - fail here, not at the first measurement
+        except ImportError:
+            raise ImportError(
+                "MlflowSink needs MLflow: pip install lazymeter[mlflow] (or mlflow-skinny)"
+            ) from None
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.name = name
+        self._client: Any = None
+        self._owned = False
+        self._meta: dict[str, Any] | None = None
+
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient``, and the run (``run_id``) chosen, on first use."""
+        if self._client is None:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            if self.run_id is None:
+                active = mlflow.active_run()
+                if active is not None and self.tracking_uri in (None, mlflow.get_tracking_uri()):
+                    self.run_id = active.info.run_id
+                else:
+                    self.run_id = self._create_run(client)
+                    self._owned = True
+            self._client = client
+        return self._client
+
+    def _create_run(self, client: Any) -> str:
+        name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+        run = client.create_run(exp_id, tags=self.tags or None, run_name=self.run_name)
+        return run.info.run_id
+
+    def _metrics(self, values: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(_name(self.name(k)), float(v), now, int(step))
+            for k, v in values.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        client = self.client
+        if self._meta is not None:  # kept until the run exists (see the class docstring)
+            self.write_tags(_flatten(self._meta, "lazymeter."))
+            self._meta = None
+        for i in range(0, len(metrics), _METRICS_PER_BATCH):
+            client.log_batch(self.run_id, metrics=metrics[i : i + _METRICS_PER_BATCH])
+
+    def write_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags (mutable in MLflow: a later value replaces an earlier one)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(_name(k), str(v)[:_MAX_VALUE]) for k, v in tags.items()]
+        for i in range(0, len(items), _PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + _PER_BATCH])
+
+    # ------------------------------------------------------------------ Sink
+    def write_row(self, row: dict[str, float], step: int) -> None:
+        """One measurement: every value but ``step`` as a metric at ``step``."""
+        self._metrics(row, step)
+
+    def write_scalars(self, values: dict[str, float], step: int) -> None:
+        """The user's scalars between measurements, as metrics at ``step``."""
+        self._metrics(values, step)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Kept, and set as ``lazymeter.<key>`` tags with the first row."""
+        self._meta = dict(meta)
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        """A text (the lazy/rich read-out) as the tag ``tag`` (its latest value)."""
+        self.write_tags({tag: text})
+
+    def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """``hparams`` as run params (the metrics are logged already, row by row)."""
+        from mlflow.entities import Param
+
+        params = [Param(_name(k), str(v)[:_MAX_VALUE]) for k, v in hparams.items()]
+        for i in range(0, len(params), _PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[i : i + _PER_BATCH])
+
+    def close(self) -> None:
+        """End the run if this sink started it (an active or given run is left open)."""
+        if self._client is not None and self._owned:
+            self._client.set_terminated(self.run_id, "FINISHED")
+            self._owned = False
