@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)" \
 	  || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q -e ".[test,experiments,tensorboard,dev,lightning,docs]"
+	$(PY) -m pip install -q -e ".[test,experiments,tensorboard,dev,lightning,docs,huggingface,mlflow,wandb]"
 	touch $@
 
 demo: $(VENV)/.installed

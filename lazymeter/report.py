@@ -17,6 +17,7 @@ from typing import Any
 
 from .grokking import time_to_grok
 from .history import series
+from .plots import axis_label, loss_kind, run_info
 from .regime import LAZY, RICH, TRANSITIONING, RegimeThresholds, grokking_onset, regimes
 from .sinks import read_jsonl
 
@@ -102,6 +103,9 @@ def plot_runs(runs: Sequence[Run], path: str) -> None:
     from matplotlib.figure import Figure
 
     panels = [p for p in _PANELS if any(series(r.history, k)[0] for r in runs for k in p[1])]
+    infos = [run_info(r.path) for r in runs]
+    units = {axis_label(info) for info in infos}
+    xlabel = units.pop() if len(units) == 1 else "step (each run's own unit)"
     cols = 3
     rows_n = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(5 * cols, 3.6 * rows_n))
@@ -122,7 +126,9 @@ def plot_runs(runs: Sequence[Run], path: str) -> None:
                         lw=1.3,
                         label=f"{run.label}: {k}" if len(runs) > 1 else k,
                     )
-            if title == "losses":
+            # K0 regression's test MSE shares the axes only with an MSE loss (a classifier's
+            # cross-entropy is another quantity: the table lists the baseline instead).
+            if title == "losses" and loss_kind(run.history, infos[i]) == "mse":
                 k0 = run.history[-1].get("k0_test_mse")
                 if isinstance(k0, (int, float)) and math.isfinite(k0):
                     ax.axhline(k0, color=color, ls=(0, (1, 3)), lw=1, label=f"{run.label}: K0")
@@ -130,7 +136,7 @@ def plot_runs(runs: Sequence[Run], path: str) -> None:
         if logy:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -155,3 +155,34 @@ def test_version_and_run_or_sweep_without_a_task_list_the_tasks(capsys):
     assert "polynomial" in out and "alpha_eps" in out and "TASK --help" in out
     assert main(["sweep"]) == 2  # a usage error, but one that says what to type
     assert "mnist" in capsys.readouterr().err
+
+
+def test_the_report_keeps_a_classifiers_mse_baseline_off_its_loss_axes_and_uses_its_unit(
+    tmp_path,
+):
+    from lazymeter.report import plot_runs
+
+    rows = [
+        {"step": s, "train_loss": 2.0 / s, "test_loss": 3.0 / s, "k0_test_mse": 0.4}
+        for s in (1, 10, 100)
+    ]
+    runs = []
+    for name, meta in (("ce", {"loss": "cross_entropy"}), ("mse", {"loss": "mse"})):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "meta.json").write_text(json.dumps({**meta, "step_label": "epochs"}))
+        runs.append(load_run(str(d)))
+    captured = {}
+    import matplotlib.figure
+
+    real = matplotlib.figure.Figure.savefig
+    matplotlib.figure.Figure.savefig = lambda fig, *a, **k: captured.setdefault("fig", fig)
+    try:
+        plot_runs(runs, str(tmp_path / "r.png"))
+    finally:
+        matplotlib.figure.Figure.savefig = real
+    ax = next(a for a in captured["fig"].axes if a.get_title() == "losses")
+    baselines = [ln.get_label() for ln in ax.get_lines() if "K0" in ln.get_label()]
+    assert baselines == ["mse: K0"]  # the cross-entropy run's MSE baseline is not drawn
+    assert ax.get_xlabel() == "epochs"
