@@ -8,6 +8,7 @@ from .baselines import Linearized, kernel_regression
 from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
 from .estimators import Estimate
 from .grokking import GrokTime, time_to_grok
+from .live import LiveView
 from .meter import LazyMeter
 from .metrics import (
     alignment_change,
@@ -24,11 +25,10 @@ from .metrics import (
 )
 from .ntk import empirical_ntk
 from .ntk.alignment import ntk_alignment, ntk_change
+from .plots import plot_run
 from .probes import ProbeSize
 from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
-from .live import LiveView
-from .plots import plot_run
 from .sinks import Sink, read_jsonl, tag_for
 
 __version__ = "0.1.0"
