@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -31,7 +30,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lazymeter.tasks.harness import preset, run  # noqa: E402
-from lazymeter.tasks.results import comes_later, never_is_inf  # noqa: E402
+from lazymeter.tasks.results import (  # noqa: E402
+    comes_later,
+    is_finite,
+    never_is_inf,
+    step_text,
+)
 
 Check = Callable[[Mapping[str, Any]], tuple[list[str], bool]]
 
@@ -49,11 +53,8 @@ class Figure:
 
 
 def fmt(v: Any, spec: str = ".3g") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "never"
-    if isinstance(v, float) and abs(v) >= 1000 and spec == ".3g":
-        return f"{v / 1000:.3g}k"
-    return format(v, spec)
+    """A number for the page: ``step_text`` (``12.1k``, ``never``), or ``spec`` when given."""
+    return step_text(v) if spec == ".3g" or not is_finite(v) else format(v, spec)
 
 
 def check_fig1(s: Mapping[str, Any]) -> tuple[list[str], bool]:

@@ -163,7 +163,8 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
 
     Iteration ``i`` reports step ``round(i * setup.step_unit)``: when the meter will
     measure there, ``setup.measure`` gives the row's scalars (state before the update);
-    otherwise the minimised loss is passed as ``train_loss`` (TensorBoard's scalar curve).
+    otherwise the minimised loss is passed as ``train_loss`` on the steps the meter writes
+    scalars (``scalar_every``: TensorBoard's curve), and read nowhere else.
     The last iteration (``i = steps``, no update) is always measured; ``setup.stop`` may end
     the run at an earlier measurement.
     A non-finite train loss at a measurement stops the run with a warning (gradient descent
@@ -200,8 +201,10 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
                     setup.stopped = setup.stop(step, scalars)
                     if setup.stopped is not None:
                         break
-            else:
+            elif step % meter.scalar_every == 0:  # only then written: no sync on other steps
                 meter.step(step=step, train_loss=loss.item())
+            else:
+                meter.step(step=step)
             if i == setup.steps:
                 break
             opt.zero_grad(set_to_none=True)
