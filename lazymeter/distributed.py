@@ -1,6 +1,8 @@
 """``torch.distributed`` support for the meter: unwrap DDP, share rank 0's state, shard kernels.
 
-Supported order: ``LazyMeter(DistributedDataParallel(model))``. The meter trains
+Supported: ``LazyMeter(DistributedDataParallel(model))`` and ``LazyMeter(model)`` for a
+model (or submodules) sharded with ``fully_shard`` (see :mod:`lazymeter.fsdp` for how a
+sharded model is measured). Under DDP the meter trains
 through the DDP wrapper (so gradients are all-reduced) and measures on the
 wrapped module. Every rank must call ``meter.step`` at the same steps (the
 schedule is a pure function of the step, so a shared loop does this), because a
@@ -32,7 +34,8 @@ STRATEGIES = ("rank0", "shard")
 
 WRONG_ORDER = (
     "torch.distributed is initialised with {world} processes but the model given to LazyMeter "
-    "is not wrapped in DistributedDataParallel. Wrap the model first and the meter around it: "
+    "is neither wrapped in DistributedDataParallel nor sharded with fully_shard. Wrap the "
+    "model first and the meter around it: "
     "meter = LazyMeter(DistributedDataParallel(model), ...), not "
     "DistributedDataParallel(LazyMeter(model)); pass distributed=None for independent "
     "single-process meters on each rank"
@@ -130,13 +133,21 @@ def share_probes(d: Dist, probes: tuple, full: tuple, subset: Callable[[Any, int
     return d.share((*probes, *full))
 
 
-def make_dist(model: nn.Module, distributed: str | None, device: torch.device) -> Dist | None:
+def make_dist(
+    model: nn.Module, distributed: str | None, device: torch.device, sharded: bool = False
+) -> Dist | None:
     """The :class:`Dist` for a meter around ``model``, or None for a single-process meter.
 
-    ``distributed``: ``"auto"`` (a DDP-wrapped model in a group of >1 processes gets the
-    ``"rank0"`` strategy; an unwrapped model there is an error, the usual symptom of
-    ``DDP(LazyMeter(model))``), ``"rank0"``, ``"shard"``, or None (no collectives).
+    ``distributed``: ``"auto"`` (a DDP-wrapped or ``sharded`` (``fully_shard``) model in a
+    group of >1 processes gets the ``"rank0"`` strategy; a plain model there is an error,
+    the usual symptom of ``DDP(LazyMeter(model))``), ``"rank0"``, ``"shard"``, or None (no
+    collectives; not for a sharded model, whose every forward is a collective).
     """
+    if distributed is None and sharded and world_size() > 1:
+        raise ValueError(
+            "distributed=None: a model sharded with fully_shard is one model across the "
+            "ranks and every forward is a collective; use 'auto', 'rank0' or 'shard'"
+        )
     if distributed is None:
         return None
     if distributed != "auto" and distributed not in STRATEGIES:
@@ -147,7 +158,7 @@ def make_dist(model: nn.Module, distributed: str | None, device: torch.device) -
     world = world_size()
     if world == 1:
         return None
-    if not is_ddp(model):
+    if not (is_ddp(model) or sharded):
         raise TypeError(WRONG_ORDER.format(world=world))
     strategy = "rank0" if distributed == "auto" else distributed
     return Dist(dist.get_rank(), world, strategy, device)

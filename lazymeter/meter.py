@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from . import quantities as Q
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
 from .failures import Warner
+from .fsdp import is_dtensor
 from .metrics import alignment_estimate
 from .ntk import FunctionalModel, coverage, empirical_ntk, kernel_dtype, select_method
 from .ntk.sketch import Sketch, check_outputs, sketched_ntk
@@ -93,10 +94,13 @@ class LazyMeter(ScaledModel):
             dropout of any kind, BatchNorm on running statistics) or ``"as_is"`` (its own
             modes); see :class:`~lazymeter.scaled.ScaledModel`.
         regime_thresholds: of the lazy/rich read-out logged as TensorBoard text.
-        distributed: for ``LazyMeter(DistributedDataParallel(model))``: ``"auto"``
-            (= ``"rank0"``: rank 0 measures, the row is broadcast), ``"shard"`` (each rank
-            computes its rows of the kernels) or None (independent meters). Every rank holds
-            rank 0's snapshot, probes and history; only rank 0 writes files.
+        distributed: for ``LazyMeter(DistributedDataParallel(model))`` and a model sharded
+            with ``fully_shard``: ``"auto"`` (= ``"rank0"``: rank 0 measures, the row is
+            broadcast), ``"shard"`` (each rank computes its rows of the kernels) or None
+            (independent meters; DDP only). Every rank holds rank 0's probes and history
+            and the same snapshot (under ``fully_shard``, sharded as the model); only rank 0
+            writes files. Under ``fully_shard`` the measuring ranks gather the full model
+            for the duration of a measurement (:mod:`lazymeter.fsdp`; docs: Distributed).
     """
 
     def __init__(
@@ -162,9 +166,10 @@ class LazyMeter(ScaledModel):
         for q in self.quantities:
             q.bind(net, self.alpha, self.center, self.output_fn)
         self._distributed = distributed
-        self._dist: Dist | None = make_dist(model, distributed, self._device())
-        if self._dist is not None:
-            self._dist.broadcast_(list(self.snapshot.buffers()))  # rank 0's init, everywhere
+        self._dist: Dist | None = make_dist(model, distributed, self._device(), self._fsdp)
+        if self._dist is not None:  # rank 0's init everywhere (sharded tensors: one already)
+            self._dist.broadcast_([t for t in self.snapshot.buffers() if not is_dtensor(t)])
+        self._engine_info: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self._scalars: dict[str, float] = {}
         self._step: int | None = None  # last step seen
@@ -181,6 +186,10 @@ class LazyMeter(ScaledModel):
         estimators = {
             q.name: q.describe() for q in self.quantities if callable(getattr(q, "describe", None))
         }
+        if self._fsdp:  # measured on the gathered model, once: a collective
+            with self.full_model(keep=self._computes):
+                info = self.ntk_engine if self._computes else None
+            self._engine_info = self._dist.share(info) if self._dist is not None else info
         self._log.write_meta(
             {
                 "ntk_engine": self.ntk_engine,
@@ -214,10 +223,11 @@ class LazyMeter(ScaledModel):
             self.test_x, self.test_y = test
         self._num_classes = num_classes
         check_label_variance({"probe": probe, "test_probe": test}, num_classes)
-        self._n_out = self.check_outputs(self.probe_x)
-        if self._computes:
-            with self.measuring():
-                self._setup({"train": full, "test": full_test})
+        with self.full_model(keep=self._computes):
+            self._n_out = self._main_first(lambda: self.check_outputs(self.probe_x))
+            if self._computes:
+                with self.measuring():
+                    self._setup({"train": full, "test": full_test})
         if self._dist is not None and self._dist.strategy == "rank0":
             self._receive_reference()
         if self.K0 is not None and not bool((self.K0 != 0).any()):
@@ -274,6 +284,22 @@ class LazyMeter(ScaledModel):
         for q in self.quantities:
             if q.needs != "kernel" or self.K0 is not None:
                 q.setup(ctx)
+
+    def _main_first(self, fn: Callable[[], Any]) -> Any:
+        """``fn()``; under ``fully_shard`` with the ``"rank0"`` strategy only rank 0 can run
+        the model, so its result (or error) is every rank's."""
+        if not (self._fsdp and self._dist is not None and self._dist.strategy == "rank0"):
+            return fn()
+        out, error = None, None
+        if self._dist.main:
+            try:
+                out = fn()
+            except (TypeError, ValueError) as e:  # raised on every rank, after the collective
+                error = e
+        out, error = self._dist.share((out, error))
+        if error is not None:
+            raise error
+        return out
 
     @property
     def _computes(self) -> bool:
@@ -345,31 +371,8 @@ class LazyMeter(ScaledModel):
         ctx = self._context(int(row["step"]))
         self._sketch_se = []
         failures: list[tuple[str, Exception]] = []
-        if self._computes:
-            try:
-                self.check_structure()
-                changed = None
-            except ValueError as e:  # every quantity would compare against a stale snapshot
-                changed = e
-            with self.measuring(), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
-                for q in due:
-                    ctx.current = q.name
-                    try:
-                        if changed is not None:
-                            raise changed
-                        out = q.compute(ctx)
-                        self._returned[id(q)] = list(out)
-                        row.update(out)
-                    except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
-                        keys = q.keys(ctx)
-                        if keys is None:  # the columns it had last time keep existing, as NaN
-                            keys = self._returned.get(id(q), [q.name])
-                        row.update(dict.fromkeys(keys, math.nan))
-                        failures.append((q.name, e))
-            failures += ctx.soft_failures
-            if isinstance(self.ntk_kwargs["outputs"], Sketch):
-                row["ntk_sketch_rel_se"] = max(self._sketch_se, default=math.nan)
+        with self.full_model(keep=self._computes):
+            self._compute(due, row, ctx, failures)
         if self._dist is not None:
             row = self._dist.share(row)  # one history on every rank: rank 0's
             failures = failures if self._dist.main else []  # rank 0 warns for the run
@@ -377,6 +380,42 @@ class LazyMeter(ScaledModel):
         self.history.append(row)
         self._write(row, ctx, due)
         return row
+
+    def _compute(
+        self,
+        due: Sequence[Q.Quantity],
+        row: dict[str, float],
+        ctx: Q.MeasureContext,
+        failures: list[tuple[str, Exception]],
+    ) -> None:
+        """Fill ``row`` with each due quantity's values (NaN and a failure for each that
+        fails) on a process that computes measurements."""
+        if not self._computes:
+            return
+        try:
+            self.check_structure()
+            changed = None
+        except ValueError as e:  # every quantity would compare against a stale snapshot
+            changed = e
+        with self.measuring(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
+            for q in due:
+                ctx.current = q.name
+                try:
+                    if changed is not None:
+                        raise changed
+                    out = q.compute(ctx)
+                    self._returned[id(q)] = list(out)
+                    row.update(out)
+                except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
+                    keys = q.keys(ctx)
+                    if keys is None:  # the columns it had last time keep existing, as NaN
+                        keys = self._returned.get(id(q), [q.name])
+                    row.update(dict.fromkeys(keys, math.nan))
+                    failures.append((q.name, e))
+        failures += ctx.soft_failures
+        if isinstance(self.ntk_kwargs["outputs"], Sketch):
+            row["ntk_sketch_rel_se"] = max(self._sketch_se, default=math.nan)
 
     def _write(self, row: dict[str, float], ctx: Q.MeasureContext, due: Sequence[Any]) -> None:
         step = int(row["step"])
@@ -456,6 +495,8 @@ class LazyMeter(ScaledModel):
         this model) and, for ``"structured"``, ``coverage`` (the fraction of trainable
         entries its rules compute on the probe). Also in ``log_dir/meta.json`` and the
         TensorBoard text tab."""
+        if self._fsdp and not self._full and self._engine_info is not None:
+            return dict(self._engine_info)  # found on the gathered model at construction
         outputs = self.ntk_kwargs["outputs"]
         info: dict[str, Any] = {"method": self.ntk_kwargs["method"], "engine": None}
         info["outputs"] = outputs.describe() if isinstance(outputs, Sketch) else outputs

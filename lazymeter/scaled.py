@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from . import fsdp
 from .distributed import unwrap
 from .ntk.functional import call_with, deterministic
 
@@ -87,7 +88,9 @@ class ScaledModel(nn.Module):
                 "train or measure; unfreeze the parameters to be trained"
             )
         self._dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-        self.snapshot = Snapshot(net)
+        self.snapshot = Snapshot(net)  # under fully_shard: DTensors, sharded as the model
+        self._fsdp = fsdp.is_fsdp(net)
+        self._full = False  # inside full_model(): plain full parameters, FSDP hooks off
 
     @property
     def net(self) -> nn.Module:
@@ -157,7 +160,11 @@ class ScaledModel(nn.Module):
                 if k == key and len(refs) == len(args) and all(map(operator.is_, refs, args)):
                     return out0
         with torch.no_grad():
-            out0 = self._reduce(call_with(self.net, self.snapshot.as_dict(), args, kwargs))
+            if self._fsdp and not self._full:  # every rank, its own batch: FSDP's forward
+                out0 = fsdp.call_at_snapshot(self.net, self.snapshot.as_dict(), args, kwargs)
+            else:
+                out0 = call_with(self.net, self.snapshot.as_dict(), args, kwargs)
+            out0 = self._reduce(out0)
         if key is not None:
             # Holding the inputs keeps their ids from being reused by other tensors.
             self._cache = [(key, (args, out0))] + self._cache[:3]
@@ -166,8 +173,13 @@ class ScaledModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """``alpha * (model(x) - model0(x))`` (centred) or ``alpha * model(x)``, applied to
         every floating-point tensor of the (reduced) output; other leaves pass through."""
+        # Under fully_shard the initial model's forward reshards every module, which must not
+        # happen between a forward and its backward: it runs first there.
+        early = self.center and self._fsdp and not self._full
+        out0 = self.initial_output(*args, **kwargs) if early else None
         out = self._reduce(self.model(*args, **kwargs))
-        out0 = self.initial_output(*args, **kwargs) if self.center else None
+        if self.center and not early:
+            out0 = self.initial_output(*args, **kwargs)
         a = self.alpha
         if isinstance(out, Tensor) and out.is_floating_point():  # the common case, kept lean
             if out0 is not None:
@@ -220,6 +232,21 @@ class ScaledModel(nn.Module):
             if self.center:
                 out = out - self.initial_output(x)
             return self.alpha * out
+
+    @contextlib.contextmanager
+    def full_model(self, keep: bool = True) -> Iterator[None]:
+        """Under ``fully_shard``: a collective (every rank must enter it) after which, with
+        ``keep``, this rank's model and snapshot hold plain full tensors for the block
+        (:func:`lazymeter.fsdp.full_model`); a no-op for an unsharded model."""
+        if not self._fsdp or self._full:
+            yield
+            return
+        with fsdp.full_model(self.net, self.snapshot, keep):
+            self._full, self._cache = keep, []
+            try:
+                yield
+            finally:
+                self._full, self._cache = False, []
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:

@@ -1,0 +1,176 @@
+"""2-process FSDP2 (``fully_shard``) training runs with a LazyMeter, started by
+tests/meter/test_fsdp.py.
+
+Every rank trains its half of a full batch (FSDP averages the gradients, so the
+parameters follow full-batch GD exactly) and is given a *different* probe: the meter
+must measure rank 0's everywhere. Each run is repeated without the meter's
+measurements, to show that measuring leaves training bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+import lazymeter as lm
+from lazymeter.fsdp import reshard_all
+from lazymeter.scaled import ScaledModel
+
+STEPS, EVERY, ALPHA, LR = 12, 4, 2.0, 0.5
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block on embedded inputs, mean-pooled to 2 outputs."""
+
+    def __init__(self, d_in: int = 3, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d_in, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        a = self.norm1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        h = h + self.mlp(self.norm2(h))
+        return self.head(h.mean(1))
+
+
+def make_model(kind: str) -> nn.Module:
+    torch.manual_seed(1)
+    if kind == "mlp":
+        net = nn.Sequential(
+            nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 2)
+        )
+    else:
+        net = Block()
+    return net.double()
+
+
+def shard(net: nn.Module, kind: str) -> nn.Module:
+    """``fully_shard`` each parameter-owning child, then the root (the usual recipe). The
+    block keeps its layers gathered between forward and backward (ZeRO-2 style), so the
+    meter cannot rely on FSDP freeing them after a forward."""
+    for child in net.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child, reshard_after_forward=kind == "mlp")
+    fully_shard(net)
+    return net
+
+
+def data(kind: str) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(7)
+    shape = (3,) if kind == "mlp" else (4, 3)  # the block reads sequences of 4 tokens
+    X = torch.randn(24, *shape, generator=g, dtype=torch.float64)
+    XT = torch.randn(10, *shape, generator=g, dtype=torch.float64)
+    W = torch.randn(3, 2, generator=g, dtype=torch.float64)
+
+    def target(x: torch.Tensor) -> torch.Tensor:
+        return torch.sin((x if kind == "mlp" else x.mean(1)) @ W)
+
+    return X, target(X), XT, target(XT)
+
+
+def probes(kind: str, rank: int):
+    X, Y, XT, YT = data(kind)
+    if rank:  # another rank's own view of the data: must be ignored
+        return (X[1:] * 1.5, Y[1:]), (XT.flip(0), YT.flip(0))
+    return (X, Y), (XT, YT)
+
+
+def train(model: nn.Module, kind: str, shard: slice, meter: lm.LazyMeter | None) -> None:
+    """Full-batch GD on ``alpha * (f - f0)``; ``meter.step`` only when a meter is given."""
+    X, Y, XT, YT = data(kind)
+    opt = torch.optim.SGD(model.parameters(), lr=LR / ALPHA**2)
+    for _ in range(STEPS):
+        loss = ((model(X[shard]) - Y[shard]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            test = float(((model(XT) - YT) ** 2).mean())
+        if meter is not None:
+            meter.step(train_loss=loss.item(), test_loss=test)
+
+
+def flaky(rank: int):
+    """A user metric that fails on rank 0 at step 4 only (after its first call)."""
+    calls = []
+
+    def fn(model: nn.Module) -> dict[str, float]:
+        calls.append(1)
+        if rank == 0 and len(calls) == 2:
+            raise RuntimeError("flaky metric")
+        return {"flaky": float(len(calls))}
+
+    return fn
+
+
+def full_params(net: nn.Module) -> dict[str, torch.Tensor]:
+    reshard_all(net)
+    return {n: p.detach().full_tensor().clone() for n, p in net.named_parameters()}
+
+
+def one_run(kind: str, strategy: str, rank: int, world: int, root: str) -> dict:
+    net = shard(make_model(kind), kind)
+    params = list(net.parameters())
+    placements = [p.placements for p in params]
+    probe, test_probe = probes(kind, rank)
+    meter = lm.LazyMeter(
+        net,
+        alpha=ALPHA,
+        probe=probe,
+        test_probe=test_probe,
+        schedule=EVERY,
+        log_dir=os.path.join(root, f"{kind}-{strategy}", f"rank{rank}"),
+        distributed=strategy,
+        metrics={"flaky": flaky(rank)},
+    )
+    train(meter, kind, slice(rank, None, world), meter)
+    meter.close()
+    unmeasured = shard(make_model(kind), kind)
+    train(ScaledModel(unmeasured, alpha=ALPHA), kind, slice(rank, None, world), None)
+    reshard_all(net)  # at rest: FSDP's own DTensors in the modules' slots
+    return {
+        "history": meter.history,
+        "ntk_engine": meter.ntk_engine,
+        "probe_x": meter.probe_x.clone(),
+        "same_objects": all(a is b for a, b in zip(params, net.parameters(), strict=True)),
+        "dtensors": all(isinstance(p, DTensor) for p in net.parameters())
+        and all(isinstance(t, DTensor) for t in meter._params0().values()),
+        "same_placements": [p.placements for p in net.parameters()] == placements,
+        "params": full_params(net),
+        "unmeasured_params": full_params(unmeasured),
+    }
+
+
+RUNS = (("mlp", "rank0"), ("mlp", "shard"), ("block", "rank0"))
+
+
+def run(rank: int, world: int, root: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=world)
+    out: dict = {"pid": os.getpid()}
+    try:
+        for kind, strategy in RUNS:
+            out[kind, strategy] = one_run(kind, strategy, rank, world, root)
+        try:
+            lm.LazyMeter(
+                shard(make_model("mlp"), "mlp"), probe=probes("mlp", 0)[0], distributed=None
+            )
+        except ValueError as e:
+            out["independent"] = str(e)
+    except Exception:  # noqa: BLE001 - reported to the test through the result file
+        out["error"] = traceback.format_exc()
+    finally:
+        torch.save(out, os.path.join(root, f"rank{rank}.pt"))
+        dist.destroy_process_group()
