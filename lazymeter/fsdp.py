@@ -33,6 +33,7 @@ error naming ``fully_shard``.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -142,14 +143,34 @@ def _is_fsdp_hook(hook: Any) -> bool:
     return str(getattr(hook, "__module__", "")).startswith("torch.distributed.fsdp")
 
 
+#: Models inside a :func:`full_model` block on this rank (their parameters are plain).
+_GATHERED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def needs_gather(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded with ``fully_shard`` and not inside :func:`full_model`
+    (so a kernel of it must gather first)."""
+    return model not in _GATHERED and is_fsdp(model)
+
+
 @contextlib.contextmanager
-def full_model(model: nn.Module, snapshot: nn.Module, keep: bool) -> Iterator[None]:
+def full_model(
+    model: nn.Module, keep: bool = True, snapshot: nn.Module | None = None
+) -> Iterator[None]:
     """A collective: every rank gathers each sharded parameter of ``model`` and each
     ``DTensor`` buffer of ``snapshot`` (same order everywhere). With ``keep``, for the
     duration of the block the model's slots hold plain full ``nn.Parameter``s (aliases
     share one), the snapshot holds full tensors and FSDP's forward hooks are off; the
     original ``DTensor`` objects are put back after. Without ``keep`` the gathered
-    tensors are dropped at once."""
+    tensors are dropped at once.
+
+    Example (every rank runs it; each gets the whole kernel)::
+
+        with full_model(sharded_model):
+            K = lazymeter.empirical_ntk(sharded_model, x)
+
+    (:func:`lazymeter.empirical_ntk` on a sharded model does exactly this.)
+    """
     reshard_all(model)  # a module FSDP left gathered holds plain tensors, not its DTensors
     slots: list[tuple[dict, str, Tensor]] = []
     full: dict[int, Tensor] = {}
@@ -162,7 +183,7 @@ def full_model(model: nn.Module, snapshot: nn.Module, keep: bool) -> Iterator[No
                         full[id(p)] = nn.Parameter(g, requires_grad=p.requires_grad)
                 slots.append((m._parameters, name, p))
     snap_slots = []
-    for name, t in snapshot._buffers.items():
+    for name, t in ({} if snapshot is None else snapshot._buffers).items():
         if t is not None and is_dtensor(t):
             g = _gather(t)
             if keep:
@@ -175,11 +196,13 @@ def full_model(model: nn.Module, snapshot: nn.Module, keep: bool) -> Iterator[No
         for holder, name, p in slots:
             holder[name] = full[id(p)]
         for name, _, g in snap_slots:
-            snapshot._buffers[name] = g
+            snapshot._buffers[name] = g  # type: ignore[union-attr]
+        _GATHERED.add(model)
         with _fsdp_hooks_off(model):
             yield
     finally:
+        _GATHERED.discard(model)
         for holder, name, p in slots:
             holder[name] = p
         for name, t, _ in snap_slots:
-            snapshot._buffers[name] = t
+            snapshot._buffers[name] = t  # type: ignore[union-attr]

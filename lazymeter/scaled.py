@@ -241,7 +241,7 @@ class ScaledModel(nn.Module):
         if not self._fsdp or self._full:
             yield
             return
-        with fsdp.full_model(self.net, self.snapshot, keep):
+        with fsdp.full_model(self.net, keep, self.snapshot):
             self._full, self._cache = keep, []
             try:
                 yield

@@ -184,7 +184,21 @@ def empirical_ntk(
     Returns:
         ``K`` on the model's device, in ``dtype`` (see above); a dict of them with
         ``per_layer=True``.
+
+    A model sharded with ``fully_shard`` (FSDP2) is measured on its full parameters:
+    the call is then a collective (every rank calls it, with the same inputs for the
+    same kernel), each rank gathers the full model for its duration
+    (:func:`lazymeter.fsdp.full_model`) and returns the whole kernel.
     """
+    from ..fsdp import full_model, needs_gather  # lazy: lazymeter.fsdp imports ntk
+
+    if needs_gather(model):
+        with full_model(model):
+            return empirical_ntk(
+                model, x1, x2, output_fn=output_fn, method=method, trace_outputs=trace_outputs,
+                chunk_size=chunk_size, memory_budget=memory_budget, dtype=dtype,
+                outputs=outputs, per_layer=per_layer,
+            )  # fmt: skip
     if not isinstance(per_layer, bool):
         raise TypeError(f"per_layer: expected True or False, got {per_layer!r}")
     if per_layer and not (isinstance(outputs, str) and outputs == "all"):

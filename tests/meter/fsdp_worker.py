@@ -120,28 +120,43 @@ def full_params(net: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().full_tensor().clone() for n, p in net.named_parameters()}
 
 
-def one_run(kind: str, strategy: str, rank: int, world: int, root: str) -> dict:
-    net = shard(make_model(kind), kind)
-    params = list(net.parameters())
-    placements = [p.placements for p in params]
+def make_meter(kind: str, strategy: str, rank: int, log_dir: str | None) -> lm.LazyMeter:
     probe, test_probe = probes(kind, rank)
-    meter = lm.LazyMeter(
-        net,
+    return lm.LazyMeter(
+        shard(make_model(kind), kind),
         alpha=ALPHA,
         probe=probe,
         test_probe=test_probe,
         schedule=EVERY,
-        log_dir=os.path.join(root, f"{kind}-{strategy}", f"rank{rank}"),
+        log_dir=log_dir,
         distributed=strategy,
         metrics={"flaky": flaky(rank)},
     )
+
+
+def one_run(kind: str, strategy: str, rank: int, world: int, root: str) -> dict:
+    meter = make_meter(
+        kind, strategy, rank, os.path.join(root, f"{kind}-{strategy}", f"rank{rank}")
+    )
+    net = meter.net
+    params = list(net.parameters())
+    placements = [p.placements for p in params]
+    X = data(kind)[0]
+    kernels = (lm.empirical_ntk(net, X[:5]), lm.empirical_ntk(net, X[:5], X[5:8], per_layer=True))
     train(meter, kind, slice(rank, None, world), meter)
     meter.close()
+    history = [dict(r) for r in meter.history]
+    # Resume: a new sharded model and meter take the checkpoint and measure the same.
+    again = make_meter(kind, strategy, rank, None)
+    again.load_state_dict(meter.state_dict())
+    resumed = (meter.measure(), again.measure(), again.history[: len(history)] == history)
     unmeasured = shard(make_model(kind), kind)
     train(ScaledModel(unmeasured, alpha=ALPHA), kind, slice(rank, None, world), None)
     reshard_all(net)  # at rest: FSDP's own DTensors in the modules' slots
     return {
-        "history": meter.history,
+        "history": history,
+        "kernels": kernels,
+        "resumed": resumed,
         "ntk_engine": meter.ntk_engine,
         "probe_x": meter.probe_x.clone(),
         "same_objects": all(a is b for a, b in zip(params, net.parameters(), strict=True)),

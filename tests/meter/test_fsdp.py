@@ -102,6 +102,32 @@ def test_fsdp_parameters_stay_sharded_and_training_is_unchanged_by_measuring(
     assert any(not torch.equal(run["params"][n], p.detach()) for n, p in init.items())
 
 
+@pytest.mark.parametrize("kind", ["mlp", "block"])
+def test_empirical_ntk_of_a_sharded_model_is_the_full_models_on_every_rank(fsdp_results, kind):
+    _, results = fsdp_results
+    model, X = W.make_model(kind), W.data(kind)[0]
+    want = lm.empirical_ntk(model, X[:5])
+    want_layers = lm.empirical_ntk(model, X[:5], X[5:8], per_layer=True)
+    for res in results:
+        K, layers = res[kind, "rank0"]["kernels"]
+        torch.testing.assert_close(K, want, rtol=1e-12, atol=1e-12)
+        assert layers.keys() == want_layers.keys()
+        for g in want_layers:
+            torch.testing.assert_close(layers[g], want_layers[g], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind, strategy", W.RUNS)
+def test_fsdp_meter_resumes_from_its_state_dict(fsdp_results, kind, strategy):
+    _, results = fsdp_results
+    for res in results:
+        row, resumed_row, history_kept = res[kind, strategy]["resumed"]
+        assert history_kept
+        assert row.keys() == resumed_row.keys()
+        assert "ntk_drift" in row
+        for k in row.keys() - {"flaky"}:  # the user metric counts its own calls
+            assert _same(row[k], resumed_row[k], 1e-12), k
+
+
 @pytest.mark.parametrize("kind, strategy", W.RUNS)
 def test_fsdp_only_rank_zero_writes_files(fsdp_results, kind, strategy):
     root, results = fsdp_results
