@@ -20,6 +20,7 @@ float64 range neither overflow nor underflow.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -487,13 +488,40 @@ def _named(p: object, name: str) -> dict[str, Tensor]:
     return out
 
 
-def _flat(tensors: Iterable[Tensor], name: str) -> Tensor:
-    tensors = [check_tensor(t, name).detach() for t in tensors]
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float64)
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    check_finite(flat, name)
-    return flat
+def _entries(tensors: Iterable[Tensor], name: str) -> list[Tensor]:
+    """The tensors, detached and checked finite; not concatenated (a model's worth of float64
+    copies would cost 2x its float32 size per operand)."""
+    out = [check_tensor(t, name).detach() for t in tensors]
+    for t in out:
+        check_finite(t, name)
+    return out
+
+
+def _max_exponent(tensors: Iterable[Tensor]) -> int:
+    """``e`` with ``max |x| < 2^e`` over every entry of ``tensors`` (0 if all are zero)."""
+
+    def largest(t: Tensor) -> float:  # an inf-norm reduces without an |t| temporary
+        return float(
+            torch.linalg.vector_norm(t, math.inf)
+            if t.is_floating_point()
+            else t.double().abs().max()
+        )
+
+    m = max((largest(t) for t in tensors if t.numel()), default=0.0)
+    return math.frexp(m)[1] if m > 0 else 0
+
+
+def _scaled_norm(tensors: Iterable[Tensor], e: int, minus: Iterable[Tensor] | None = None) -> float:
+    """``||(x - y) * 2^-e||`` over all entries (``y = 0`` without ``minus``), in float64, one
+    tensor at a time (exact power-of-two scaling first, so no square overflows)."""
+    total = 0.0
+    for x, y in zip(tensors, minus or itertools.repeat(None), strict=minus is not None):
+        d = x.to(torch.float64, copy=True)
+        if y is not None:
+            d.sub_(y.to(d.device, torch.float64))
+        d = _times_pow2(d, -e)
+        total += float(torch.linalg.vector_norm(d)) ** 2
+    return math.sqrt(total)
 
 
 def parameter_movement(theta: Params, theta0: Params) -> float:
@@ -518,20 +546,20 @@ def parameter_movement(theta: Params, theta0: Params) -> float:
             f"theta0: has {len(ref)} tensors named differently from theta's {len(now)}; pass "
             "a copy of the same model (or its state_dict)"
         )
-    a, b = _flat(now.values(), "theta"), _flat(ref_list, "theta0")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"theta: has {a.numel()} entries but theta0 has {b.numel()}; they must match"
-        )
-    if a.numel() == 0:
+    a, b = _entries(now.values(), "theta"), _entries(ref_list, "theta0")
+    na, nb = (sum(t.numel() for t in ts) for ts in (a, b))
+    if na != nb or any(x.numel() != y.numel() for x, y in zip(a, b, strict=False)):
+        raise ValueError(f"theta: has {na} entries but theta0 has {nb}; they must match")
+    if na == 0:
         raise ValueError("theta: has no (trainable) entries; pass a model with parameters")
-    return _relative_distance(
-        a,
-        b.to(a.device),
-        "parameter_movement",
-        "theta0: is all zeros (or negligible next to theta), so the movement relative to "
-        "it is undefined; compare weight_norm(theta) instead",
-    )
+    e = _max_exponent(a + b)
+    den = _scaled_norm(b, e)
+    if den == 0.0:
+        raise ValueError(
+            "theta0: is all zeros (or negligible next to theta), so the movement relative to "
+            "it is undefined; compare weight_norm(theta) instead"
+        )
+    return _finite(_scaled_norm(a, e, minus=b) / den, "parameter_movement")
 
 
 def weight_norm(theta: Params) -> float:
@@ -542,9 +570,9 @@ def weight_norm(theta: Params) -> float:
     named = _named(theta, "theta")
     if isinstance(theta, nn.Module):
         named = {k: v for k, v in named.items() if v.requires_grad}
-    x = _flat(named.values(), "theta")
-    e = _exponent(x)
-    norm = _times_pow2(torch.linalg.vector_norm(_times_pow2(x, -e)), e)
+    xs = _entries(named.values(), "theta")
+    e = _max_exponent(xs)
+    norm = _times_pow2(torch.tensor(_scaled_norm(xs, e), dtype=torch.float64), e)
     return _finite(norm, "theta: the norm overflows float64")
 
 
