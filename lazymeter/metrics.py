@@ -516,10 +516,11 @@ def _scaled_norm(tensors: Iterable[Tensor], e: int, minus: Iterable[Tensor] | No
     tensor at a time (exact power-of-two scaling first, so no square overflows)."""
     total = 0.0
     for x, y in zip(tensors, minus or itertools.repeat(None), strict=minus is not None):
-        d = x.to(torch.float64, copy=True)
+        d = x.to(torch.float64, copy=True)  # the one float64 temporary, updated in place
         if y is not None:
-            d.sub_(y.to(d.device, torch.float64))
-        d = _times_pow2(d, -e)
+            d.sub_(y.to(d.device) if y.is_floating_point() else y.to(d.device, torch.float64))
+        h = -e // 2
+        d.mul_(2.0**h).mul_(2.0 ** (-e - h))  # exact, as _times_pow2
         total += float(torch.linalg.vector_norm(d)) ** 2
     return math.sqrt(total)
 
