@@ -150,7 +150,7 @@ _GATHERED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 def needs_gather(model: nn.Module) -> bool:
     """Whether ``model`` is sharded with ``fully_shard`` and not inside :func:`full_model`
     (so a kernel of it must gather first)."""
-    return model not in _GATHERED and is_fsdp(model)
+    return isinstance(model, nn.Module) and model not in _GATHERED and is_fsdp(model)
 
 
 @contextlib.contextmanager
