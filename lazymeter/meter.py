@@ -294,7 +294,7 @@ class LazyMeter(ScaledModel):
         if self._dist.main:
             try:
                 out = fn()
-            except (TypeError, ValueError) as e:  # raised on every rank, after the collective
+            except Exception as e:  # noqa: BLE001 - raised on every rank, after the collective
                 error = e
         out, error = self._dist.share((out, error))
         if error is not None:
