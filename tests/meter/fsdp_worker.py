@@ -45,6 +45,11 @@ class Block(nn.Module):
         return self.head(h.mean(1))
 
 
+class DictOut(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": x}
+
+
 def make_model(kind: str) -> nn.Module:
     torch.manual_seed(1)
     if kind == "mlp":
@@ -184,6 +189,12 @@ def run(rank: int, world: int, root: str) -> None:
             )
         except ValueError as e:
             out["independent"] = str(e)
+        # Only rank 0 runs the model at construction; its error reaches every rank.
+        bad = shard(nn.Sequential(nn.Linear(3, 2), DictOut()).double(), "mlp")
+        try:
+            lm.LazyMeter(bad, probe=probes("mlp", 0)[0])
+        except TypeError as e:
+            out["bad_output"] = str(e)
     except Exception:  # noqa: BLE001 - reported to the test through the result file
         out["error"] = traceback.format_exc()
     finally:

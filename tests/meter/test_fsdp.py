@@ -142,6 +142,12 @@ def test_fsdp_model_refuses_independent_per_rank_meters(fsdp_results):
         assert "every forward is a collective" in res["independent"]
 
 
+def test_fsdp_model_error_found_on_rank_zero_is_raised_on_every_rank(fsdp_results):
+    _, results = fsdp_results
+    for res in results:
+        assert "returned dict, not a Tensor" in res["bad_output"]
+
+
 def test_fsdp1_wrapper_fails_naming_fully_shard(monkeypatch):
     from lazymeter import fsdp
 
