@@ -18,6 +18,7 @@ Several machines (run on each node, with node 0's address)::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 
@@ -82,49 +83,57 @@ def main(argv: list[str] | None = None) -> dict:
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")  # torchrun sets rank and world
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else None
     device = device or torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    try:
-        torch.manual_seed(0)  # the same initial model on every rank
-        model = wrap(Block(4).to(device), args.shard, device)
-        x, y = teacher_data(512, seed=1)
-        xt, yt = teacher_data(256, seed=2)
-        meter = lm.LazyMeter(
-            model, alpha=args.alpha, probe=(x, y), test_probe=(xt, yt), schedule=args.every,
-            log_dir=args.out, distributed=args.strategy,
-        )  # fmt: skip
-        mine = slice(rank, None, world)  # this rank's share of the batch
-        xb, yb, xt, yt = x[mine].to(device), y[mine].to(device), xt.to(device), yt.to(device)
-        opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(args.lr))
-        for step in range(args.steps + 1):
-            loss = ((meter(xb) - yb) ** 2).mean()
-            if meter.will_measure(step):  # the test loss only when it will be recorded
-                with torch.no_grad():
-                    test = ((meter(xt) - yt) ** 2).mean().item()
-                meter.step(step, train_loss=loss.item(), test_loss=test)
-            else:
-                meter.step(step)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        meter.close()
-        last = meter.history[-1]
-        summary = {"shard": args.shard, "strategy": args.strategy, "world": world, **last}
-        if rank == 0:
-            with open(os.path.join(args.out, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
-            print(
-                f"{args.shard} x{world} ({args.strategy}): step {last['step']:.0f}  "
-                f"train {last['train_loss']:.4f}  test {last['test_loss']:.4f}  "
-                f"NTK drift {last['ntk_drift']:.3f}  movement {last['param_movement']:.3f}",
-                flush=True,
-            )
-        return summary
-    finally:
-        dist.destroy_process_group()
+    summary = train(args, device)  # an error ends this process; torchrun stops the others
+    # The model (whose DDP reducer holds the group) is freed and every rank is here before
+    # the group goes: gloo can deadlock if its last reference dies while it cleans up.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    return summary
+
+
+def train(args: argparse.Namespace, device: torch.device) -> dict:
+    """The run on this rank; returns the last measurement row with the run's settings."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)  # the same initial model on every rank
+    model = wrap(Block(4).to(device), args.shard, device)
+    x, y = teacher_data(512, seed=1)
+    xt, yt = teacher_data(256, seed=2)
+    meter = lm.LazyMeter(
+        model, alpha=args.alpha, probe=(x, y), test_probe=(xt, yt), schedule=args.every,
+        log_dir=args.out, distributed=args.strategy,
+    )  # fmt: skip
+    mine = slice(rank, None, world)  # this rank's share of the batch
+    xb, yb, xt, yt = x[mine].to(device), y[mine].to(device), xt.to(device), yt.to(device)
+    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(args.lr))
+    for step in range(args.steps + 1):
+        loss = ((meter(xb) - yb) ** 2).mean()
+        if meter.will_measure(step):  # the test loss only when it will be recorded
+            with torch.no_grad():
+                test = ((meter(xt) - yt) ** 2).mean().item()
+            meter.step(step, train_loss=loss.item(), test_loss=test)
+        else:
+            meter.step(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    meter.close()
+    last = meter.history[-1]
+    summary = {"shard": args.shard, "strategy": args.strategy, "world": world, **last}
+    if rank == 0:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        print(
+            f"{args.shard} x{world} ({args.strategy}): step {last['step']:.0f}  "
+            f"train {last['train_loss']:.4f}  test {last['test_loss']:.4f}  "
+            f"NTK drift {last['ntk_drift']:.3f}  movement {last['param_movement']:.3f}",
+            flush=True,
+        )
+    return summary
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ and a *different* probe: the meter must measure rank 0's everywhere.
 from __future__ import annotations
 
 import os
-import traceback
 
 import torch
-import torch.distributed as dist
+from spawned import run_rank
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -69,7 +68,10 @@ def flaky(rank: int):
 
 
 def run(rank: int, world: int, root: str) -> None:
-    torch.set_num_threads(1)
+    run_rank(lambda out: body(rank, world, root, out), rank, world, root)
+
+
+def body(rank: int, world: int, root: str, out: dict) -> None:
     import lazymeter.meter as meter_module
 
     kernel_rows: list[int] = []  # rows of every kernel this rank computed
@@ -80,41 +82,33 @@ def run(rank: int, world: int, root: str) -> None:
         return ntk(model, x1, x2, **kw)
 
     meter_module.empirical_ntk = spy
-    dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=world)
-    out: dict = {"pid": os.getpid()}
+    for strategy in ("rank0", "shard"):
+        model = make_model(seed=1 + rank)  # DDP and the meter must both use rank 0's
+        probe, test_probe = probes(rank)
+        meter = lm.LazyMeter(
+            DDP(model),
+            alpha=ALPHA,
+            probe=probe,
+            test_probe=test_probe,
+            schedule=EVERY,
+            log_dir=os.path.join(root, strategy),
+            distributed=strategy,
+            features=["1"],
+            metrics={"flaky": flaky(rank)},
+        )
+        kernel_rows.clear()
+        train(meter, slice(rank, None, world))
+        meter.close()
+        out[strategy] = {
+            "history": meter.history,
+            "snapshot": {k: v.clone() for k, v in meter.snapshot.as_dict().items()},
+            "probe_x": meter.probe_x.clone(),
+            "params": {k: v.detach().clone() for k, v in meter.net.named_parameters()},
+            "kernel_rows": list(kernel_rows),
+        }
     try:
-        for strategy in ("rank0", "shard"):
-            model = make_model(seed=1 + rank)  # DDP and the meter must both use rank 0's
-            probe, test_probe = probes(rank)
-            meter = lm.LazyMeter(
-                DDP(model),
-                alpha=ALPHA,
-                probe=probe,
-                test_probe=test_probe,
-                schedule=EVERY,
-                log_dir=os.path.join(root, strategy),
-                distributed=strategy,
-                features=["1"],
-                metrics={"flaky": flaky(rank)},
-            )
-            kernel_rows.clear()
-            train(meter, slice(rank, None, world))
-            meter.close()
-            out[strategy] = {
-                "history": meter.history,
-                "snapshot": {k: v.clone() for k, v in meter.snapshot.as_dict().items()},
-                "probe_x": meter.probe_x.clone(),
-                "params": {k: v.detach().clone() for k, v in meter.net.named_parameters()},
-                "kernel_rows": list(kernel_rows),
-            }
-        try:
-            lm.LazyMeter(make_model(0), probe=probes(0)[0])
-        except TypeError as e:
-            out["wrong_order"] = str(e)
-        # Independent per-rank meters stay possible, and make no collective calls.
-        lm.LazyMeter(make_model(0), probe=probes(rank)[0], distributed=None).measure()
-    except Exception:  # noqa: BLE001 - reported to the test through the result file
-        out["error"] = traceback.format_exc()
-    finally:
-        torch.save(out, os.path.join(root, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        lm.LazyMeter(make_model(0), probe=probes(0)[0])
+    except TypeError as e:
+        out["wrong_order"] = str(e)
+    # Independent per-rank meters stay possible, and make no collective calls.
+    lm.LazyMeter(make_model(0), probe=probes(rank)[0], distributed=None).measure()

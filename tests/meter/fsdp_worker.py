@@ -10,10 +10,9 @@ measurements, to show that measuring leaves training bit-identical.
 from __future__ import annotations
 
 import os
-import traceback
 
 import torch
-import torch.distributed as dist
+from spawned import run_rank
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -177,26 +176,19 @@ RUNS = (("mlp", "rank0"), ("mlp", "shard"), ("block", "rank0"))
 
 
 def run(rank: int, world: int, root: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=world)
-    out: dict = {"pid": os.getpid()}
+    run_rank(lambda out: body(rank, world, root, out), rank, world, root)
+
+
+def body(rank: int, world: int, root: str, out: dict) -> None:
+    for kind, strategy in RUNS:
+        out[kind, strategy] = one_run(kind, strategy, rank, world, root)
     try:
-        for kind, strategy in RUNS:
-            out[kind, strategy] = one_run(kind, strategy, rank, world, root)
-        try:
-            lm.LazyMeter(
-                shard(make_model("mlp"), "mlp"), probe=probes("mlp", 0)[0], distributed=None
-            )
-        except ValueError as e:
-            out["independent"] = str(e)
-        # Only rank 0 runs the model at construction; its error reaches every rank.
-        bad = shard(nn.Sequential(nn.Linear(3, 2), DictOut()).double(), "mlp")
-        try:
-            lm.LazyMeter(bad, probe=probes("mlp", 0)[0])
-        except TypeError as e:
-            out["bad_output"] = str(e)
-    except Exception:  # noqa: BLE001 - reported to the test through the result file
-        out["error"] = traceback.format_exc()
-    finally:
-        torch.save(out, os.path.join(root, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        lm.LazyMeter(shard(make_model("mlp"), "mlp"), probe=probes("mlp", 0)[0], distributed=None)
+    except ValueError as e:
+        out["independent"] = str(e)
+    # Only rank 0 runs the model at construction; its error reaches every rank.
+    bad = shard(nn.Sequential(nn.Linear(3, 2), DictOut()).double(), "mlp")
+    try:
+        lm.LazyMeter(bad, probe=probes("mlp", 0)[0])
+    except TypeError as e:
+        out["bad_output"] = str(e)

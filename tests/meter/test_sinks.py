@@ -394,27 +394,27 @@ class FileSink:
 
 
 def _ddp_worker(rank, world, root):
-    import torch.distributed as dist
+    from spawned import run_rank
+
+    run_rank(lambda out: _ddp_body(rank, root), rank, world, root)
+
+
+def _ddp_body(rank, root):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(D, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-        x = torch.randn(8, D, dtype=torch.float64)
-        meter = lm.LazyMeter(
-            DDP(model),
-            probe=(x, x.sum(1)),
-            schedule=1,
-            output_fn=lambda out: out.squeeze(-1),
-            sinks=[FileSink(f"{root}/rank{rank}.steps")],
-        )
-        for _ in range(3):
-            meter.step()
-        meter.close()
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x = torch.randn(8, D, dtype=torch.float64)
+    meter = lm.LazyMeter(
+        DDP(model),
+        probe=(x, x.sum(1)),
+        schedule=1,
+        output_fn=lambda out: out.squeeze(-1),
+        sinks=[FileSink(f"{root}/rank{rank}.steps")],
+    )
+    for _ in range(3):
+        meter.step()
+    meter.close()
 
 
 def test_only_rank_0_of_a_distributed_meter_writes_to_its_sinks(tmp_path):
@@ -424,5 +424,7 @@ def test_only_rank_0_of_a_distributed_meter_writes_to_its_sinks(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("needs torch.distributed gloo")
     mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        assert "error" not in torch.load(tmp_path / f"rank{r}.pt"), r
     assert (tmp_path / "rank0.steps").read_text().split() == ["0", "1", "2"]
     assert not (tmp_path / "rank1.steps").exists()
