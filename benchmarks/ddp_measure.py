@@ -87,6 +87,7 @@ def worker(rank: int, root: str, cells: list, repeats: int, baseline: int) -> No
             results[(name, P, strategy)] = (t, t_init)
     if rank == 0:
         torch.save(results, os.path.join(root, "ddp.pt"))
+    dist.barrier()  # no collective left in flight: gloo can deadlock tearing one down
     dist.destroy_process_group()
 
 

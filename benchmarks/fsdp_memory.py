@@ -124,6 +124,7 @@ def worker(rank: int, root: str, args) -> None:
     dist.all_gather_object(found, out)
     if rank == 0:
         report(found, args)
+    dist.barrier()  # no collective left in flight: gloo can deadlock tearing one down
     dist.destroy_process_group()
 
 
