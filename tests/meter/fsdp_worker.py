@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
+import spawned as S
 import torch
-from spawned import run_rank
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -20,8 +20,6 @@ from torch.distributed.tensor import DTensor
 import lazymeter as lm
 from lazymeter.fsdp import reshard_all
 from lazymeter.scaled import ScaledModel
-
-STEPS, EVERY, ALPHA, LR = 12, 4, 2.0, 0.5
 
 
 class Block(nn.Module):
@@ -71,7 +69,7 @@ def shard(net: nn.Module, kind: str) -> nn.Module:
     return net
 
 
-def data(kind: str) -> tuple[torch.Tensor, ...]:
+def data(kind: str) -> S.Data:
     g = torch.Generator().manual_seed(7)
     shape = (3,) if kind == "mlp" else (4, 3)  # the block reads sequences of 4 tokens
     X = torch.randn(24, *shape, generator=g, dtype=torch.float64)
@@ -84,57 +82,22 @@ def data(kind: str) -> tuple[torch.Tensor, ...]:
     return X, target(X), XT, target(XT)
 
 
-def probes(kind: str, rank: int):
-    X, Y, XT, YT = data(kind)
-    if rank:  # another rank's own view of the data: must be ignored
-        return (X[1:] * 1.5, Y[1:]), (XT.flip(0), YT.flip(0))
-    return (X, Y), (XT, YT)
-
-
-def train(model: nn.Module, kind: str, shard: slice, meter: lm.LazyMeter | None) -> None:
-    """Full-batch GD on ``alpha * (f - f0)``; ``meter.step`` only when a meter is given."""
-    X, Y, XT, YT = data(kind)
-    opt = torch.optim.SGD(model.parameters(), lr=LR / ALPHA**2)
-    for _ in range(STEPS):
-        loss = ((model(X[shard]) - Y[shard]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            test = float(((model(XT) - YT) ** 2).mean())
-        if meter is not None:
-            meter.step(train_loss=loss.item(), test_loss=test)
-
-
-def flaky(rank: int):
-    """A user metric that fails on rank 0 at step 4 only (after its first call)."""
-    calls = []
-
-    def fn(model: nn.Module) -> dict[str, float]:
-        calls.append(1)
-        if rank == 0 and len(calls) == 2:
-            raise RuntimeError("flaky metric")
-        return {"flaky": float(len(calls))}
-
-    return fn
-
-
 def full_params(net: nn.Module) -> dict[str, torch.Tensor]:
     reshard_all(net)
     return {n: p.detach().full_tensor().clone() for n, p in net.named_parameters()}
 
 
 def make_meter(kind: str, strategy: str, rank: int, log_dir: str | None) -> lm.LazyMeter:
-    probe, test_probe = probes(kind, rank)
+    probe, test_probe = S.rank_probes(data(kind), rank)
     return lm.LazyMeter(
         shard(make_model(kind), kind),
-        alpha=ALPHA,
+        alpha=S.ALPHA,
         probe=probe,
         test_probe=test_probe,
-        schedule=EVERY,
+        schedule=S.EVERY,
         log_dir=log_dir,
         distributed=strategy,
-        metrics={"flaky": flaky(rank)},
+        metrics={"flaky": S.flaky(rank)},
     )
 
 
@@ -147,7 +110,7 @@ def one_run(kind: str, strategy: str, rank: int, world: int, root: str) -> dict:
     placements = [p.placements for p in params]
     X = data(kind)[0]
     kernels = (lm.empirical_ntk(net, X[:5]), lm.empirical_ntk(net, X[:5], X[5:8], per_layer=True))
-    train(meter, kind, slice(rank, None, world), meter)
+    S.train(meter, data(kind), slice(rank, None, world), meter)
     meter.close()
     history = [dict(r) for r in meter.history]
     # Resume: a new sharded model and meter take the checkpoint and measure the same.
@@ -155,7 +118,7 @@ def one_run(kind: str, strategy: str, rank: int, world: int, root: str) -> dict:
     again.load_state_dict(meter.state_dict())
     resumed = (meter.measure(), again.measure(), again.history[: len(history)] == history)
     unmeasured = shard(make_model(kind), kind)
-    train(ScaledModel(unmeasured, alpha=ALPHA), kind, slice(rank, None, world), None)
+    S.train(ScaledModel(unmeasured, alpha=S.ALPHA), data(kind), slice(rank, None, world), None)
     reshard_all(net)  # at rest: FSDP's own DTensors in the modules' slots
     return {
         "history": history,
@@ -176,19 +139,23 @@ RUNS = (("mlp", "rank0"), ("mlp", "shard"), ("block", "rank0"))
 
 
 def run(rank: int, world: int, root: str) -> None:
-    run_rank(lambda out: body(rank, world, root, out), rank, world, root)
+    S.run_rank(lambda out: body(rank, world, root, out), rank, world, root)
 
 
 def body(rank: int, world: int, root: str, out: dict) -> None:
     for kind, strategy in RUNS:
         out[kind, strategy] = one_run(kind, strategy, rank, world, root)
     try:
-        lm.LazyMeter(shard(make_model("mlp"), "mlp"), probe=probes("mlp", 0)[0], distributed=None)
+        lm.LazyMeter(
+            shard(make_model("mlp"), "mlp"),
+            probe=S.rank_probes(data("mlp"), 0)[0],
+            distributed=None,
+        )
     except ValueError as e:
         out["independent"] = str(e)
     # Only rank 0 runs the model at construction; its error reaches every rank.
     bad = shard(nn.Sequential(nn.Linear(3, 2), DictOut()).double(), "mlp")
     try:
-        lm.LazyMeter(bad, probe=probes("mlp", 0)[0])
+        lm.LazyMeter(bad, probe=S.rank_probes(data("mlp"), 0)[0])
     except TypeError as e:
         out["bad_output"] = str(e)

@@ -10,65 +10,29 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import lazymeter as lm
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ddp_worker as W  # noqa: E402
+import spawned as S  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
 )
 
 
-def _single_process_reference() -> lm.LazyMeter:
-    """The same run in one process: rank 0's init and probes, full-batch GD, and rank 0's
-    shard loss as ``train_loss`` (the scalar the distributed history keeps)."""
-    X, Y, XT, YT = W.data()
-    probe, test_probe = W.probes(0)
-    meter = lm.LazyMeter(
-        W.make_model(seed=1),
-        alpha=W.ALPHA,
-        probe=probe,
-        test_probe=test_probe,
-        schedule=W.EVERY,
-        features=["1"],
-        metrics={"flaky": W.flaky(0)},
-    )
-    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(W.LR))
-    for _ in range(W.STEPS):
-        out = meter(X)
-        loss = ((out - Y) ** 2).mean()
-        rank0_loss = ((out[0::2] - Y[0::2]) ** 2).mean().item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            test = float(((meter(XT) - YT) ** 2).mean())
-        meter.step(train_loss=rank0_loss, test_loss=test)
-    return meter
-
-
-def _same(a: float, b: float, rtol: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12)
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("ddp"))
-    mp.spawn(W.run, args=(2, root), nprocs=2, join=True)
-    results = [torch.load(os.path.join(root, f"rank{r}.pt")) for r in range(2)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"rank {r} failed:\n{res['error']}"
-    return root, results
+    return root, S.spawn(W.run, root)
 
 
 @pytest.mark.parametrize("strategy", ["rank0", "shard"])
 def test_ddp_metrics_equal_a_single_process_run(ddp_results, strategy):
     _, results = ddp_results
     with pytest.warns(RuntimeWarning, match="could not measure flaky"):
-        ref = _single_process_reference()
+        ref = S.reference(W.make_model(seed=1), W.data(), features=["1"])
     for res in results:
         hist = res[strategy]["history"]
         assert [r["step"] for r in hist] == [0, 4, 8]
@@ -76,10 +40,10 @@ def test_ddp_metrics_equal_a_single_process_run(ddp_results, strategy):
         for row, want in zip(hist, ref.history, strict=True):
             assert row.keys() == want.keys()
             for k in want:
-                assert _same(row[k], want[k], 1e-9), (strategy, row["step"], k, row[k], want[k])
+                assert S.same(row[k], want[k], 1e-9), (strategy, row["step"], k, row[k], want[k])
     # Every rank holds the very same rows (rank 0's), bit for bit.
     h0, h1 = (res[strategy]["history"] for res in results)
-    assert all(all(_same(a[k], b[k], 0.0) for k in a) for a, b in zip(h0, h1, strict=True))
+    assert all(all(S.same(a[k], b[k], 0.0) for k in a) for a, b in zip(h0, h1, strict=True))
     assert "ntk_drift" in ref.history[-1] and ref.history[-1]["ntk_drift"] > 0
     # Rank 0's user metric failed at step 4: NaN there on every rank, and training went on.
     assert [math.isnan(r["flaky"]) for r in h0] == [False, True, False]
@@ -97,7 +61,7 @@ def test_ddp_strategies_split_the_kernel_work_as_documented(ddp_results):
 def test_ddp_snapshot_and_probes_are_rank_zeros_on_every_rank(ddp_results, strategy):
     _, results = ddp_results
     init0 = dict(W.make_model(seed=1).named_parameters())
-    probe0 = W.probes(0)[0][0]
+    probe0 = W.data()[0]
     for res in results:
         snap = res[strategy]["snapshot"]
         for name, p in init0.items():

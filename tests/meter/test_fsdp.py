@@ -10,65 +10,30 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import lazymeter as lm
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fsdp_worker as W  # noqa: E402
+import spawned as S  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
 )
 
 
-def _single_process_reference(kind: str) -> lm.LazyMeter:
-    """The same run, unsharded, in one process: full-batch GD, rank 0's probes, and rank
-    0's half-batch loss as ``train_loss`` (the scalar the distributed history keeps)."""
-    X, Y, XT, YT = W.data(kind)
-    probe, test_probe = W.probes(kind, 0)
-    meter = lm.LazyMeter(
-        W.make_model(kind),
-        alpha=W.ALPHA,
-        probe=probe,
-        test_probe=test_probe,
-        schedule=W.EVERY,
-        metrics={"flaky": W.flaky(0)},
-    )
-    opt = torch.optim.SGD(meter.parameters(), lr=W.LR / W.ALPHA**2)
-    for _ in range(W.STEPS):
-        out = meter(X)
-        loss = ((out - Y) ** 2).mean()
-        rank0_loss = ((out[0::2] - Y[0::2]) ** 2).mean().item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            test = float(((meter(XT) - YT) ** 2).mean())
-        meter.step(train_loss=rank0_loss, test_loss=test)
-    return meter
-
-
-def _same(a: float, b: float, rtol: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12)
-
-
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("fsdp"))
-    mp.spawn(W.run, args=(2, root), nprocs=2, join=True)
-    results = [torch.load(os.path.join(root, f"rank{r}.pt")) for r in range(2)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"rank {r} failed:\n{res['error']}"
-    return root, results
+    return root, S.spawn(W.run, root)
 
 
 @pytest.mark.parametrize("kind, strategy", W.RUNS)
 def test_fsdp_metrics_equal_a_single_process_run(fsdp_results, kind, strategy):
     _, results = fsdp_results
     with pytest.warns(RuntimeWarning, match="could not measure flaky"):
-        ref = _single_process_reference(kind)
+        ref = S.reference(W.make_model(kind), W.data(kind))
     assert "ntk_drift" in ref.history[-1] and ref.history[-1]["ntk_drift"] > 0.01
     for res in results:
         hist = res[kind, strategy]["history"]
@@ -76,10 +41,10 @@ def test_fsdp_metrics_equal_a_single_process_run(fsdp_results, kind, strategy):
         for row, want in zip(hist, ref.history, strict=True):
             assert row.keys() == want.keys()
             for k in want:
-                assert _same(row[k], want[k], 1e-9), (kind, row["step"], k, row[k], want[k])
+                assert S.same(row[k], want[k], 1e-9), (kind, row["step"], k, row[k], want[k])
     # Every rank holds rank 0's rows bit for bit; rank 0's metric failed at step 4 only.
     h0, h1 = (res[kind, strategy]["history"] for res in results)
-    assert all(all(_same(a[k], b[k], 0.0) for k in a) for a, b in zip(h0, h1, strict=True))
+    assert all(all(S.same(a[k], b[k], 0.0) for k in a) for a, b in zip(h0, h1, strict=True))
     assert [math.isnan(r["flaky"]) for r in h0] == [False, True, False]
     assert results[0][kind, strategy]["ntk_engine"] == ref.ntk_engine
 
@@ -95,7 +60,7 @@ def test_fsdp_parameters_stay_sharded_and_training_is_unchanged_by_measuring(
         assert run["dtensors"]  # the parameters and the meter's snapshot stay sharded
         for name, p in run["params"].items():
             assert torch.equal(p, run["unmeasured_params"][name]), name
-        assert torch.equal(run["probe_x"], W.probes(kind, 0)[0][0])  # rank 0's probe
+        assert torch.equal(run["probe_x"], W.data(kind)[0])  # rank 0's probe
     # The trained model moved away from its initialisation (the check above has teeth).
     init = dict(W.make_model(kind).named_parameters())
     run = results[0][kind, strategy]
@@ -125,7 +90,7 @@ def test_fsdp_meter_resumes_from_its_state_dict(fsdp_results, kind, strategy):
         assert row.keys() == resumed_row.keys()
         assert "ntk_drift" in row
         for k in row.keys() - {"flaky"}:  # the user metric counts its own calls
-            assert _same(row[k], resumed_row[k], 1e-12), k
+            assert S.same(row[k], resumed_row[k], 1e-12), k
 
 
 @pytest.mark.parametrize("kind, strategy", W.RUNS)
