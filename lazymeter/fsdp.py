@@ -189,7 +189,6 @@ def full_model(
             if keep:
                 snap_slots.append((name, t, g))
     if not keep:
-        full.clear()
         yield
         return
     try:

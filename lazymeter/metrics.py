@@ -71,7 +71,15 @@ def _labels(y: object, P: int, name: str) -> Tensor:
 
 def _exponent(*xs: Tensor) -> int:
     """``e`` with ``max |x| < 2^e`` over all ``xs`` (0 if all are zero or empty)."""
-    m = max((float(x.abs().max()) for x in xs if x.numel()), default=0.0)
+
+    def largest(x: Tensor) -> float:  # an inf-norm reduces without an |x| temporary
+        return float(
+            torch.linalg.vector_norm(x, math.inf)
+            if x.is_floating_point()
+            else x.double().abs().max()
+        )
+
+    m = max((largest(x) for x in xs if x.numel()), default=0.0)
     return math.frexp(m)[1] if m > 0 else 0
 
 
@@ -497,20 +505,6 @@ def _entries(tensors: Iterable[Tensor], name: str) -> list[Tensor]:
     return out
 
 
-def _max_exponent(tensors: Iterable[Tensor]) -> int:
-    """``e`` with ``max |x| < 2^e`` over every entry of ``tensors`` (0 if all are zero)."""
-
-    def largest(t: Tensor) -> float:  # an inf-norm reduces without an |t| temporary
-        return float(
-            torch.linalg.vector_norm(t, math.inf)
-            if t.is_floating_point()
-            else t.double().abs().max()
-        )
-
-    m = max((largest(t) for t in tensors if t.numel()), default=0.0)
-    return math.frexp(m)[1] if m > 0 else 0
-
-
 def _scaled_norm(tensors: Iterable[Tensor], e: int, minus: Iterable[Tensor] | None = None) -> float:
     """``||(x - y) * 2^-e||`` over all entries (``y = 0`` without ``minus``), in float64, one
     tensor at a time (exact power-of-two scaling first, so no square overflows)."""
@@ -553,7 +547,7 @@ def parameter_movement(theta: Params, theta0: Params) -> float:
         raise ValueError(f"theta: has {na} entries but theta0 has {nb}; they must match")
     if na == 0:
         raise ValueError("theta: has no (trainable) entries; pass a model with parameters")
-    e = _max_exponent(a + b)
+    e = _exponent(*a, *b)
     den = _scaled_norm(b, e)
     if den == 0.0:
         raise ValueError(
@@ -572,7 +566,7 @@ def weight_norm(theta: Params) -> float:
     if isinstance(theta, nn.Module):
         named = {k: v for k, v in named.items() if v.requires_grad}
     xs = _entries(named.values(), "theta")
-    e = _max_exponent(xs)
+    e = _exponent(*xs)
     norm = _times_pow2(torch.tensor(_scaled_norm(xs, e), dtype=torch.float64), e)
     return _finite(norm, "theta: the norm overflows float64")
 
