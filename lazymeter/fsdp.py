@@ -147,10 +147,15 @@ def _is_fsdp_hook(hook: Any) -> bool:
 _GATHERED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
+def gathered(model: nn.Module) -> bool:
+    """Whether ``model`` is inside a :func:`full_model` block that keeps it on this rank."""
+    return model in _GATHERED
+
+
 def needs_gather(model: nn.Module) -> bool:
     """Whether ``model`` is sharded with ``fully_shard`` and not inside :func:`full_model`
     (so a kernel of it must gather first)."""
-    return isinstance(model, nn.Module) and model not in _GATHERED and is_fsdp(model)
+    return isinstance(model, nn.Module) and not gathered(model) and is_fsdp(model)
 
 
 @contextlib.contextmanager

@@ -495,7 +495,7 @@ class LazyMeter(ScaledModel):
         this model) and, for ``"structured"``, ``coverage`` (the fraction of trainable
         entries its rules compute on the probe). Also in ``log_dir/meta.json`` and the
         TensorBoard text tab."""
-        if self._fsdp and not self._full and self._engine_info is not None:
+        if self._sharded and self._engine_info is not None:
             return dict(self._engine_info)  # found on the gathered model at construction
         outputs = self.ntk_kwargs["outputs"]
         info: dict[str, Any] = {"method": self.ntk_kwargs["method"], "engine": None}

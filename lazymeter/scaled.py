@@ -90,12 +90,17 @@ class ScaledModel(nn.Module):
         self._dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         self.snapshot = Snapshot(net)  # under fully_shard: DTensors, sharded as the model
         self._fsdp = fsdp.is_fsdp(net)
-        self._full = False  # inside full_model(): plain full parameters, FSDP hooks off
 
     @property
     def net(self) -> nn.Module:
         """The user's model without a ``DistributedDataParallel`` wrapper: what is measured."""
         return unwrap(self.model)
+
+    @property
+    def _sharded(self) -> bool:
+        """Whether the parameters are ``fully_shard`` shards now (not inside
+        :meth:`full_model` on a rank that keeps the full model)."""
+        return self._fsdp and not fsdp.gathered(self.net)
 
     def _device(self) -> torch.device:
         for t in self.net.parameters():
@@ -160,7 +165,7 @@ class ScaledModel(nn.Module):
                 if k == key and len(refs) == len(args) and all(map(operator.is_, refs, args)):
                     return out0
         with torch.no_grad():
-            if self._fsdp and not self._full:  # every rank, its own batch: FSDP's forward
+            if self._sharded:  # every rank, its own batch: FSDP's forward
                 out0 = fsdp.call_at_snapshot(self.net, self.snapshot.as_dict(), args, kwargs)
             else:
                 out0 = call_with(self.net, self.snapshot.as_dict(), args, kwargs)
@@ -175,7 +180,7 @@ class ScaledModel(nn.Module):
         every floating-point tensor of the (reduced) output; other leaves pass through."""
         # Under fully_shard the initial model's forward reshards every module, which must not
         # happen between a forward and its backward: it runs first there.
-        early = self.center and self._fsdp and not self._full
+        early = self.center and self._sharded
         out0 = self.initial_output(*args, **kwargs) if early else None
         out = self._reduce(self.model(*args, **kwargs))
         if self.center and not early:
@@ -238,15 +243,11 @@ class ScaledModel(nn.Module):
         """Under ``fully_shard``: a collective (every rank must enter it) after which, with
         ``keep``, this rank's model and snapshot hold plain full tensors for the block
         (:func:`lazymeter.fsdp.full_model`); a no-op for an unsharded model."""
-        if not self._fsdp or self._full:
+        if not self._sharded:
             yield
             return
         with fsdp.full_model(self.net, keep, self.snapshot):
-            self._full, self._cache = keep, []
-            try:
-                yield
-            finally:
-                self._full, self._cache = False, []
+            yield
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
