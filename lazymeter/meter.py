@@ -320,6 +320,7 @@ class LazyMeter(ScaledModel):
     # ------------------------------------------------------------------ measurements
     def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
         net, kw = self.net, {"output_fn": self.output_fn, **self.ntk_kwargs}
+        kw["measure_mode"] = self.measure_mode
         sharded = self._dist is not None and self._dist.strategy == "shard"
         if isinstance(kw["outputs"], Sketch) and not sharded:
             kw.pop("outputs")

@@ -20,10 +20,7 @@ from torch.utils._pytree import tree_map
 
 from . import fsdp
 from .distributed import unwrap
-from .ntk.functional import call_with, deterministic
-
-#: ``measure_mode`` values (see :class:`ScaledModel`).
-MEASURE_MODES = ("eval", "as_is")
+from .ntk.functional import call_with, check_measure_mode, deterministic, replayed_rng, rng_state
 
 
 class Snapshot(nn.Module):
@@ -67,9 +64,7 @@ class ScaledModel(nn.Module):
         measure_mode: str = "eval",
     ) -> None:
         super().__init__()
-        if measure_mode not in MEASURE_MODES:
-            raise ValueError(f"measure_mode: expected one of {MEASURE_MODES}, got {measure_mode!r}")
-        self.measure_mode = measure_mode
+        self.measure_mode = check_measure_mode(measure_mode)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
@@ -181,10 +176,13 @@ class ScaledModel(nn.Module):
         # Under fully_shard the initial model's forward reshards every module, which must not
         # happen between a forward and its backward: it runs first there.
         early = self.center and self._sharded
-        out0 = self.initial_output(*args, **kwargs) if early else None
+        # In train mode f0 replays the random numbers f draws (the same dropout masks, so
+        # that f - f0 is 0 at initialisation) and the run's RNG advances as by f alone.
+        state = rng_state(self._device()) if self.center and self.model.training else None
+        out0 = self._f0(state, args, kwargs) if early else None
         out = self._reduce(self.model(*args, **kwargs))
         if self.center and not early:
-            out0 = self.initial_output(*args, **kwargs)
+            out0 = self._f0(state, args, kwargs)
         a = self.alpha
         if isinstance(out, Tensor) and out.is_floating_point():  # the common case, kept lean
             if out0 is not None:
@@ -197,6 +195,12 @@ class ScaledModel(nn.Module):
             return a * (t - t0) if t0 is not None else a * t
 
         return tree_map(scale, out) if out0 is None else tree_map(scale, out, out0)
+
+    def _f0(self, state: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if state is None:
+            return self.initial_output(*args, **kwargs)
+        with replayed_rng(state, self._device()):
+            return self.initial_output(*args, **kwargs)
 
     def check_structure(self) -> None:
         """A ``ValueError`` naming the first trainable parameter whose name or shape no

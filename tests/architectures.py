@@ -262,3 +262,68 @@ INTEGRITY_ARCHITECTURES = {
     "decoder": decoder,
     "raw_parameters": raw_parameters,
 }
+
+
+class Counted(nn.Module):
+    """An MLP whose forward updates buffers: a call counter on every call (its output depends
+    on it), and a running input mean only in train mode (not BatchNorm). Built in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.register_buffer("calls", torch.tensor(5.0))
+        self.register_buffer("running", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.training:
+            # Rebinding (not in place): a batched value cannot be written into a buffer
+            # under vmap; the engines' forwards still see and drop the new value.
+            self.running = 0.9 * self.running + 0.1 * x.detach().mean(0)
+        scale = 1 + 0.01 * torch.tanh(self.calls / 10)
+        return self.fc2(torch.tanh(self.fc1(x - self.running))) * scale
+
+
+class HookAttributes(nn.Module):
+    """Forward hooks that leave a new tensor attribute (the last activation) and a number
+    (a call count) on their modules; dropout active in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 2)
+
+        def keep(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            mod.last_out = out.detach()
+            mod.seen = getattr(mod, "seen", 0) + 1
+
+        self.fc1.register_forward_hook(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(torch.tanh(self.fc1(x))))
+
+
+def counted():
+    torch.manual_seed(12)
+    return Counted().double(), torch.randn(5, 4).double(), torch.randn(3, 4).double(), None
+
+
+def hook_attributes():
+    torch.manual_seed(13)
+    return HookAttributes().double(), torch.randn(5, 4).double(), torch.randn(3, 4).double(), None
+
+
+def dropout_train():
+    """A train-mode MLP with dropout (a user's model as it trains)."""
+    torch.manual_seed(14)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2))
+    return m.double(), torch.randn(5, 4).double(), torch.randn(3, 4).double(), None
+
+
+#: Models whose forward changes their own state or draws random numbers (train mode): every
+#: public call must leave them exactly as they were (forwards see copies of the buffers,
+#: the RNG is forked, measurements run in eval mode).
+STATEFUL_ARCHITECTURES = {
+    "counted": counted,
+    "hook_attributes": hook_attributes,
+    "dropout_train": dropout_train,
+}

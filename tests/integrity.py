@@ -42,13 +42,18 @@ class ModelState:
             (n, k, v)
             for n, m in model.named_modules()
             for k, v in vars(m).items()
-            if isinstance(v, torch.Tensor)
+            if isinstance(v, (torch.Tensor, int, float))
         ]
         self.threads = torch.get_num_threads()
+        self.rng = torch.get_rng_state()
+        self.autocast = torch.is_autocast_enabled("cpu")
 
-    def assert_same(self, attributes: bool = True) -> None:
+    def assert_same(self, attributes: bool = True, own_forward: bool = False) -> None:
         """``attributes=False`` after the model's own training forward, which may set
-        tensor attributes (weight_norm's hook) as any forward of the user's would."""
+        tensor attributes (weight_norm's hook) as any forward of the user's would;
+        ``own_forward=True`` after a call that runs the user's forward (``meter(x)``),
+        which may update buffers, set attributes and draw dropout masks as it would alone."""
+        attributes = attributes and not own_forward
         now = ModelState(self.model)
         assert [n for n, *_ in now.params] == [n for n, *_ in self.params], "parameter names"
         for (n, p, kind, rg, v, g), (_, p2, kind2, rg2, v2, g2) in zip(
@@ -61,16 +66,22 @@ class ModelState:
             assert g is None or torch.equal(g, g2), f"{n}: .grad changed"
         assert [n for n, *_ in now.buffers] == [n for n, *_ in self.buffers], "buffer names"
         for (n, b, v), (_, b2, v2) in zip(self.buffers, now.buffers, strict=True):
-            assert b2 is b, f"buffer {n}: replaced"
-            assert torch.equal(v2, v), f"buffer {n}: values changed"
+            assert b2 is b or own_forward, f"buffer {n}: replaced"
+            assert torch.equal(v2, v) or own_forward, f"buffer {n}: values changed"
         for (n, m, tr, hooks), (_, m2, tr2, hooks2) in zip(self.modules, now.modules, strict=True):
             assert m2 is m, f"module {n!r}: replaced"
             assert tr2 == tr, f"module {n!r}: training flag changed"
             assert hooks2 == hooks, f"module {n!r}: hooks changed"
-        assert [(n, k) for n, k, _ in now.attrs] == [(n, k) for n, k, _ in self.attrs]
+        if own_forward:
+            return
+        names = [(n, k) for n, k, _ in now.attrs]
+        assert names == [(n, k) for n, k, _ in self.attrs], "attributes added or removed"
         for (n, k, v), (_, _, v2) in zip(self.attrs, now.attrs, strict=True):
-            assert v2 is v or not attributes, f"module {n!r}: tensor attribute {k!r} replaced"
+            same = v2 is v if isinstance(v, torch.Tensor) else v2 == v
+            assert same or not attributes, f"module {n!r}: attribute {k!r} replaced"
         assert now.threads == self.threads, "torch.get_num_threads() changed"
+        assert torch.equal(now.rng, self.rng), "the global RNG advanced"
+        assert now.autocast == self.autocast, "autocast switched"
 
 
 def trains_every_used_parameter(model: nn.Module, opt: torch.optim.Optimizer, x, output_fn=None):

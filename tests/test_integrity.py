@@ -6,27 +6,37 @@ from __future__ import annotations
 
 import pytest
 import torch
-from architectures import INTEGRITY_ARCHITECTURES, naive_ntk
+from architectures import INTEGRITY_ARCHITECTURES, STATEFUL_ARCHITECTURES, naive_ntk
 from integrity import ModelState, trains_every_used_parameter
 
 import lazymeter as lm
 from lazymeter.ntk import coverage, select_method
+from lazymeter.ntk.functional import call_with
 
-ARCHS = sorted(INTEGRITY_ARCHITECTURES)
+ZOO = {**INTEGRITY_ARCHITECTURES, **STATEFUL_ARCHITECTURES}
+ARCHS = sorted(ZOO)
 #: (architecture, call) pairs that must fail, each with a clear error: no forward-mode AD
 #: for torch._weight_norm, which the NTK-vector engine needs.
 EXPECTED_ERRORS = {
     ("weight_norm_parametrized", "ntk[ntvp]"): "forward-mode AD",
     ("weight_norm_hook", "ntk[ntvp]"): "forward-mode AD",
+    ("weight_norm_parametrized", "ntk_alignment[matrix_free]"): "method: 'matrix_free' needs",
+    ("weight_norm_hook", "ntk_alignment[matrix_free]"): "method: 'matrix_free' needs",
 }
 
 
 def public_calls(model, x1, x2, output_fn, tmp_path):
     """``(name, thunk)`` for every public call that takes the model."""
-    out = model(x1)
+    with torch.random.fork_rng(), torch.no_grad():  # a shape, not a step of the model's
+        state = {k: b.clone() for k, b in model.named_buffers()}
+        out = call_with(model, state, (x1,))
     out = output_fn(out) if output_fn else out
-    y = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y2 = torch.randn((x2.shape[0], *out.shape[1:]), dtype=torch.float64)
+    # Probes of >= 5 points (unbiased alignment with its standard error needs 5).
+    px, tx = torch.cat([x1, x2]), torch.cat([x2, x1[:2]])
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn((px.shape[0], *out.shape[1:]), dtype=torch.float64, generator=g)
+    y2 = torch.randn((tx.shape[0], *out.shape[1:]), dtype=torch.float64, generator=g)
+    yv = torch.randn(px.shape[0], dtype=torch.float64, generator=g)
     kw = {"output_fn": output_fn}
     calls = [
         (f"ntk[{m}]", lambda m=m: lm.empirical_ntk(model, x1, x2, method=m, **kw))
@@ -41,6 +51,14 @@ def public_calls(model, x1, x2, output_fn, tmp_path):
         ("select_method", lambda: select_method(model, x1, **kw)),
         ("coverage", lambda: coverage(model)),
         ("coverage[x]", lambda: coverage(model, x1, **kw)),
+        ("explain", lambda: lm.ntk.explain(model, x1, **kw)),
+        ("ntk_alignment", lambda: lm.ntk_alignment(model, px, yv, method="dense", estimator="biased", **kw)),
+        (
+            "ntk_alignment[matrix_free]",
+            lambda: lm.ntk_alignment(
+                model, px, yv, method="matrix_free", estimator="biased", rows=5, **kw
+            ),
+        ),
     ]
     state: dict = {}
 
@@ -48,8 +66,8 @@ def public_calls(model, x1, x2, output_fn, tmp_path):
         state["meter"] = lm.LazyMeter(
             model,
             alpha=3.0,
-            probe=(x1, y),
-            test_probe=(x2, y2),
+            probe=(px, y),
+            test_probe=(tx, y2),
             schedule=1,
             log_dir=tmp_path / "run",
             linearized=True,
@@ -77,7 +95,7 @@ def public_calls(model, x1, x2, output_fn, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_public_call_changes_the_model(arch, tmp_path):
-    model, x1, x2, output_fn = INTEGRITY_ARCHITECTURES[arch]()
+    model, x1, x2, output_fn = ZOO[arch]()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)  # built before any lazymeter call
     for name, call in public_calls(model, x1, x2, output_fn, tmp_path):
         before = ModelState(model)
@@ -87,20 +105,28 @@ def test_no_public_call_changes_the_model(arch, tmp_path):
         else:
             with pytest.raises(Exception, match=expected):
                 call()
-        before.assert_same(attributes=name != "meter(x)")  # that one is the user's forward
+        before.assert_same(own_forward=name == "meter(x)")  # that one runs the user's forward
     trains_every_used_parameter(model, opt, x1, output_fn)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_with_interleaved_calls_is_bit_identical(arch, tmp_path):
-    (a, x1, x2, output_fn), (b, *_) = (INTEGRITY_ARCHITECTURES[arch]() for _ in range(2))
+    (a, x1, x2, output_fn), (b, *_) = (ZOO[arch]() for _ in range(2))
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (a, b)]
     calls = public_calls(a, x1, x2, output_fn, tmp_path)
     for step in range(2):
+        start = torch.get_rng_state()
         for name, call in calls:
             if (arch, name) not in EXPECTED_ERRORS and (step == 0 or name != "LazyMeter()"):
                 call()
+        after_calls = torch.get_rng_state()
+        torch.set_rng_state(start)
+        with torch.no_grad():  # b runs what the calls ran of the user's own: meter(x)'s forward
+            b(x1)
+        # The calls drew from the RNG exactly what the user's forward draws alone.
+        assert torch.equal(torch.get_rng_state(), after_calls), "lazymeter advanced the RNG"
         for m, opt in zip((a, b), opts, strict=True):
+            torch.set_rng_state(after_calls)  # the same dropout masks for both
             opt.zero_grad()
             out = m(x1)
             ((output_fn(out) if output_fn else out) ** 2).sum().backward()

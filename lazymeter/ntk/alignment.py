@@ -149,7 +149,15 @@ def ntk_alignment(
             model, xs, output_fn=output_fn, dtype=dtype, memory_budget=memory_budget
         )
         g = torch.Generator().manual_seed(seed)
-        t2, t2_se, K1, d, quad = _matrix_free_terms(op, kernel, Y, rows, g)
+        try:
+            t2, t2_se, K1, d, quad = _matrix_free_terms(op, kernel, Y, rows, g)
+        except NotImplementedError as e:  # torch's words name the op, not the way out
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(
+                f"method: 'matrix_free' needs forward-mode AD (torch.func.jvp) for every "
+                f"operation of the model, and one has none ({first}); pass method='dense' "
+                f"(exact, a P x P kernel; up to max_dense={max_dense} points by default)"
+            ) from None
         value = _alignment(t2, K1, d, quad, Y, estimator, centering)
         if not math.isfinite(value):
             raise ValueError(

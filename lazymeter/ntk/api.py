@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,7 +12,7 @@ from torch import Tensor, nn
 
 from .cache import CACHE
 from .engines import ENGINES, as_engine, choose_engine, ranked_engines
-from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, no_autocast, num_samples
+from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, measured, num_samples
 from .groups import group_names
 
 logger = logging.getLogger("lazymeter")
@@ -84,20 +82,7 @@ def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ..
     return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in xs)
 
 
-def _autocast_off(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn(model, ...)`` with autocast switched off on the model's device: a kernel
-    inside a user's autocast region would otherwise silently be bfloat16/float16."""
-
-    @functools.wraps(fn)
-    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        params = model.parameters() if isinstance(model, nn.Module) else iter(())
-        device = next((p.device for p in params), torch.device("cpu"))
-        with no_autocast(device):
-            return fn(model, *args, **kwargs)
-
-    return wrapper
-
-
+@measured
 def select_method(
     model: nn.Module,
     x1: Any,
@@ -118,7 +103,7 @@ def select_method(
     return choose_method(fm, xs1, n2, fm.num_outputs(xs1), trace_outputs)
 
 
-@_autocast_off
+@measured
 def empirical_ntk(
     model: nn.Module,
     x1: Any,
@@ -132,6 +117,7 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     outputs: Any = "all",
     per_layer: bool = False,
+    measure_mode: str = "eval",
 ) -> Tensor | dict[str, Tensor]:
     """Empirical neural tangent kernel of ``model`` between two input sets.
 
@@ -141,8 +127,9 @@ def empirical_ntk(
     ``K[i, j, o, q] = <J_o(x1_i), J_q(x2_j)>``.
 
     Args:
-        model: any ``nn.Module``; used in its current mode with its buffers as
-            they are (nothing is updated). Frozen parameters are constants.
+        model: any ``nn.Module``; measured as the meter measures it (``measure_mode``),
+            with its buffers as they are (nothing is updated: forwards see copies).
+            Frozen parameters are constants.
         x1: ``[P1, ...]`` inputs (a Tensor, or a tuple of Tensors sharing dim 0;
             integer token ids are fine).
         x2: ``[P2, ...]`` inputs, or None for the symmetric kernel of ``x1``
@@ -181,6 +168,14 @@ def empirical_ntk(
             separately (the NTK engines guide says which does which). Exact outputs only
             (``outputs="all"``).
 
+        measure_mode: ``"eval"`` (default: every module in eval mode for the call, so no
+            dropout of any kind and BatchNorm on its running statistics) or ``"as_is"``
+            (the model's own modes, ``nn.Dropout`` modules off; a train-mode BatchNorm is
+            then a ``ValueError``: it has no per-sample NTK). Either way the global RNG is
+            forked (left as it was), autocast is off and every flag is restored: two calls
+            on the same model return the same kernel. Inside a meter's measurement the
+            meter's mode holds.
+
     Returns:
         ``K`` on the model's device, in ``dtype`` (see above); a dict of them with
         ``per_layer=True``.
@@ -197,7 +192,7 @@ def empirical_ntk(
             return empirical_ntk(
                 model, x1, x2, output_fn=output_fn, method=method, trace_outputs=trace_outputs,
                 chunk_size=chunk_size, memory_budget=memory_budget, dtype=dtype,
-                outputs=outputs, per_layer=per_layer,
+                outputs=outputs, per_layer=per_layer, measure_mode=measure_mode,
             )  # fmt: skip
     if not isinstance(per_layer, bool):
         raise TypeError(f"per_layer: expected True or False, got {per_layer!r}")

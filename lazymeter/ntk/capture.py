@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .forms import Form
-from .functional import FunctionalModel, num_samples, tensor_attributes_kept
+from .functional import FunctionalModel, call_with, num_samples
 from .registry import find_rule
 
 #: How output gradients for ``O`` outputs are obtained: "replicate" runs one forward and
@@ -91,8 +91,8 @@ def capture(
 
         handles.append(m.register_forward_hook(hook))
     try:
-        with torch.enable_grad(), tensor_attributes_kept(model):
-            out = fm.model(*xs)
+        with torch.enable_grad():  # on copies of the buffers: a forward never updates them
+            out = call_with(fm.model, {}, xs)
             out = fm.output_fn(out) if fm.output_fn is not None else out
             out = out.reshape(out.shape[0], -1)
     finally:

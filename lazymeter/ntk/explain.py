@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .functional import FunctionalModel, OutputFn, as_inputs
+from .functional import FunctionalModel, OutputFn, as_inputs, measured
 from .registry import declined, find_rule
 from .routing import param_slots, probe, route_details, ruled_params
 
@@ -146,6 +146,7 @@ def _why_generic(model: nn.Module, m: nn.Module, p: Any, slots: dict) -> str:
     return "no rule computes it on these inputs"
 
 
+@measured
 def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> Explanation:
     """Each trainable parameter's route through the structured engine on inputs like ``x``.
 

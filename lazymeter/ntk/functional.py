@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -58,24 +59,39 @@ def call_with(
     tensor, under any module that holds it (aliased submodules, tied weights), sees the
     new value; parametrisations and weight-norm hooks compute from it as usual. Each
     slot is restored to its own original object afterwards, and tensor attributes that
-    forward hooks set on modules get their previous values back
-    (:func:`tensor_attributes_kept`), so the model is left exactly as it was found.
+    forward hooks set on modules get their previous values back (new ones are removed;
+    :func:`tensor_attributes_kept`), so the model is left exactly as it was found.
+
+    Buffers are never written: the forward sees a fresh copy of every buffer (the given
+    value, or the model's own), so a forward that updates a buffer (BatchNorm's running
+    statistics in train mode, a step counter, a cache) changes only the copy. The given
+    tensors and the model's buffers hold the same values after the call, and every call
+    sees the same ones. The copies cost the buffers' size once per call.
     """
     maps = [tensors] if isinstance(tensors, Mapping) else list(tensors)
     by_id: dict[int, Tensor] = {}
     for mapping in maps:
         for name, value in mapping.items():
             by_id[id(_resolve(model, name))] = value
+    copies: dict[int, Tensor] = {}  # one copy per buffer object, shared by its aliases
     saved: list[tuple[dict, str, Any]] = []
+    swap: list[Tensor] = []
     for m in model.modules():
-        for slots in (m._parameters, m._buffers):
+        for slots, is_buffer in ((m._parameters, False), (m._buffers, True)):
             for local, t in slots.items():
-                if t is not None and id(t) in by_id:
-                    saved.append((slots, local, t))
+                if t is None or (not is_buffer and id(t) not in by_id):
+                    continue
+                value = by_id.get(id(t), t)
+                if is_buffer:
+                    if id(t) not in copies:
+                        copies[id(t)] = value.detach().clone()
+                    value = copies[id(t)]
+                saved.append((slots, local, t))
+                swap.append(value)
     with tensor_attributes_kept(model):
         try:
-            for slots, local, t in saved:
-                slots[local] = by_id[id(t)]
+            for (slots, local, _), value in zip(saved, swap, strict=True):
+                slots[local] = value
             return model(*args, **(kwargs or {}))
         finally:
             for slots, local, t in reversed(saved):
@@ -91,15 +107,59 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
+def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The global CPU RNG state and, on a CUDA device, that device's: what a forward on
+    ``device`` draws its dropout masks from."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def replayed_rng(state: tuple[Tensor, Tensor | None], device: torch.device) -> Iterator[None]:
+    """Run a block from the RNG ``state`` (:func:`rng_state`), then put the RNG back where
+    it was: a second forward inside draws the same dropout masks as the first one drawn
+    from ``state``, and the run's random stream is as if only the first had run."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+#: ``id()`` of the models inside a :func:`deterministic` block now: a nested block (a
+#: public call made by the meter while it measures) keeps the outer block's mode.
+_MEASURING: set[int] = set()
+
+#: ``measure_mode`` values: see :func:`deterministic`.
+MEASURE_MODES = ("eval", "as_is")
+
+
+def check_measure_mode(mode: Any) -> str:
+    if mode not in MEASURE_MODES:
+        raise ValueError(f"measure_mode: expected one of {MEASURE_MODES}, got {mode!r}")
+    return mode
+
+
 @contextlib.contextmanager
 def deterministic(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     """Measure ``model`` deterministically: the RNG forked, autocast off, and every module in
     eval mode (``mode="eval"``: no dropout of any kind, BatchNorm on its running statistics)
     or only its ``nn.Dropout`` modules switched off (``mode="as_is"``); every module's
-    training flag is restored after."""
+    training flag is restored after. Every public call that runs the model for a number
+    (kernels, alignment, coverage, the meter's measurements) runs inside one; inside an
+    enclosing block for the same model (the meter measuring) the outer mode holds.
+
+    The forwards themselves run through :func:`call_with`, which gives them copies of the
+    buffers, so a forward that updates a buffer changes nothing of the model's."""
+    check_measure_mode(mode)
+    if id(model) in _MEASURING:
+        yield
+        return
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
     devices = [device] if device.type == "cuda" else []
     modes = [(m, m.training) for m in model.modules()]
+    _MEASURING.add(id(model))
     try:
         with torch.random.fork_rng(devices=devices), no_autocast(device):
             for m, _ in modes:
@@ -107,26 +167,46 @@ def deterministic(model: nn.Module, mode: str = "eval") -> Iterator[None]:
                     m.training = False
             yield
     finally:
+        _MEASURING.discard(id(model))
         for m, training in modes:
             m.training = training
 
 
+def measured(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the public call ``fn(model, ...)`` inside :func:`deterministic` (its
+    ``measure_mode`` keyword when it has one, else ``"eval"``)."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(model, nn.Module):
+            return fn(model, *args, **kwargs)  # fn's own type check names the argument
+        with deterministic(model, kwargs.get("measure_mode", "eval")):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
+#: Attribute values a forward may leave on a module (a cached tensor, a call counter) that
+#: :func:`tensor_attributes_kept` puts back; other objects (hooks, FSDP's state) are left.
+_KEPT = (Tensor, int, float, complex)
+
+
 @contextlib.contextmanager
 def tensor_attributes_kept(model: nn.Module) -> Iterator[None]:
-    """Run a forward that must not leave traces in ``model``: tensor attributes that hooks
-    set on modules during it (``weight`` under ``torch.nn.utils.weight_norm``, a cached
-    attention map) get their previous values back afterwards."""
-    attrs = [
-        (m.__dict__, k, v)
-        for m in model.modules()
-        for k, v in m.__dict__.items()
-        if isinstance(v, Tensor)
-    ]
+    """Run a forward that must not leave traces in ``model``: tensor (and number)
+    attributes that the forward or its hooks set on modules (``weight`` under
+    ``torch.nn.utils.weight_norm``, a cached attention map, a call counter) get their
+    previous values back afterwards, and ones that did not exist before are removed."""
+    modules = list(model.modules())
+    attrs = [{k: v for k, v in m.__dict__.items() if isinstance(v, _KEPT)} for m in modules]
     try:
         yield
     finally:
-        for d, k, v in attrs:
-            d[k] = v
+        for m, before in zip(modules, attrs, strict=True):
+            d = m.__dict__
+            for k in [k for k, v in d.items() if isinstance(v, _KEPT) and k not in before]:
+                del d[k]
+            d.update(before)
 
 
 def as_inputs(x: Any, name: str, device: torch.device | None = None) -> tuple[Tensor, ...]:

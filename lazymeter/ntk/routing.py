@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .cache import CACHE
 from .capture import capture
 from .forms import Form, parts, predicted_grad
-from .functional import FunctionalModel, OutputFn, as_inputs, num_samples, slice_inputs
+from .functional import FunctionalModel, OutputFn, as_inputs, measured, num_samples, slice_inputs
 from .ops import OP_RULES
 from .ops.capture import capture_ops
 from .registry import Rule, declined, find_rule
@@ -269,6 +269,7 @@ def probe(xs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return slice_inputs(xs, 0, min(2, num_samples(xs)))
 
 
+@measured
 def coverage(model: nn.Module, x: Any = None, *, output_fn: OutputFn | None = None) -> float:
     """Fraction of trainable parameter entries whose NTK the rules compute.
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .cache import CACHE
-from .functional import FunctionalModel, OutputFn, as_inputs
+from .functional import FunctionalModel, OutputFn, as_inputs, measured
 
 KINDS = ("rademacher", "gaussian")
 
@@ -118,6 +118,7 @@ def projections(
     return table[key]
 
 
+@measured
 def sketched_ntk(
     model: nn.Module,
     x1: Any,
