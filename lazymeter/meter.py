@@ -11,6 +11,7 @@ Measurements never change the model's parameters, gradients, mode or the global 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -36,6 +37,22 @@ from .sinks import RunLog, Sink, scalar_values
 from .validation import int_at_least
 
 _STATE_VERSION = 2
+#: The keys of the meter's own state (``state_dict()['_extra_state']``); ``sinks`` is optional.
+_STATE_KEYS = (
+    "version",
+    "alpha",
+    "step",
+    "schedule",
+    "history",
+    "scalars",
+    "num_classes",
+    "quantities",
+)
+
+
+def _few(keys: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
 
 
 class LazyMeter(ScaledModel):
@@ -160,8 +177,8 @@ class LazyMeter(ScaledModel):
                 output_fn=output_fn,
             )  # fmt: skip
         self.quantities: list[Q.Quantity] = [Q.own_copy(q) for q in quantities]
-        self._schedules = {id(q): q.make_schedule() for q in self.quantities}
-        self._own_schedules = [q for q in self.quantities if self._schedules[id(q)] is not None]
+        # By position, not id(): a deep copy or an unpickled meter keeps them (ids change).
+        self._schedules = [q.make_schedule() for q in self.quantities]
         net = self.net
         for q in self.quantities:
             q.bind(net, self.alpha, self.center, self.output_fn)
@@ -174,7 +191,7 @@ class LazyMeter(ScaledModel):
         self._scalars: dict[str, float] = {}
         self._step: int | None = None  # last step seen
         self._warner = Warner()
-        self._returned: dict[int, list[str]] = {}  # each quantity's keys when it last worked
+        self._returned: dict[int, list[str]] = {}  # by position: keys when it last worked
         for name in ("probe_x", "probe_y", "test_x", "test_y", "K0", "K0_test"):
             self.register_buffer(name, None)
         self._num_classes: int | None = None
@@ -364,9 +381,9 @@ class LazyMeter(ScaledModel):
         ``history`` and the sinks, and return it: ``step``, the last scalars passed to
         :meth:`step`, and each quantity's keys. Never changes parameters, gradients, mode
         or the RNG stream; a quantity that fails records NaN (one warning per quantity)."""
-        return self._measure(self.quantities)
+        return self._measure(list(enumerate(self.quantities)))
 
-    def _measure(self, due: Sequence[Q.Quantity]) -> dict[str, float]:
+    def _measure(self, due: Sequence[tuple[int, Q.Quantity]]) -> dict[str, float]:
         row: dict[str, float] = {"step": -1 if self._step is None else self._step}
         row.update(self._scalars)
         ctx = self._context(int(row["step"]))
@@ -379,12 +396,12 @@ class LazyMeter(ScaledModel):
             failures = failures if self._dist.main else []  # rank 0 warns for the run
         self._warner.failures(failures)
         self.history.append(row)
-        self._write(row, ctx, due)
+        self._write(row, ctx, [q for _, q in due])
         return row
 
     def _compute(
         self,
-        due: Sequence[Q.Quantity],
+        due: Sequence[tuple[int, Q.Quantity]],
         row: dict[str, float],
         ctx: Q.MeasureContext,
         failures: list[tuple[str, Exception]],
@@ -400,18 +417,18 @@ class LazyMeter(ScaledModel):
             changed = e
         with self.measuring(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
-            for q in due:
+            for i, q in due:
                 ctx.current = q.name
                 try:
                     if changed is not None:
                         raise changed
                     out = q.compute(ctx)
-                    self._returned[id(q)] = list(out)
+                    self._returned[i] = list(out)
                     row.update(out)
                 except Exception as e:  # noqa: BLE001 - a diagnostic must never stop training
                     keys = q.keys(ctx)
                     if keys is None:  # the columns it had last time keep existing, as NaN
-                        keys = self._returned.get(id(q), [q.name])
+                        keys = self._returned.get(i, [q.name])
                     row.update(dict.fromkeys(keys, math.nan))
                     failures.append((q.name, e))
         failures += ctx.soft_failures
@@ -468,10 +485,14 @@ class LazyMeter(ScaledModel):
         self._scalars = values
         due = self.schedule.due(step)
         # Quantities with a schedule of their own are measured on theirs alone.
-        own = {id(q) for q in self._own_schedules if self._schedules[id(q)].due(step)}
+        own = {i for i, s in enumerate(self._schedules) if s is not None and s.due(step)}
         if due or own:
-            mine = lambda q: id(q) in own or (due and self._schedules[id(q)] is None)  # noqa: E731
-            return self._measure([q for q in self.quantities if mine(q)])  # + the scalars
+            mine = [
+                (i, q)
+                for i, q in enumerate(self.quantities)
+                if i in own or (due and self._schedules[i] is None)
+            ]
+            return self._measure(mine)  # + the scalars
         if step % self.scalar_every == 0:
             self._log.write_scalars(values, step)
         return None
@@ -481,7 +502,7 @@ class LazyMeter(ScaledModel):
         compute expensive scalars (a test loss) only when they will be recorded."""
         if step is None:
             step = 0 if self._step is None else self._step + 1
-        own = (self._schedules[id(q)].peek(step) for q in self._own_schedules)
+        own = (s.peek(step) for s in self._schedules if s is not None)
         return self.schedule.peek(step) or any(own)
 
     @property
@@ -549,38 +570,165 @@ class LazyMeter(ScaledModel):
             "scalars": dict(self._scalars),
             "num_classes": self._num_classes,
             "quantities": [
-                (q.name, q.state_dict(), s.state_dict() if (s := self._schedules[id(q)]) else None)
-                for q in self.quantities
+                (q.name, q.state_dict(), s.state_dict() if s is not None else None)
+                for q, s in zip(self.quantities, self._schedules, strict=True)
             ],
+            "sinks": self._log.state_dict(),
         }
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load a checkpoint of :meth:`state_dict`: all or nothing.
+
+        Everything is checked before anything changes (every key present and no stranger
+        with ``strict``; every tensor of the shape this meter and model hold; the meter's
+        own state complete, of this version, alpha and quantities, each quantity and
+        schedule able to take its part): a rejected checkpoint is a ``ValueError`` or
+        ``TypeError`` naming the key, and leaves the model, the meter and its files as they
+        were. Only then are the tensors copied, the history restored, and ``history.jsonl``
+        rewritten from it (a file holding rows that the checkpoint does not is first moved
+        aside to ``history.jsonl.N``). ``strict=False`` lets model keys be missing or extra,
+        never the meter's own."""
+        self._check_state(state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _check_state(self, sd: Any, strict: bool) -> None:
+        if not isinstance(sd, Mapping):
+            raise TypeError(
+                "state_dict: expected the mapping meter.state_dict() returns, got "
+                f"{type(sd).__name__}"
+            )
+        own = super().state_dict(keep_vars=True)
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        ours = [k for k in missing if not k.startswith("model.")]
+        if ours or (strict and (missing or unexpected)):
+            what = []
+            if missing:
+                what.append(f"missing keys {_few(missing)}")
+            if unexpected:
+                what.append(f"unexpected keys {_few(unexpected)}")
+            raise ValueError(
+                f"state_dict: {' and '.join(what)}; it was saved from another model or meter "
+                "set-up (probes, quantities, model): build the meter as the saved one was"
+            )
+        for k, v in own.items():
+            if k not in sd or not isinstance(v, Tensor):
+                continue
+            t = sd[k]
+            if not isinstance(t, Tensor):
+                raise TypeError(f"state_dict[{k!r}]: expected a Tensor, got {type(t).__name__}")
+            if t.shape != v.shape:
+                raise ValueError(
+                    f"state_dict[{k!r}]: has shape {tuple(t.shape)} but this meter holds "
+                    f"{tuple(v.shape)}; it was saved from another model or probe"
+                )
+        key = "_extra_state"
+        if key in sd:
+            self._check_extra_state(sd[key])
+
+    def _check_extra_state(self, state: Any) -> None:
+        where = "state_dict['_extra_state']"
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{where}: expected a dict, got {type(state).__name__}")
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
-                f"state_dict: unsupported lazymeter state version {state.get('version')}"
+                f"{where}: unsupported lazymeter state version {state.get('version')!r} (this "
+                f"lazymeter writes and reads version {_STATE_VERSION})"
             )
-        if not math.isclose(state["alpha"], self.alpha):
+        absent = [k for k in _STATE_KEYS if k not in state]
+        if absent:
+            raise ValueError(f"{where}: missing {absent}; the checkpoint is incomplete")
+        alpha = state["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise ValueError(f"{where}['alpha']: expected a number, got {alpha!r}")
+        if not math.isclose(alpha, self.alpha):
             raise ValueError(
-                f"state_dict: was saved with alpha={state['alpha']} but this meter has alpha="
+                f"state_dict: was saved with alpha={alpha} but this meter has alpha="
                 f"{self.alpha}; construct the meter with the same alpha"
             )
-        saved = [name for name, *_ in state["quantities"]]
+        step = state["step"]
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise ValueError(f"{where}['step']: expected an int or None, got {step!r}")
+        history = state["history"]
+        if not isinstance(history, Sequence) or not all(isinstance(r, Mapping) for r in history):
+            raise ValueError(f"{where}['history']: expected a list of dicts (rows)")
+        if not isinstance(state["scalars"], Mapping):
+            raise ValueError(f"{where}['scalars']: expected a dict")
+        entries = state["quantities"]
+        if not isinstance(entries, Sequence) or not all(
+            isinstance(e, Sequence) and len(e) == 3 for e in entries
+        ):
+            raise ValueError(f"{where}['quantities']: expected (name, state, schedule) triples")
+        saved = [e[0] for e in entries]
         if saved != [q.name for q in self.quantities]:
             raise ValueError(
                 f"state_dict: was saved with quantities {saved} but this meter measures "
                 f"{[q.name for q in self.quantities]}; construct it with the same quantities"
             )
+        # Each part is tried on a copy (schedules) or tried and reverted (quantities, whose
+        # state_dict round-trips by contract), so nothing has changed if one refuses.
+        trials: list[tuple[str, Callable[[], None]]] = [
+            ("schedule", lambda: copy.deepcopy(self.schedule).load_state_dict(state["schedule"]))
+        ]
+        for i, (name, _, ss) in enumerate(entries):
+            sched = self._schedules[i]
+            if (ss is None) != (sched is None):
+                raise ValueError(f"{where}['quantities'][{i}] ({name}): schedule mismatch")
+            if sched is not None:
+                trials.append((name, lambda s=sched, ss=ss: copy.deepcopy(s).load_state_dict(ss)))
+        for label, trial in trials:
+            try:
+                trial()
+            except Exception as e:  # noqa: BLE001 - named, then re-raised as a ValueError
+                raise ValueError(f"{where}: the {label} schedule cannot load ({e!r})") from None
+        before = [q.state_dict() for q in self.quantities]
+        try:
+            for q, (name, qs, _) in zip(self.quantities, entries, strict=True):
+                try:
+                    q.load_state_dict(qs)
+                except Exception as e:  # noqa: BLE001 - named, then re-raised as a ValueError
+                    raise ValueError(
+                        f"{where}: quantity {name!r} cannot load its saved state ({e!r})"
+                    ) from None
+        finally:
+            for q, qs in zip(self.quantities, before, strict=True):
+                q.load_state_dict(qs)
+        self._log.check_state(state.get("sinks"))
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._check_extra_state(state)  # again: set_extra_state may be called on its own
         self._step = state["step"]
         self.schedule.load_state_dict(state["schedule"])
         self.history = [dict(r) for r in state["history"]]
         self._scalars = dict(state["scalars"])
         self._num_classes = state["num_classes"]
-        for q, (_, qs, ss) in zip(self.quantities, state["quantities"], strict=True):
+        for i, (q, (_, qs, ss)) in enumerate(
+            zip(self.quantities, state["quantities"], strict=True)
+        ):
             q.load_state_dict(qs)
             if ss is not None:
-                self._schedules[id(q)].load_state_dict(ss)
+                self._schedules[i].load_state_dict(ss)
         self._cache = []
+        self._log.load_state_dict(state.get("sinks"))
         self._log.rewind(self.history, self._step)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy(meter)`` and pickling (``torch.save(meter)``): the copy holds the
+        model, snapshot, probes, kernels, quantities and history, and measures in memory: the
+        log files and sinks stay with the original (``log_dir`` None, no TensorBoard). A
+        distributed meter is refused (it holds a process group)."""
+        if self._dist is not None:
+            raise TypeError(
+                "LazyMeter: a distributed meter cannot be copied or pickled (it holds a "
+                "process group); save meter.state_dict() and load it into a meter built the "
+                "same way in the new process"
+            )
+        state = super().__getstate__()
+        state["_log"] = RunLog(None, tensorboard=False)
+        state["log_dir"] = None
+        return state
 
     def close(self, hparams: Mapping[str, Any] | None = None) -> None:
         """Flush and close the log files (the meter keeps working in memory).

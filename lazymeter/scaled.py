@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,6 +86,10 @@ class ScaledModel(nn.Module):
         self._dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         self.snapshot = Snapshot(net)  # under fully_shard: DTensors, sharded as the model
         self._fsdp = fsdp.is_fsdp(net)
+        # The Parameter objects measured against the snapshot: a layer replaced by one of
+        # the same shape is found by identity (a plain dict: not registered, not saved; a
+        # deep copy or unpickling maps it to the copied model's Parameters).
+        self._measured = dict(net.named_parameters())
 
     @property
     def net(self) -> nn.Module:
@@ -118,6 +123,11 @@ class ScaledModel(nn.Module):
         parameter moves about ``lr`` per step, so ``g`` moves ``alpha * lr``;
         ``optimizer="adam"`` returns ``lr / alpha`` to keep that speed fixed.
 
+        In the model's dtype: a learning rate above its largest value is a ``ValueError``;
+        a step below its resolution (``lr / alpha`` under SGD or Adam smaller than
+        ``torch.finfo(dtype).eps``, e.g. alpha=1e8 in float32) a ``RuntimeWarning``, as
+        such updates round away and training silently stalls.
+
         ``optimizer="none"`` returns ``lr`` unchanged (no alpha scaling, e.g. the paper's
         MNIST runs: AdamW at a fixed lr for every alpha). The function-space speed then
         scales with alpha: ``alpha^2`` times the ``alpha = 1`` speed under GD, ``alpha``
@@ -131,12 +141,35 @@ class ScaledModel(nn.Module):
             out = lr
         else:
             raise ValueError(f"optimizer: expected 'sgd', 'adam' or 'none', got {optimizer!r}")
+        rule = {"sgd": " / alpha^2", "adam": " / alpha", "none": ""}[optimizer]
+        shown = {"sgd": f" / {self.alpha:g}^2", "adam": f" / {self.alpha:g}", "none": ""}
         if not (math.isfinite(out) and out > 0):
-            rule = {"sgd": " / alpha^2", "adam": " / alpha", "none": ""}[optimizer]
-            shown = {"sgd": f" / {self.alpha:g}^2", "adam": f" / {self.alpha:g}", "none": ""}
             raise ValueError(
                 f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out}, not a usable "
                 "learning rate; pick alpha (and lr) so that it is a finite positive float"
+            )
+        dtype = next((p.dtype for p in self.net.parameters() if p.requires_grad), None)
+        if dtype is None or not dtype.is_floating_point:
+            return out
+        info = torch.finfo(dtype)
+        if out > info.max:
+            raise ValueError(
+                f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out:.3g}, above the largest "
+                f"{dtype} ({info.max:.3g}), the model's dtype: the first step overflows. Pick a "
+                "larger alpha or train in float64 (model.double())"
+            )
+        # A step moves a parameter by about `step` times (output gradient x residual) for
+        # SGD (lr/alpha^2 * alpha), by about `step` for Adam; below the dtype's resolution
+        # the updates round away against parameters of order one and training stalls.
+        step = {"sgd": out * self.alpha, "adam": out, "none": math.inf}[optimizer]
+        if step < info.eps:
+            warnings.warn(
+                f"alpha={self.alpha:g}: with lr={lr:g} a step moves a parameter by about "
+                f"{step:.1e} (per unit output gradient and residual), below the resolution of "
+                f"{dtype} ({info.eps:.1e}), the model's dtype: the updates round away and "
+                "training stalls. Train in float64 (model.double()) or use a smaller alpha",
+                RuntimeWarning,
+                stacklevel=2,
             )
         return out
 
@@ -203,10 +236,10 @@ class ScaledModel(nn.Module):
             return self.initial_output(*args, **kwargs)
 
     def check_structure(self) -> None:
-        """A ``ValueError`` naming the first trainable parameter whose name or shape no
-        longer matches the snapshot taken at construction (a layer replaced or resized
-        after the meter was built): measurements against ``theta0``/``K0`` would be
-        meaningless."""
+        """A ``ValueError`` naming the first trainable parameter whose name, shape or object
+        no longer matches the snapshot taken at construction (a layer replaced or resized
+        after the meter was built, even by one of the same shape): measurements against
+        ``theta0``/``K0`` would be meaningless."""
         snap = self.snapshot.as_dict()
         for name, p in self.net.named_parameters():
             if not p.requires_grad:
@@ -222,6 +255,13 @@ class ScaledModel(nn.Module):
                     f"model: parameter {name!r} has shape {tuple(p.shape)} but "
                     f"{tuple(snap[name].shape)} in the snapshot taken when the meter was built "
                     "(a layer replaced afterwards?); build the meter after the model is final"
+                )
+            # Under fully_shard the measuring ranks swap gathered Parameters in: shapes only.
+            if not self._fsdp and self._measured.get(name) is not p:
+                raise ValueError(
+                    f"model: parameter {name!r} is not the Parameter object the meter was built "
+                    "with (a layer replaced by a new one of the same shape?); its initial "
+                    "values are unknown, so build the meter after the model is final"
                 )
 
     def own_state(self) -> dict[str, Tensor]:

@@ -40,6 +40,9 @@ class Sink(Protocol):
     * ``flush()``: before a checkpoint is taken (``state_dict``).
     * ``rewind(history, step)``: after ``load_state_dict``: the run continues from ``step``
       with ``history`` (what a crashed run logged after the checkpoint should go).
+    * ``state_dict()`` / ``load_state_dict(state)``: what the sink needs to continue the
+      same run after a resume (e.g. the tracker's run id), kept in the meter's checkpoint
+      and given back, before ``rewind``, to the sink of the same type at the same position.
 
     Only rank 0 of a distributed meter writes to its sinks (the other ranks drop them),
     and a sink that raises is warned about once and then called as before: a failing
@@ -196,14 +199,21 @@ def fresh_history(log_dir: str) -> str:
     meter's ``load_state_dict`` rewrites the file from its checkpoint instead)."""
     path = os.path.join(log_dir, "history.jsonl")
     if os.path.exists(path) and os.path.getsize(path) > 0:
-        n = 1
-        while os.path.exists(f"{path}.{n}"):
-            n += 1
-        os.replace(path, f"{path}.{n}")
-        warnings.warn(
-            f"lazymeter: {path} existed; moved it to {path}.{n}", RuntimeWarning, stacklevel=3
-        )
+        moved_aside(path, stacklevel=4)
     return path
+
+
+def moved_aside(path: str, stacklevel: int = 3) -> str:
+    """Move ``path`` to the first free ``path.N`` (N = 1, 2, ...) with a warning; returns
+    the new name. Nothing is ever overwritten."""
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    os.replace(path, f"{path}.{n}")
+    warnings.warn(
+        f"lazymeter: {path} existed; moved it to {path}.{n}", RuntimeWarning, stacklevel=stacklevel
+    )
+    return f"{path}.{n}"
 
 
 class JsonlSink:
@@ -258,11 +268,18 @@ class JsonlSink:
         crash at any point leaves either the old file or the new one, never a mix.
         """
         self.close()
+        data = b"".join(_line(row) for row in rows)
+        try:
+            with open(self.path, "rb") as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = b""
+        if not data.startswith(old):  # rows the new history lacks: never lost silently
+            moved_aside(self.path)
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "wb") as f:
-                for row in rows:
-                    f.write(_line(row))
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -601,6 +618,37 @@ class RunLog:
     def flush(self) -> None:
         self.tb.flush()
         self._each("flush")
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        """The user's sinks' own states (:class:`Sink` ``state_dict``), by position."""
+        out = []
+        for i, sink in enumerate(self.sinks):
+            fn = getattr(sink, "state_dict", None)
+            if callable(fn):
+                out.append({"index": i, "type": type(sink).__name__, "state": fn()})
+        return out
+
+    @staticmethod
+    def check_state(states: Any) -> None:
+        """A ``ValueError`` for a malformed ``sinks`` entry of a checkpoint."""
+        ok = states is None or (
+            isinstance(states, list)
+            and all(isinstance(e, dict) and {"index", "type", "state"} <= set(e) for e in states)
+        )
+        if not ok:
+            raise ValueError(
+                "state_dict['_extra_state']['sinks']: expected a list of {index, type, state}"
+            )
+
+    def load_state_dict(self, states: list[dict[str, Any]] | None) -> None:
+        """Give each sink of the same type at the same position its saved state (a sink
+        list changed since the checkpoint: the others start afresh)."""
+        for e in states or []:
+            i = e["index"]
+            if i < len(self.sinks) and type(self.sinks[i]).__name__ == e["type"]:
+                fn = getattr(self.sinks[i], "load_state_dict", None)
+                if callable(fn):
+                    fn(e["state"])
 
     def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
         """After loading a checkpoint: the files continue exactly as ``history`` does

@@ -52,7 +52,10 @@ def public_calls(model, x1, x2, output_fn, tmp_path):
         ("coverage", lambda: coverage(model)),
         ("coverage[x]", lambda: coverage(model, x1, **kw)),
         ("explain", lambda: lm.ntk.explain(model, x1, **kw)),
-        ("ntk_alignment", lambda: lm.ntk_alignment(model, px, yv, method="dense", estimator="biased", **kw)),
+        (
+            "ntk_alignment",
+            lambda: lm.ntk_alignment(model, px, yv, method="dense", estimator="biased", **kw),
+        ),
         (
             "ntk_alignment[matrix_free]",
             lambda: lm.ntk_alignment(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -235,16 +236,25 @@ def empirical_ntk(
     run = dict(n_out=n_out, trace=trace_outputs, chunk_size=chunk_size, budget=budget)
     run["groups"] = None if split is None else list(split.values())
     if method != "auto":
-        return _named(_run(method, fm, xs1, xs2, **run), split)
+        K = _run(method, fm, xs1, xs2, **run)
+        if not _finite(K):
+            _warn_non_finite(fm, method, xs1, xs2)
+        return _named(K, split)
     # auto: the cheapest applicable engine; if it fails on this model (an op without a
-    # batching or forward-mode rule, ...), the next one, and the one that worked is
+    # batching or forward-mode rule, ...) or returns a non-finite kernel of a finite model
+    # (an overflow inside its contraction), the next one, and the one that worked is
     # remembered for this model and input signature.
     key = _auto_key(fm, xs1, trace_outputs)
     known = CACHE.methods.get(fm.model, {}).get(key)
     if known is not None and known in ENGINES:
-        return _named(_run(known, fm, xs1, xs2, **run), split)
+        K = _run(known, fm, xs1, xs2, **run)
+        if _finite(K) or not _finite_model(fm, xs1, xs2):
+            if not _finite(K):
+                _warn_non_finite(fm, known, xs1, xs2)
+            return _named(K, split)
     n2 = None if xs2 is None else num_samples(xs2)
     tried: list[str] = []
+    last: tuple[str, Tensor] | None = None
     for name, why in ranked_engines(fm, xs1, n2, n_out, trace_outputs):
         if why is not None:
             continue
@@ -259,10 +269,52 @@ def empirical_ntk(
                 first,
             )
             continue
+        if not _finite(K):
+            if not _finite_model(fm, xs1, xs2):  # NaN in, NaN out: every engine would agree
+                _warn_non_finite(fm, name, xs1, xs2)
+                return _named(K, split)
+            logger.warning(
+                "lazymeter: method='auto': engine %r returned NaN/Inf for a finite model and "
+                "inputs (an overflow in its contraction); trying the next",
+                name,
+            )
+            last = last or (name, K)
+            continue
         CACHE.methods.setdefault(fm.model, {})[key] = name
         return _named(K, split)
+    if last is not None:
+        _warn_non_finite(fm, last[0], xs1, xs2)
+        return _named(last[1], split)
     raise RuntimeError(
         "method='auto': every applicable engine failed: " + "; ".join(tried or ["none applies"])
+    )
+
+
+def _finite(K: Tensor) -> bool:
+    return bool(torch.isfinite(K).all())
+
+
+def _finite_model(
+    fm: FunctionalModel, xs1: tuple[Tensor, ...], xs2: tuple[Tensor, ...] | None
+) -> bool:
+    """Whether the trainable parameters and floating inputs hold only finite values."""
+    tensors = [*fm.params.values(), *xs1, *(xs2 or ())]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _warn_non_finite(
+    fm: FunctionalModel, name: str, xs1: tuple[Tensor, ...], xs2: tuple[Tensor, ...] | None
+) -> None:
+    """A kernel with NaN or Inf never leaves :func:`empirical_ntk` silently."""
+    if not _finite_model(fm, xs1, xs2):
+        why = "the model's parameters hold NaN or Inf (a diverged run?)"
+    else:
+        why = (
+            f"an overflow inside engine {name!r} (inputs or activations near the dtype's "
+            f"limit, {fm.dtype}); try method='jacobian', dtype=torch.float64 or smaller inputs"
+        )
+    warnings.warn(
+        f"lazymeter: empirical_ntk: the kernel has NaN or Inf: {why}", RuntimeWarning, stacklevel=4
     )
 
 

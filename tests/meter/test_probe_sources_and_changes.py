@@ -4,6 +4,7 @@ after the meter was built and for an alpha whose scaled learning rate is unusabl
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -69,9 +70,57 @@ def test_a_layer_replaced_after_construction_gives_nan_and_a_warning_naming_it()
     assert math.isnan(row["ntk_drift"]) and math.isnan(row["param_movement"])
 
 
+def test_a_layer_replaced_by_one_of_the_same_shape_gives_nan_and_a_warning_naming_it():
+    x, y = data()
+    model = mlp()
+    meter = lm.LazyMeter(model, probe=(x, y))
+    model[2] = nn.Linear(8, 1)  # same shape, new (untrained, unknown-at-init) values
+    with pytest.warns(RuntimeWarning, match="'2.weight' is not the Parameter object"):
+        row = meter.measure()
+    assert math.isnan(row["ntk_drift"]) and math.isnan(row["param_movement"])
+
+
+def test_copying_the_models_parameters_in_place_is_not_a_replacement():
+    x, y = data()
+    model = mlp()
+    meter = lm.LazyMeter(model, probe=(x, y))
+    model.load_state_dict(mlp(seed=1).state_dict())  # values copied into the same objects
+    row = meter.measure()
+    assert row["param_movement"] > 0 and math.isfinite(row["ntk_drift"])
+
+
 def test_scaled_lr_of_an_extreme_alpha_is_a_clear_error():
     meter = lm.LazyMeter(mlp(), alpha=1e-200)
     with pytest.raises(ValueError, match="alpha: lr / alpha\\^2"):
         meter.scaled_lr(1.0)
-    assert lm.LazyMeter(mlp(), alpha=1e-30).scaled_lr(1.0) == pytest.approx(1e60)
-    assert lm.LazyMeter(mlp(), alpha=1e200).scaled_lr(1.0, "adam") == pytest.approx(1e-200)
+    # 1e60 is a float64 but no float32: the first SGD step would overflow the model
+    with pytest.raises(ValueError, match="alpha: .*above the largest torch.float32"):
+        lm.LazyMeter(mlp(), alpha=1e-30).scaled_lr(1.0)
+    assert lm.LazyMeter(mlp().double(), alpha=1e-30).scaled_lr(1.0) == pytest.approx(1e60)
+    with pytest.warns(RuntimeWarning, match="below the resolution of torch.float32"):
+        assert lm.LazyMeter(mlp(), alpha=1e200).scaled_lr(1.0, "adam") == pytest.approx(1e-200)
+
+
+def test_scaled_lr_warns_when_the_update_underflows_the_models_dtype():
+    """alpha=1e8 in float32: lr/alpha^2 steps round away and training silently stalls (it
+    does; float64 trains): scaled_lr says so, naming alpha and the dtype."""
+    x, y = data()
+
+    def train(dtype):
+        model = mlp().to(dtype)
+        meter = lm.LazyMeter(model, alpha=1e8)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            lr = meter.scaled_lr(0.1)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        for _ in range(20):
+            opt.zero_grad()
+            ((meter(x.to(dtype)) - y.to(dtype)) ** 2).mean().backward()
+            opt.step()
+        return float(meter.measure()["param_movement"]), [str(w.message) for w in seen]
+
+    moved32, said32 = train(torch.float32)
+    moved64, said64 = train(torch.float64)
+    assert moved32 == 0.0 and moved64 > 0  # the failure the warning is about
+    assert any("alpha=1e+08" in m and "torch.float32" in m for m in said32), said32
+    assert not said64

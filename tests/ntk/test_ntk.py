@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from architectures import ARCHITECTURES, QuadraticNet, naive_ntk
@@ -250,11 +252,32 @@ def test_unknown_method_and_bad_chunk_size_are_rejected():
         lm.empirical_ntk(nn.Linear(2, 1), x, memory_budget=0)
 
 
-def test_batchnorm_in_training_mode_is_rejected_with_the_fix():
+def test_batchnorm_in_training_mode_is_rejected_with_the_fix_when_measured_as_is():
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
-        lm.empirical_ntk(model, torch.randn(4, 2))
+        lm.empirical_ntk(model, torch.randn(4, 2), measure_mode="as_is")
     assert model.training
+
+
+def test_train_mode_models_are_measured_in_eval_mode_like_the_meter_and_left_as_they_were():
+    """One determinism rule for every public call: a train-mode model with BatchNorm and
+    dropout is measured in eval mode (running statistics, no dropout), the global RNG and
+    every flag are left as they were, and two calls agree exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 2))
+    model = model.double()
+    x = torch.randn(7, 2, dtype=torch.float64)
+    with torch.no_grad():  # running statistics that are not the init's
+        model(torch.randn(32, 2, dtype=torch.float64) * 3 + 1)
+    rng = torch.get_rng_state()
+    kernels = [lm.empirical_ntk(model, x, method=m) for m in ("jacobian", "ntvp", "structured")]
+    kernels += [lm.empirical_ntk(model, x)]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    ref = naive_ntk(model, x)
+    for K in kernels:
+        torch.testing.assert_close(K, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_structured_output_without_output_fn_is_rejected():
@@ -273,3 +296,27 @@ def test_structured_output_without_output_fn_is_rejected():
 def test_output_fn_that_drops_the_batch_dimension_is_rejected():
     with pytest.raises(ValueError, match="output_fn: the output must keep the batch dimension"):
         lm.empirical_ntk(nn.Linear(2, 3), torch.randn(4, 2), output_fn=lambda y: y.sum())
+
+
+def test_a_non_finite_kernel_never_leaves_empirical_ntk_silently():
+    """Inputs near 1e20: the structured engine's contraction computes inf * 0 (a saturated
+    tanh), while the Jacobian is finite. auto falls back to an exact engine and remembers
+    it; an explicit structured call warns naming the engine and the way out; a diverged
+    model's NaN kernel is returned with a warning naming its parameters."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(5, 3) * 1e20
+    ref = lm.empirical_ntk(m, x, method="jacobian")
+    assert bool(torch.isfinite(ref).all())
+    with pytest.warns(RuntimeWarning, match="overflow inside engine 'structured'"):
+        K = lm.empirical_ntk(m, x, method="structured")
+    assert not bool(torch.isfinite(K).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto finds a finite kernel: nothing to warn about
+        torch.testing.assert_close(lm.empirical_ntk(m, x), ref)
+        torch.testing.assert_close(lm.empirical_ntk(m, x), ref)  # the remembered engine
+    assert lm.ntk.select_method(m, x) != "structured"
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="parameters hold NaN or Inf"):
+        assert not bool(torch.isfinite(lm.empirical_ntk(m, torch.randn(4, 3))).all())
