@@ -230,6 +230,7 @@ class LazyMeter(ScaledModel):
         )
         if probe is None:  # parameter quantities only
             self.quantities = [q for q in self.quantities if not q.needs]
+            self._schedules = [q.make_schedule() for q in self.quantities]
             return
         if self._dist is not None:  # rank 0's data everywhere (a rank's own: other metrics)
             cut = lambda p, i: subsample(p, max_baseline, seed + i)  # noqa: E731
