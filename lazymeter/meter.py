@@ -411,11 +411,22 @@ class LazyMeter(ScaledModel):
         fails) on a process that computes measurements."""
         if not self._computes:
             return
+        changed = None
+        if self._dist is not None and self._dist.strategy == "shard":
+            net = self.net  # a collective on every rank: are the replicas still one model?
+            named = [*net.named_parameters(), *net.named_buffers()]
+            differ = self._dist.differing(named)
+            if differ is not None:
+                changed = ValueError(
+                    f"distributed='shard': the replicas differ ({differ}), so each rank would "
+                    "measure its own model and the kernels would mix them; keep them "
+                    "identical (DDP's broadcast_buffers=True, the default, for BatchNorm "
+                    "statistics) or pass distributed='rank0' (rank 0's model alone)"
+                )
         try:
             self.check_structure()
-            changed = None
         except ValueError as e:  # every quantity would compare against a stale snapshot
-            changed = e
+            changed = changed or e
         with self.measuring(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
             for i, q in due:

@@ -8,6 +8,7 @@ and a *different* probe: the meter must measure rank 0's everywhere.
 from __future__ import annotations
 
 import os
+import warnings
 
 import spawned as S
 import torch
@@ -75,3 +76,32 @@ def body(rank: int, world: int, root: str, out: dict) -> None:
         out["wrong_order"] = str(e)
     # Independent per-rank meters stay possible, and make no collective calls.
     lm.LazyMeter(make_model(0), probe=S.rank_probes(data(), rank)[0], distributed=None).measure()
+    replicas(rank, world, out)
+
+
+def replicas(rank: int, world: int, out: dict) -> None:
+    """Replicas that differ: BatchNorm statistics of DDP(broadcast_buffers=False) (each rank
+    normalises its own half of the batch), or rank 1's weights perturbed after the meter
+    was built. ``shard`` must not mix them silently; ``rank0`` measures rank 0's model."""
+    X, Y = data()[:2]
+    half = slice(rank, None, world)
+    for case, strategy in (("buffers", "shard"), ("perturbed", "shard"), ("buffers", "rank0")):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 2))
+        model = model.double()
+        ddp = DDP(model, broadcast_buffers=case != "buffers")
+        probe = S.rank_probes(data(), rank)[0]
+        meter = lm.LazyMeter(ddp, alpha=S.ALPHA, probe=probe, schedule=10**9, distributed=strategy)
+        opt = torch.optim.SGD(ddp.parameters(), lr=meter.scaled_lr(0.1))
+        ((meter(X[half]) - Y[half]) ** 2).mean().backward()
+        opt.step()
+        if case == "perturbed" and rank == 1:
+            with torch.no_grad():
+                model[0].weight.add_(0.01)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            row = meter.measure()
+        out[f"replicas_{case}_{strategy}"] = {
+            "row": row,
+            "warnings": [str(w.message) for w in seen],
+        }

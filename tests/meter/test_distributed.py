@@ -49,6 +49,27 @@ def test_ddp_metrics_equal_a_single_process_run(ddp_results, strategy):
     assert [math.isnan(r["flaky"]) for r in h0] == [False, True, False]
 
 
+@pytest.mark.parametrize("case", ["buffers", "perturbed"])
+def test_shard_never_mixes_replicas_that_differ(ddp_results, case):
+    """DDP(broadcast_buffers=False) with BatchNorm, or a perturbed replica: a checksum of
+    every parameter and buffer is compared across the ranks before a shard measurement;
+    the kernel metrics are NaN on every rank, with a warning on rank 0 naming the tensor
+    and the fix (was: drift 0.310 against rank 0's 0.142, no warning)."""
+    _, (r0, r1) = ddp_results
+    for res in (r0, r1):
+        row = res[f"replicas_{case}_shard"]["row"]
+        assert math.isnan(row["ntk_drift"]) and math.isnan(row["alignment_train"])
+        assert math.isnan(row["param_movement"])
+    said = " ".join(r0[f"replicas_{case}_shard"]["warnings"])
+    name = "'1.running_mean'" if case == "buffers" else "'0.weight'"
+    assert f"the replicas differ ({name} on rank 1 is not rank 0's)" in said
+    assert "distributed='rank0'" in said
+    # rank0 measures rank 0's model alone: finite, the same row on every rank
+    rows = [res["replicas_buffers_rank0"]["row"] for res in (r0, r1)]
+    assert math.isfinite(rows[0]["ntk_drift"]) and rows[0] == rows[1]
+    assert not r0["replicas_buffers_rank0"]["warnings"]
+
+
 def test_ddp_strategies_split_the_kernel_work_as_documented(ddp_results):
     _, (r0, r1) = ddp_results
     # rank0: rank 0 computes every kernel (3 measurements x train + test probe), rank 1 none.
