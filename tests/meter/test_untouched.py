@@ -69,7 +69,7 @@ def test_the_initial_models_batchnorm_statistics_are_frozen():
     meter = lm.LazyMeter(model, alpha=3.0)
     before = {k: v.clone() for k, v in meter.snapshot.as_dict().items()}
     with torch.no_grad():
-        for i in range(20):  # fresh inputs: no cache hit
+        for _ in range(20):  # fresh inputs: no cache hit
             meter(torch.randn(16, 4, dtype=torch.float64) * 2 + 1)
     for k, v in meter.snapshot.as_dict().items():
         assert torch.equal(v, before[k]), f"snapshot {k} changed"
