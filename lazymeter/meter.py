@@ -236,6 +236,7 @@ class LazyMeter(ScaledModel):
             cut = lambda p, i: subsample(p, max_baseline, seed + i)  # noqa: E731
             shared = share_probes(self._dist, (probe, test, num_classes), (full, full_test), cut)
             probe, test, num_classes, full, full_test = shared
+        self._check_probe_sizes({"probe": probe, "test_probe": test})
         self.probe_x, self.probe_y = probe
         if test is not None:
             self.test_x, self.test_y = test
@@ -254,6 +255,22 @@ class LazyMeter(ScaledModel):
                 "does not depend differentiably on the trainable parameters (a round(), "
                 "sign() or other zero-gradient op inside forward?)"
             )
+
+    def _check_probe_sizes(self, probes: Mapping[str, Probe | None]) -> None:
+        """A probe with fewer points than a quantity needs for a number (unbiased alignment
+        and CKA with their error bars: 5) would give NaN at every measurement: an error now."""
+        for name, p in probes.items():
+            if p is None:
+                continue
+            n = int(p[0].shape[0])
+            short = [(q.min_points(), q.name) for q in self.quantities if q.needs]
+            need, who = max(short, default=(0, ""))
+            if n < need:
+                raise ValueError(
+                    f"{name}: has {n} points (after max_probe) but {who!r} needs at least "
+                    f"{need} for a value with its error bar; pass at least {need} points, or "
+                    "quantities with estimator='biased' (3 points)"
+                )
 
     def _choose_probe_size(
         self, spec: ProbeSize, probe: Any, max_baseline: int, seed: int, dtype: torch.dtype

@@ -39,6 +39,51 @@ class Snapshot(nn.Module):
         return {n: getattr(self, f"t{i}") for i, n in enumerate(self.names)}
 
 
+def scaled_lr(
+    lr: float, alpha: float, optimizer: str = "sgd", dtype: torch.dtype | None = None
+) -> float:
+    """:meth:`ScaledModel.scaled_lr` for ``alpha``, checked against the model's ``dtype``
+    when given (None: only that it is a finite positive float)."""
+    if optimizer == "sgd":
+        out = lr / alpha / alpha  # not alpha**2: no OverflowError
+    elif optimizer == "adam":
+        out = lr / alpha
+    elif optimizer == "none":
+        out = lr
+    else:
+        raise ValueError(f"optimizer: expected 'sgd', 'adam' or 'none', got {optimizer!r}")
+    rule = {"sgd": " / alpha^2", "adam": " / alpha", "none": ""}[optimizer]
+    shown = {"sgd": f" / {alpha:g}^2", "adam": f" / {alpha:g}", "none": ""}
+    if not (math.isfinite(out) and out > 0):
+        raise ValueError(
+            f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out}, not a usable "
+            "learning rate; pick alpha (and lr) so that it is a finite positive float"
+        )
+    if dtype is None or not dtype.is_floating_point:
+        return out
+    info = torch.finfo(dtype)
+    if out > info.max:
+        raise ValueError(
+            f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out:.3g}, above the largest "
+            f"{dtype} ({info.max:.3g}), the model's dtype: the first step overflows. Pick a "
+            "larger alpha or train in float64 (model.double())"
+        )
+    # A step moves a parameter by about `step` times (output gradient x residual) for SGD
+    # (lr/alpha^2 * alpha), by about `step` for Adam; below the dtype's resolution the
+    # updates round away against parameters of order one and training stalls.
+    step = {"sgd": out * alpha, "adam": out, "none": math.inf}[optimizer]
+    if step < info.eps:
+        warnings.warn(
+            f"alpha={alpha:g}: with lr={lr:g} a step moves a parameter by about {step:.1e} "
+            f"(per unit output gradient and residual), below the resolution of {dtype} "
+            f"({info.eps:.1e}), the model's dtype: the updates round away and training "
+            "stalls. Train in float64 (model.double()) or use a smaller alpha",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return out
+
+
 class ScaledModel(nn.Module):
     """``alpha * (model(x) - model0(x))`` (``center=True``) or ``alpha * model(x)``.
 
@@ -133,45 +178,8 @@ class ScaledModel(nn.Module):
         scales with alpha: ``alpha^2`` times the ``alpha = 1`` speed under GD, ``alpha``
         times under Adam, so alpha sets both the laziness and the speed.
         """
-        if optimizer == "sgd":
-            out = lr / self.alpha / self.alpha  # not alpha**2: no OverflowError
-        elif optimizer == "adam":
-            out = lr / self.alpha
-        elif optimizer == "none":
-            out = lr
-        else:
-            raise ValueError(f"optimizer: expected 'sgd', 'adam' or 'none', got {optimizer!r}")
-        rule = {"sgd": " / alpha^2", "adam": " / alpha", "none": ""}[optimizer]
-        shown = {"sgd": f" / {self.alpha:g}^2", "adam": f" / {self.alpha:g}", "none": ""}
-        if not (math.isfinite(out) and out > 0):
-            raise ValueError(
-                f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out}, not a usable "
-                "learning rate; pick alpha (and lr) so that it is a finite positive float"
-            )
         dtype = next((p.dtype for p in self.net.parameters() if p.requires_grad), None)
-        if dtype is None or not dtype.is_floating_point:
-            return out
-        info = torch.finfo(dtype)
-        if out > info.max:
-            raise ValueError(
-                f"alpha: lr{rule} = {lr}{shown[optimizer]} is {out:.3g}, above the largest "
-                f"{dtype} ({info.max:.3g}), the model's dtype: the first step overflows. Pick a "
-                "larger alpha or train in float64 (model.double())"
-            )
-        # A step moves a parameter by about `step` times (output gradient x residual) for
-        # SGD (lr/alpha^2 * alpha), by about `step` for Adam; below the dtype's resolution
-        # the updates round away against parameters of order one and training stalls.
-        step = {"sgd": out * self.alpha, "adam": out, "none": math.inf}[optimizer]
-        if step < info.eps:
-            warnings.warn(
-                f"alpha={self.alpha:g}: with lr={lr:g} a step moves a parameter by about "
-                f"{step:.1e} (per unit output gradient and residual), below the resolution of "
-                f"{dtype} ({info.eps:.1e}), the model's dtype: the updates round away and "
-                "training stalls. Train in float64 (model.double()) or use a smaller alpha",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return out
+        return scaled_lr(lr, self.alpha, optimizer, dtype)
 
     def _reduce(self, out: Any) -> Any:
         return out if self.output_fn is None else self.output_fn(out)

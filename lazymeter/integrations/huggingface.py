@@ -60,7 +60,8 @@ import math
 import os
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -77,8 +78,8 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
     ) from e
 
 from ..meter import LazyMeter
-from ..ntk.functional import call_with
-from ..scaled import ScaledModel
+from ..ntk.functional import call_with, replayed_rng, rng_state
+from ..scaled import scaled_lr
 from ..sinks import tag_for
 
 #: File with the meter's state inside each Trainer checkpoint folder.
@@ -229,10 +230,15 @@ class ScaledTrainerModel(nn.Module):
             )
         if "use_cache" in self._params and "use_cache" not in kwargs:
             kwargs["use_cache"] = False  # training never reuses a cache; saves memory
+        # f0 replays f's random numbers (the same dropout masks; the run's RNG advances as
+        # by f alone), as LazyMeter's forward does.
+        device = meter._device()
+        state = rng_state(device) if meter.center and self.model.training else None
         out = self.model(*args, **kwargs)
         logits = _logits(out)
         if meter.center:
-            with torch.no_grad():  # f0: the frozen initial model, in the same mode
+            replay = replayed_rng(state, device) if state is not None else nullcontext()
+            with torch.no_grad(), replay:  # f0: the frozen initial model, in the same mode
                 out0 = call_with(meter.net, meter.snapshot.as_dict(), args, kwargs)
             logits = logits - _logits(out0)
         if meter.alpha != 1.0:
@@ -325,7 +331,9 @@ class LazyMeterCallback(TrainerCallback):
     def scaled_lr(self, lr: float, optimizer: str = "adam") -> float:
         """:meth:`lazymeter.LazyMeter.scaled_lr` for this alpha (default ``"adam"``: the
         Trainer's optimiser is AdamW): ``lr / alpha``; ``"sgd"``: ``lr / alpha**2``."""
-        return ScaledModel.scaled_lr(cast(Any, self), lr, optimizer)
+        net = None if self.model is None else self.model.model
+        params = [] if net is None else [p for p in net.parameters() if p.requires_grad]
+        return scaled_lr(lr, self.alpha, optimizer, params[0].dtype if params else None)
 
     # ------------------------------------------------------------------ Trainer events
     def on_init_end(

@@ -66,8 +66,12 @@ class MlflowSink:
     never writes (a distributed meter's other ranks) starts no run.
 
     ``tracking_uri``: where (default: MLflow's, e.g. env ``MLFLOW_TRACKING_URI``).
-    MLflow keeps every value logged at a step: after a resume from a checkpoint, what a
-    crashed run logged past the checkpoint stays in MLflow (it cannot be deleted).
+
+    Resuming: the meter's checkpoint keeps the id of a run this sink started, and a meter
+    that loads it continues that run (set back to RUNNING, ended FINISHED at ``close()``)
+    instead of opening one per restart; a given ``run_id`` or an active run is the
+    user's and is not replaced. MLflow keeps every value logged at a step: what a crashed
+    run logged past the checkpoint stays in MLflow (it cannot be deleted).
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class MlflowSink:
                 "MlflowSink needs MLflow: pip install lazymeter[mlflow] (or mlflow-skinny)"
             ) from None
         self.run_id = run_id
+        self._given = run_id is not None
+        self._reopen = False
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
@@ -111,6 +117,9 @@ class MlflowSink:
                 else:
                     self.run_id = self._create_run(client)
                     self._owned = True
+            elif self._reopen:  # a resumed run of ours: running again
+                client.update_run(self.run_id, status="RUNNING")
+                self._reopen = False
             self._client = client
         return self._client
 
@@ -169,6 +178,21 @@ class MlflowSink:
         params = [Param(_name(k), str(v)[:_MAX_VALUE]) for k, v in hparams.items()]
         for i in range(0, len(params), _PER_BATCH):
             self.client.log_batch(self.run_id, params=params[i : i + _PER_BATCH])
+
+    def state_dict(self) -> dict[str, Any]:
+        """:class:`~lazymeter.Sink` ``state_dict``: the run this sink started, if any."""
+        return {"run_id": self.run_id if self._owned else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the run a checkpointed sink started (unless this one was given a
+        ``run_id``); a run this sink had started meanwhile is ended first."""
+        saved = state.get("run_id")
+        if saved is None or self._given or saved == self.run_id:
+            return
+        if self._client is not None and self._owned:
+            self._client.set_terminated(self.run_id, "FINISHED")
+            self._client = None
+        self.run_id, self._owned, self._reopen = saved, True, True
 
     def close(self) -> None:
         """End the run if this sink started it (an active or given run is left open)."""

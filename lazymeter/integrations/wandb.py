@@ -38,6 +38,10 @@ class WandbSink:
     ``project=..., mode="offline", dir=...``) at the first measurement, finished at
     ``meter.close()``. Nothing is started before the first measurement, so a sink given
     to a rank that never writes (a distributed meter's other ranks) starts no run.
+
+    Resuming: the meter's checkpoint keeps the id of a run this sink started, and a meter
+    that loads it continues that run (``wandb.init(id=..., resume="allow")``) instead of
+    starting one per restart; a given or current run is the user's and is kept.
     """
 
     def __init__(self, run: Any = None, **init_kwargs: Any) -> None:
@@ -101,6 +105,24 @@ class WandbSink:
     def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """``hparams`` in the config (the last row's values are in the summary already)."""
         self.run.config.update(dict(hparams), allow_val_change=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """:class:`~lazymeter.Sink` ``state_dict``: the run this sink started, if any."""
+        started = self._run is not None and self._owned
+        return {"run_id": self._run.id if started else self.init_kwargs.get("id")}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the run a checkpointed sink started (unless this one was given a run
+        or logs into the user's current one); a run this sink had started is finished."""
+        saved = state.get("run_id")
+        if saved is None or (self._run is not None and not self._owned):
+            return
+        if self._run is not None:
+            if self._run.id == saved:
+                return
+            self._run.finish()
+            self._run, self._owned, self._ready = None, False, False
+        self.init_kwargs.update(id=saved, resume="allow")
 
     def close(self) -> None:
         """Finish the run if this sink started it (a given or current run is left open)."""

@@ -111,6 +111,11 @@ class Alignment(Quantity):
             return self.prefix.replace("alignment", "alignment_rise", 1)
         return self.prefix
 
+    def min_points(self) -> int:
+        """The estimator's fewest points for a value and its error bar (unbiased: 5); with
+        ``points`` the alignment has points of its own."""
+        return 3 if self.points is not None else E.min_points(self.estimator)
+
     def _key(self, split: str, at: str = "") -> str:
         return f"{self._head(at)}_{split}"
 

@@ -82,6 +82,11 @@ class Quantity:
         """``{tag: matplotlib Figure}`` to log at a measurement (``tb_figures=True``)."""
         return {}
 
+    def min_points(self) -> int:
+        """Fewest probe points this quantity can give a number on (checked against each
+        probe at the meter's construction): 3, below which a centred kernel is degenerate."""
+        return 3
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

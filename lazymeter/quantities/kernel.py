@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .. import estimators as E
 from .. import metrics as M
 from .base import Quantity
 from .context import MeasureContext
@@ -54,6 +55,10 @@ class KernelDrift(Quantity):
     def describe(self) -> dict[str, str]:
         """What the numbers depend on (written to the run's metadata)."""
         return {"keys": "ntk_cka", "estimator": self.estimator, "points": "probe"}
+
+    def min_points(self) -> int:
+        """The CKA estimator's fewest points for a value and its error bar (unbiased: 5)."""
+        return E.min_points(self.estimator)
 
     def keys(self, ctx: MeasureContext) -> list[str]:
         base = ["ntk_drift", "ntk_cka", "ntk_cka_se"]

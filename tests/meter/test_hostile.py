@@ -59,6 +59,19 @@ def test_probe_too_small_for_centring_is_rejected_at_construction(n):
         lm.LazyMeter(mlp(), probe=(x, y), test_probe=(x[:n], y[:n]))
 
 
+@pytest.mark.parametrize("n", [3, 4])
+def test_probe_too_small_for_the_unbiased_estimators_is_rejected_at_construction(n):
+    """Was accepted, and then every CKA and alignment was NaN with a warning."""
+    x, y = data()
+    with pytest.raises(ValueError, match=f"probe: has {n} points .* needs at least 5"):
+        lm.LazyMeter(mlp(), probe=(x[:n], y[:n]))
+    with pytest.raises(ValueError, match=f"test_probe: has {n} points .* needs at least 5"):
+        lm.LazyMeter(mlp(), probe=(x, y), test_probe=(x[:n], y[:n]))
+    # the biased estimators give a value (and an error bar) on 3 points
+    row = lm.LazyMeter(mlp(), probe=(x[:n], y[:n]), estimator="biased").measure()
+    assert math.isfinite(row["alignment_train"]) and math.isfinite(row["ntk_cka"])
+
+
 @pytest.mark.parametrize("labels", ["constant", "one class"])
 def test_labels_with_zero_variance_are_rejected_at_construction(labels):
     x, _ = data()

@@ -320,6 +320,29 @@ def test_mlflow_sink_keeps_nan_for_a_value_that_could_not_be_computed(mlflow_sto
     assert odd.value == 1.0
 
 
+def test_a_resumed_meter_continues_the_mlflow_run_and_ends_it_finished(mlflow_store):
+    """Was: one run per restart, the crashed ones left RUNNING: the run id is in the
+    meter's checkpoint, and the resumed meter logs into that run and ends it."""
+    from mlflow.tracking import MlflowClient
+
+    from lazymeter.integrations.mlflow import MlflowSink
+
+    kw = {"tracking_uri": mlflow_store, "experiment": "resume"}
+    meter, x, y = make_meter(schedule=1, sinks=[MlflowSink(**kw)])
+    train(meter, x, y, steps=3)
+    sd = meter.state_dict()  # then the process dies: no close()
+    resumed, x, y = make_meter(schedule=1, sinks=[MlflowSink(**kw)])
+    resumed.load_state_dict(sd)
+    train(resumed, x, y, steps=2)
+    resumed.close()
+    client = MlflowClient(tracking_uri=mlflow_store)
+    exp = client.get_experiment_by_name("resume")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, tag_for("ntk_drift"))]
+    assert steps == [0, 1, 2, 3, 4]
+
+
 # ---------------------------------------------------------------------------- W&B
 def wandb_records(path):
     """The records of a run's .wandb transaction log, read by W&B's own reader
@@ -376,6 +399,34 @@ def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, monkeyp
         if r["type"] == "summary":
             summary.update(r["summary"].get("update", {}))
     assert summary["lazymeter/regime"]
+
+
+def test_a_resumed_meter_continues_the_wandb_run(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is an optional dependency")
+    from lazymeter.integrations.wandb import WandbSink
+
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    settings = wandb.Settings(console="off", x_disable_stats=True, save_code=False)
+
+    def sink():
+        return WandbSink(mode="offline", dir=str(tmp_path), project="resume", settings=settings)
+
+    first = sink()
+    meter, x, y = make_meter(schedule=1, sinks=[first])
+    train(meter, x, y, steps=2)
+    sd = meter.state_dict()
+    run_id = first.run.id
+    first.close()  # what a crash leaves: a run to continue (offline: its files)
+    resumed, x, y = make_meter(schedule=1, sinks=[sink()])
+    resumed.load_state_dict(sd)
+    train(resumed, x, y, steps=2)
+    resumed.close()
+    assert wandb.run is None
+    dirs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(dirs) == 2 and all(d.endswith(f"-{run_id}") for d in dirs), dirs
 
 
 # ---------------------------------------------------------------------------- ranks
