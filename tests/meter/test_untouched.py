@@ -30,6 +30,8 @@ def test_a_buffer_the_forward_updates_changes_only_by_the_users_own_forwards(tmp
     meter.measure()
     meter.step(train_loss=1.0)
     lm.empirical_ntk(model, x)
+    for method in ("jacobian", "ntvp", "structured", "loop"):  # its own (train) mode too
+        lm.empirical_ntk(model, x, method=method, measure_mode="as_is")
     lm.ntk_alignment(model, x, y[:, 0], estimator="biased")
     lm.ntk.explain(model, x)
     lm.ntk.coverage(model, x)
