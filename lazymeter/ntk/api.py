@@ -311,7 +311,8 @@ def _warn_non_finite(
     else:
         why = (
             f"an overflow inside engine {name!r} (inputs or activations near the dtype's "
-            f"limit, {fm.dtype}); try method='jacobian', dtype=torch.float64 or smaller inputs"
+            f"limit, {fm.dtype}); try method='auto' (it falls back past such an engine), "
+            "dtype=torch.float64 or smaller inputs"
         )
     warnings.warn(
         f"lazymeter: empirical_ntk: the kernel has NaN or Inf: {why}", RuntimeWarning, stacklevel=4

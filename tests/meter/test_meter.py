@@ -201,8 +201,8 @@ def test_lazy_baseline_is_k0_kernel_regression_on_the_full_probes():
     model = mlp()
     model0 = copy.deepcopy(model)
     x, y, xt, yt = regression_data(P=12, Q=10)
-    meter = lm.LazyMeter(model, alpha=1.0, probe=(x, y), test_probe=(xt, yt), max_probe=4)
-    assert meter.probe_x.shape[0] == 4  # measurements subsample; the baseline does not
+    meter = lm.LazyMeter(model, alpha=1.0, probe=(x, y), test_probe=(xt, yt), max_probe=5)
+    assert meter.probe_x.shape[0] == 5  # measurements subsample; the baseline does not
     K0, K0t = naive_ntk(model0, x), naive_ntk(model0, xt, x)
     pred = K0t @ torch.linalg.solve(K0, y)
     assert meter.baseline["k0_test_mse"] == pytest.approx(float(((pred - yt) ** 2).mean()))
