@@ -272,20 +272,11 @@ class ScaledModel(nn.Module):
                     "values are unknown, so build the meter after the model is final"
                 )
 
-    def own_state(self) -> dict[str, Tensor]:
-        """The model's parameters and *copies* of its buffers, for :func:`call_with`
-        forwards that must leave BatchNorm statistics untouched."""
-        net = self.net
-        return {
-            **dict(net.named_parameters()),
-            **{k: b.clone() for k, b in net.named_buffers()},
-        }
-
     def measured_output(self, x: Tensor) -> Tensor:
         """This module's output on ``x`` as a measurement sees it: no graph, buffers
-        untouched (the model's forward runs on copies of them)."""
+        untouched (:func:`call_with` runs the forward on copies of them)."""
         with torch.no_grad():
-            out = self._reduce(call_with(self.net, self.own_state(), (x,)))
+            out = self._reduce(call_with(self.net, {}, (x,)))
             if self.center:
                 out = out - self.initial_output(x)
             return self.alpha * out
@@ -312,12 +303,12 @@ class ScaledModel(nn.Module):
     def check_outputs(self, x: Tensor) -> int:
         """Clear errors at construction for a model whose output the NTK cannot use;
         returns the number of outputs per sample."""
-        net, state = self.net, self.own_state()
+        net = self.net
         shapes = []
         with self.measuring():
             for n in (2, 3):
                 with torch.set_grad_enabled(n == 2):  # one pass also checks differentiability
-                    out = self._reduce(call_with(net, state, (x[:n],)))
+                    out = self._reduce(call_with(net, {}, (x[:n],)))
                 if not isinstance(out, Tensor):
                     raise TypeError(
                         f"model: returned {type(out).__name__}, not a Tensor; pass output_fn "

@@ -26,7 +26,7 @@ def activations(model: nn.Module, names: Sequence[str], x: Tensor) -> dict[str, 
     ]
     try:
         with torch.no_grad():
-            call_with(model, {k: b.clone() for k, b in model.named_buffers()}, (x,))
+            call_with(model, {}, (x,))  # on copies of the buffers
     finally:
         for h in hooks:
             h.remove()
