@@ -59,23 +59,29 @@ def test_a_one_shot_iterator_is_refused_naming_what_to_pass():
         lm.LazyMeter(mlp(), probe=gen)
 
 
-def test_a_layer_replaced_after_construction_gives_nan_and_a_warning_naming_it():
-    x, y = data()
-    model = mlp()
-    meter = lm.LazyMeter(model, probe=(x, y))
+def _resize(model):
     model[0] = nn.Linear(3, 5)
     model[2] = nn.Linear(5, 1)
-    with pytest.warns(RuntimeWarning, match="parameter '0.weight' has shape \\(5, 3\\)"):
-        row = meter.measure()
-    assert math.isnan(row["ntk_drift"]) and math.isnan(row["param_movement"])
 
 
-def test_a_layer_replaced_by_one_of_the_same_shape_gives_nan_and_a_warning_naming_it():
+def _same_shape(model):
+    model[2] = nn.Linear(8, 1)  # same shape, new (untrained, unknown-at-init) values
+
+
+@pytest.mark.parametrize(
+    "replace, said",
+    [
+        (_resize, "parameter '0.weight' has shape \\(5, 3\\)"),
+        (_same_shape, "'2.weight' is not the Parameter object"),
+    ],
+    ids=["resized", "same shape"],
+)
+def test_a_layer_replaced_after_construction_gives_nan_and_a_warning_naming_it(replace, said):
     x, y = data()
     model = mlp()
     meter = lm.LazyMeter(model, probe=(x, y))
-    model[2] = nn.Linear(8, 1)  # same shape, new (untrained, unknown-at-init) values
-    with pytest.warns(RuntimeWarning, match="'2.weight' is not the Parameter object"):
+    replace(model)
+    with pytest.warns(RuntimeWarning, match=said):
         row = meter.measure()
     assert math.isnan(row["ntk_drift"]) and math.isnan(row["param_movement"])
 

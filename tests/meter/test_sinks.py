@@ -358,7 +358,10 @@ def wandb_records(path):
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, monkeypatch):
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """``(wandb, sink)``: W&B offline in ``tmp_path`` (its own cache and config folders),
+    and a factory of offline :class:`WandbSink` objects for a project."""
     wandb = pytest.importorskip("wandb", reason="wandb is an optional dependency")
     from lazymeter.integrations.wandb import WandbSink
 
@@ -367,7 +370,16 @@ def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, monkeyp
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     settings = wandb.Settings(console="off", x_disable_stats=True, save_code=False)
-    sink = WandbSink(mode="offline", dir=str(tmp_path), project="lazymeter-test", settings=settings)
+
+    def sink(project):
+        return WandbSink(mode="offline", dir=str(tmp_path), project=project, settings=settings)
+
+    return wandb, sink
+
+
+def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, offline_wandb):
+    wandb, make_sink = offline_wandb
+    sink = make_sink("lazymeter-test")
     meter, x, y = make_meter(schedule=2, scalar_every=1, sinks=[sink])
     train(meter, x, y, steps=5)
     meter.close(hparams={"lr": 0.5})
@@ -401,26 +413,15 @@ def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, monkeyp
     assert summary["lazymeter/regime"]
 
 
-def test_a_resumed_meter_continues_the_wandb_run(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb", reason="wandb is an optional dependency")
-    from lazymeter.integrations.wandb import WandbSink
-
-    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    settings = wandb.Settings(console="off", x_disable_stats=True, save_code=False)
-
-    def sink():
-        return WandbSink(mode="offline", dir=str(tmp_path), project="resume", settings=settings)
-
-    first = sink()
+def test_a_resumed_meter_continues_the_wandb_run(tmp_path, offline_wandb):
+    wandb, make_sink = offline_wandb
+    first = make_sink("resume")
     meter, x, y = make_meter(schedule=1, sinks=[first])
     train(meter, x, y, steps=2)
     sd = meter.state_dict()
     run_id = first.run.id
     first.close()  # what a crash leaves: a run to continue (offline: its files)
-    resumed, x, y = make_meter(schedule=1, sinks=[sink()])
+    resumed, x, y = make_meter(schedule=1, sinks=[make_sink("resume")])
     resumed.load_state_dict(sd)
     train(resumed, x, y, steps=2)
     resumed.close()
