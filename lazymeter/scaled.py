@@ -24,6 +24,12 @@ from .distributed import unwrap
 from .ntk.functional import call_with, check_measure_mode, deterministic, replayed_rng, rng_state
 
 
+def _same_rng(a: tuple[Tensor, Tensor | None], b: tuple[Tensor, Tensor | None]) -> bool:
+    """Whether two :func:`rng_state` readings are equal (no random number drawn between)."""
+    same_cuda = (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1]))
+    return same_cuda and torch.equal(a[0], b[0])
+
+
 class Snapshot(nn.Module):
     """Frozen copy of a model's parameters and buffers (buffers here, so that
     ``.to()`` moves them and ``state_dict`` carries them, but optimisers never see them)."""
@@ -190,11 +196,14 @@ class ScaledModel(nn.Module):
         Cached for the last few inputs (same tensor objects, unmodified, same mode),
         so a full-batch loop pays for it once; not cached while dropout is active.
         """
-        key = None
         # A stochastic forward must be drawn afresh each call (and consume the RNG as an
         # uncached run would), so only deterministic models are cached.
-        random = self._dropouts and any(m.training for m in self._dropouts)
-        if not random and not kwargs and all(isinstance(a, Tensor) for a in args):
+        random = bool(self._dropouts) and any(m.training for m in self._dropouts)
+        return self._initial(args, kwargs, cacheable=not random)
+
+    def _initial(self, args: tuple[Any, ...], kwargs: dict[str, Any], cacheable: bool) -> Any:
+        key = None
+        if cacheable and not kwargs and all(isinstance(a, Tensor) for a in args):
             key = (self.model.training, *[a._version for a in args])
             for k, (refs, out0) in self._cache:
                 # Identity, not equality: the cache holds the inputs, so ids stay unique.
@@ -219,11 +228,19 @@ class ScaledModel(nn.Module):
         early = self.center and self._sharded
         # In train mode f0 replays the random numbers f draws (the same dropout masks, so
         # that f - f0 is 0 at initialisation) and the run's RNG advances as by f alone.
-        state = rng_state(self._device()) if self.center and self.model.training else None
+        device = self._device()
+        state = rng_state(device) if self.center and self.model.training else None
         out0 = self._f0(state, args, kwargs) if early else None
         out = self._reduce(self.model(*args, **kwargs))
         if self.center and not early:
-            out0 = self._f0(state, args, kwargs)
+            # Whether f drew random numbers (any dropout, modules or functional inside
+            # attention): then f0 is drawn afresh with the same ones, never from the cache.
+            drew = state is not None and not _same_rng(state, rng_state(device))
+            if drew:
+                with replayed_rng(state, device):
+                    out0 = self._initial(args, kwargs, cacheable=False)
+            else:
+                out0 = self._initial(args, kwargs, cacheable=True)
         a = self.alpha
         if isinstance(out, Tensor) and out.is_floating_point():  # the common case, kept lean
             if out0 is not None:
@@ -238,6 +255,7 @@ class ScaledModel(nn.Module):
         return tree_map(scale, out) if out0 is None else tree_map(scale, out, out0)
 
     def _f0(self, state: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """f0 before f (under fully_shard): from the RNG state f will start from."""
         if state is None:
             return self.initial_output(*args, **kwargs)
         with replayed_rng(state, self._device()):

@@ -97,3 +97,30 @@ def test_dropout_draws_the_same_masks_for_f_and_f0_and_the_rng_as_f_alone():
         model(x)
     assert torch.equal(out, torch.zeros_like(out))
     assert torch.equal(torch.get_rng_state(), after)
+
+
+class FunctionalDropout(nn.Module):
+    """Dropout that is not a module (as inside GPT-2-style attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.dropout(torch.tanh(self.fc1(x)), 0.5, training=self.training)
+        return self.fc2(h)
+
+
+def test_functional_dropout_is_never_served_a_cached_f0_with_stale_masks():
+    """A full-batch loop passes the same x every step: f0 must not come from the cache
+    when f drew random numbers, or f - f0 would hold the first call's masks."""
+    torch.manual_seed(0)
+    meter = lm.LazyMeter(FunctionalDropout().double(), alpha=5.0)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(3):
+            out = meter(x)
+            assert torch.equal(out, torch.zeros_like(out))
+        meter.model.eval()  # no random numbers: f0 is cached again and still exact
+        assert torch.equal(meter(x), torch.zeros(6, 3, dtype=torch.float64))
+        assert meter._cache
