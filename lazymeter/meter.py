@@ -27,7 +27,15 @@ from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes
 from .failures import Warner
 from .fsdp import is_dtensor
 from .metrics import alignment_estimate
-from .ntk import FunctionalModel, coverage, empirical_ntk, kernel_dtype, select_method
+from .ntk import (
+    FunctionalModel,
+    coverage,
+    empirical_ntk,
+    kernel_dtype,
+    kernel_plan,
+    resolve_budget,
+    select_method,
+)
 from .ntk.sketch import Sketch, check_outputs, sketched_ntk
 from .probes import Probe, ProbeSize, check_label_variance, prepare, subsample, targets
 from .regime import RegimeThresholds, describe
@@ -543,8 +551,12 @@ class LazyMeter(ScaledModel):
     def ntk_engine(self) -> dict[str, Any]:
         """Which NTK engine measures: ``method`` (as asked), ``engine`` (as run: for
         ``"auto"`` its choice, remembered after any fallback past engines that failed on
-        this model) and, for ``"structured"``, ``coverage`` (the fraction of trainable
-        entries its rules compute on the probe). Also in ``log_dir/meta.json`` and the
+        this model), for ``"structured"``, ``coverage`` (the fraction of trainable
+        entries its rules compute on the probe), ``memory_budget`` (bytes) with
+        ``budget_source`` (the argument, the environment variable, or the fraction of the
+        device's free memory it is: read at each kernel, so it follows the device), and
+        ``chunk_size``/``blocks`` of a kernel of the probe
+        (:func:`lazymeter.ntk.kernel_plan`). Also in ``log_dir/meta.json`` and the
         TensorBoard text tab."""
         if self._sharded and self._engine_info is not None:
             return dict(self._engine_info)  # found on the gathered model at construction
@@ -561,6 +573,17 @@ class LazyMeter(ScaledModel):
                     info["engine"] = select_method(self.net, self.probe_x, **kw)
                 if info["engine"] == "structured":
                     info["coverage"] = coverage(self.net, self.probe_x, **kw)
+                budget = self.ntk_kwargs["memory_budget"]
+                if isinstance(outputs, Sketch):  # blocks of projections: the budget only
+                    info["memory_budget"], info["budget_source"] = resolve_budget(
+                        budget, self._device()
+                    )
+                else:  # how a kernel of the probe runs: budget, its source, blocks
+                    found = kernel_plan(
+                        self.net, self.probe_x, method=info["engine"], memory_budget=budget,
+                        chunk_size=self.ntk_kwargs["chunk_size"], **kw,
+                    )  # fmt: skip
+                    info.update({k: v for k, v in found.items() if k != "engine"})
         except (ValueError, RuntimeError) as e:  # no NTK at all (train-mode BatchNorm, as_is)
             info["engine"], info["error"] = None, str(e)
         return info

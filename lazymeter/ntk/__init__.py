@@ -11,15 +11,13 @@ and :func:`register_rule` (a structured per-layer rule returning :class:`Outer` 
 ``empirical_ntk(..., per_layer=True)`` splits the kernel by :func:`parameter_groups`.
 """
 
-from .api import (
+from .api import choose_method, empirical_ntk, kernel_dtype, kernel_plan, select_method
+from .budget import (
     DEFAULT_MEMORY_BUDGET,
     MEMORY_BUDGET_ENV,
-    choose_method,
     default_memory_budget,
-    empirical_ntk,
-    kernel_dtype,
     parse_bytes,
-    select_method,
+    resolve_budget,
 )
 from .cache import CACHE, NTKCache, clear_caches
 from .engines import (
@@ -64,6 +62,8 @@ __all__ = [
     "clear_caches",
     "coverage",
     "default_memory_budget",
+    "kernel_plan",
+    "resolve_budget",
     "empirical_ntk",
     "explain",
     "kernel_dtype",

@@ -66,7 +66,7 @@ def ntk_alignment(
     rows: int = 256,
     se_points: int = 1000,
     seed: int = 0,
-    memory_budget: int = 512 * 2**20,
+    memory_budget: int | str | None = None,
 ) -> Estimate:
     """Alignment of ``model``'s empirical NTK on ``x`` with labels ``y``, with its error bar.
 
@@ -109,7 +109,8 @@ def ntk_alignment(
             ``~ 1/sqrt(r)``).
         se_points: points of the dense subsample behind the sampling error.
         seed: of the random vectors and of the subsample.
-        memory_budget: bytes for one block of tangents and activations.
+        memory_budget: bytes for one block of tangents and activations (None: from the
+            device, as for :func:`~lazymeter.empirical_ntk`).
     Returns:
         :class:`~lazymeter.Estimate` ``(value, stderr, n=P, estimator, method,
         estimator_se)``.
@@ -142,7 +143,8 @@ def ntk_alignment(
             return empirical_ntk(model, a, b, output_fn=output_fn, dtype=dtype)
 
         if dense:
-            est = alignment_estimate(kernel(xs), Y, centering, estimator)
+            K = kernel(xs)
+            est = alignment_estimate(K, Y.to(K.device), centering, estimator)
             return est._replace(method="dense")
 
         op = KernelOperator(
@@ -158,6 +160,7 @@ def ntk_alignment(
                 f"operation of the model, and one has none ({first}); pass method='dense' "
                 f"(exact, a P x P kernel; up to max_dense={max_dense} points by default)"
             ) from None
+        Y = _cpu64(Y)  # beside the sums (labels may live on the model's GPU)
         value = _alignment(t2, K1, d, quad, Y, estimator, centering)
         if not math.isfinite(value):
             raise ValueError(
@@ -171,7 +174,8 @@ def ntk_alignment(
         m = min(P, se_points)
         idx = torch.randperm(P, generator=g)[:m].sort().values.to(xs[0].device)
         sub = tuple(t[idx] for t in xs) if m < P else slice_inputs(xs, 0, P)
-        sub_se = alignment_estimate(kernel(sub), Y[idx.cpu()], centering, estimator).stderr
+        Ks = kernel(sub)
+        sub_se = alignment_estimate(Ks, Y[idx.cpu()].to(Ks.device), centering, estimator).stderr
         samp_se = sub_se * math.sqrt(m / P)
         return Estimate(value, math.hypot(samp_se, est_se), P, estimator, "matrix_free", est_se)
 

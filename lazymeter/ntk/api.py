@@ -3,58 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .budget import resolve_budget
 from .cache import CACHE
 from .engines import ENGINES, as_engine, choose_engine, ranked_engines
 from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, measured, num_samples
 from .groups import group_names
 
 logger = logging.getLogger("lazymeter")
-
-#: Bytes that the per-sample Jacobian blocks of one call may occupy when
-#: ``chunk_size`` is None (override per call with ``memory_budget=``, or for the
-#: whole process with the environment variable :data:`MEMORY_BUDGET_ENV`).
-DEFAULT_MEMORY_BUDGET = 512 * 2**20
-
-#: Environment variable holding the default memory budget, e.g. ``2GiB``, ``512MiB``,
-#: ``1.5e9`` (bytes); read at each call, so it can be set after import.
-MEMORY_BUDGET_ENV = "LAZYMETER_MEMORY_BUDGET"
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6}
-_UNITS.update({"mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tib": 2**40})
-
-
-def parse_bytes(text: str) -> int:
-    """``"2GiB" -> 2147483648``; accepts a plain number of bytes or a B/KiB/MiB/GiB/TiB
-    (or kB/MB/GB) suffix, case-insensitive."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    if m is None or m.group(2).lower() not in _UNITS:
-        raise ValueError(
-            f"memory budget: cannot read {text!r}; write bytes or a size like '512MiB' or '2GiB'"
-        )
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if value <= 0:
-        raise ValueError(f"memory budget: must be positive, got {text!r}")
-    return value
-
-
-def default_memory_budget() -> int:
-    """The budget used when ``memory_budget=None``: ``$LAZYMETER_MEMORY_BUDGET`` if set,
-    else :data:`DEFAULT_MEMORY_BUDGET`."""
-    env = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
-    if not env:
-        return DEFAULT_MEMORY_BUDGET
-    try:
-        return parse_bytes(env)
-    except ValueError as e:
-        raise ValueError(f"{MEMORY_BUDGET_ENV}: {e}") from None
 
 
 def kernel_dtype(model_dtype: torch.dtype, dtype: torch.dtype | None = None) -> torch.dtype:
@@ -105,6 +66,51 @@ def select_method(
 
 
 @measured
+def kernel_plan(
+    model: nn.Module,
+    x1: Any,
+    x2: Any = None,
+    *,
+    output_fn: OutputFn | None = None,
+    method: str = "auto",
+    trace_outputs: bool = True,
+    chunk_size: int | None = None,
+    memory_budget: int | str | None = None,
+    measure_mode: str = "eval",
+) -> dict[str, Any]:
+    """How :func:`empirical_ntk` with these arguments would compute the kernel, without
+    computing it: ``engine`` (for ``"auto"`` its choice, or the engine it remembered),
+    ``memory_budget`` (bytes) and ``budget_source`` (the argument, the environment
+    variable, or which fraction of what the device has free), ``chunk_size`` (samples per
+    block, as given or planned to fit the budget) and ``blocks`` (row blocks for ``x1``)."""
+    fm = FunctionalModel(model, output_fn)
+    xs1 = as_inputs(x1, "x1", fm.device)
+    budget, source = resolve_budget(memory_budget, fm.device)
+    engine = (
+        method
+        if method != "auto"
+        else select_method(model, x1, x2, output_fn=output_fn, trace_outputs=trace_outputs)
+    )
+    if engine not in ENGINES:
+        raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
+    longest = num_samples(xs1)
+    if x2 is not None:
+        longest = max(longest, num_samples(as_inputs(x2, "x2", fm.device)))
+    if chunk_size is None:
+        chunk_size = as_engine(ENGINES[engine], engine).plan_chunk(
+            fm, xs1, n_out=fm.num_outputs(xs1), trace=trace_outputs, budget=budget,
+            n_samples=longest,
+        )  # fmt: skip
+    return {
+        "engine": engine,
+        "memory_budget": budget,
+        "budget_source": source,
+        "chunk_size": int(chunk_size),
+        "blocks": -(-num_samples(xs1) // int(chunk_size)),
+    }
+
+
+@measured
 def empirical_ntk(
     model: nn.Module,
     x1: Any,
@@ -145,8 +151,10 @@ def empirical_ntk(
         chunk_size: samples per block; None lets the engine size its blocks to
             ``memory_budget`` (:meth:`~lazymeter.ntk.engines.Engine.plan_chunk`).
         memory_budget: bytes (or a size such as ``"2GiB"``) for the Jacobian blocks and
-            per-layer features of one call; default ``$LAZYMETER_MEMORY_BUDGET``, else
-            :data:`DEFAULT_MEMORY_BUDGET` (512 MiB). Every engine sizes its blocks to it.
+            per-layer features of one call; default ``$LAZYMETER_MEMORY_BUDGET``, else a
+            fraction of what the model's device has free now (half the free GPU memory,
+            a quarter of the available RAM: :mod:`lazymeter.ntk.budget`). Every engine
+            sizes its blocks to it.
         dtype: precision of the Jacobians and of their sums. Default: float32 for
             float16/bfloat16 models (a half-precision sum over millions of parameters
             loses most of its digits), else the model's dtype; ``torch.float64`` on
@@ -220,16 +228,7 @@ def empirical_ntk(
         raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-    if memory_budget is None:
-        budget = default_memory_budget()
-    elif isinstance(memory_budget, str):
-        budget = parse_bytes(memory_budget)
-    elif isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)):
-        raise TypeError(f"memory_budget: expected bytes or a size string, got {memory_budget!r}")
-    else:
-        budget = int(memory_budget)
-    if budget <= 0:
-        raise ValueError(f"memory_budget: expected a positive number of bytes, got {memory_budget}")
+    budget, _ = resolve_budget(memory_budget, fm.device)
 
     n_out = fm.num_outputs(xs1)
     split = group_names(fm.params) if per_layer else None

@@ -66,10 +66,13 @@ class Explanation:
             order.
         covered: fraction of trainable entries the rules compute (equal to
             :func:`~lazymeter.ntk.coverage` on the same inputs).
+        plan: how ``empirical_ntk(model, x)`` would run (:func:`~lazymeter.ntk.kernel_plan`:
+            engine, memory budget and where it came from, block size), or None.
     """
 
-    def __init__(self, rows: list[ParamRoute]) -> None:
+    def __init__(self, rows: list[ParamRoute], plan: dict[str, Any] | None = None) -> None:
         self.rows = rows
+        self.plan = plan
         self.total = sum(r.numel for r in rows)
         ruled = sum(r.numel for r in rows if r.ruled)
         self.covered = ruled / self.total if self.total else 0.0
@@ -117,6 +120,13 @@ class Explanation:
             f"({n_ruled} of {len(self.rows)} parameters: {n_ops} by operator rules); the "
             "rest goes to the generic Jacobian engine"
         )
+        if self.plan is not None:
+            p = self.plan
+            lines.append(
+                f"empirical_ntk on these inputs: engine {p['engine']!r}, blocks of "
+                f"{p['chunk_size']} samples ({p['blocks']} for x), memory budget "
+                f"{p['memory_budget'] / 2**20:.0f} MiB ({p['budget_source']})"
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -161,8 +171,9 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
 
     Returns:
         An :class:`Explanation`: ``.rows`` (one :class:`ParamRoute` per trainable
-        parameter, each once), ``.covered`` (fraction of entries ruled); ``print`` it for a
-        table naming, for each parameter on the generic engine, why and what to do.
+        parameter, each once), ``.covered`` (fraction of entries ruled), ``.plan`` (engine,
+        memory budget and its source, block size of ``empirical_ntk(model, x)``); ``print``
+        it for a table naming, for each parameter on the generic engine, why and what to do.
     """
     fm = FunctionalModel(model, output_fn)
     xs = as_inputs(x, "x", fm.device)
@@ -207,4 +218,6 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
                 ops=tuple(found.ops.get(name, ())),
             )
         )
-    return Explanation(rows)
+    from .api import kernel_plan  # lazy: api imports the engines, which import routing
+
+    return Explanation(rows, kernel_plan(model, x, output_fn=output_fn))

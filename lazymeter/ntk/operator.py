@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .budget import resolve_budget
 from .functional import (
     FunctionalModel,
     OutputFn,
@@ -37,7 +38,8 @@ class KernelOperator:
         x: ``[P, ...]`` inputs (a Tensor or a tuple of Tensors sharing dim 0).
         output_fn: as in :func:`~lazymeter.empirical_ntk`.
         dtype: precision of the products (default: the model's; a cast copy otherwise).
-        memory_budget: bytes for one block's tangents and activations (default 512 MiB).
+        memory_budget: bytes for one block's tangents and activations (default None: as
+            for :func:`~lazymeter.empirical_ntk`, from the device).
 
     Attributes:
         P: number of points; O: outputs per point; fm: the functional model.
@@ -50,7 +52,7 @@ class KernelOperator:
         *,
         output_fn: OutputFn | None = None,
         dtype: torch.dtype | None = None,
-        memory_budget: int = 512 * 2**20,
+        memory_budget: int | str | None = None,
     ) -> None:
         fm = FunctionalModel(model, output_fn)
         if dtype is not None and dtype != fm.dtype:
@@ -62,7 +64,7 @@ class KernelOperator:
         self.P = num_samples(self.xs)
         self.O = fm.num_outputs(self.xs)
         self.dtype, self.device = fm.dtype, fm.device
-        self.budget = int(memory_budget)
+        self.budget, _ = resolve_budget(memory_budget, self.device)
         self._per_sample = max(fm.activation_bytes(self.xs), 1)
 
     # ------------------------------------------------------------------ blocks

@@ -60,12 +60,35 @@ def spy(monkeypatch):
 
 
 def test_env_var_sets_the_default_budget(monkeypatch):
-    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
-    assert default_memory_budget() == 512 * 2**20
     monkeypatch.setenv(MEMORY_BUDGET_ENV, "3MiB")
     assert default_memory_budget() == 3 * 2**20
     monkeypatch.setenv(MEMORY_BUDGET_ENV, "1.5e6")
     assert default_memory_budget() == 1_500_000
+
+
+def test_the_default_budget_is_a_quarter_of_the_available_ram_on_the_cpu(monkeypatch):
+    """Not a constant tuned on one machine: a quarter of MemAvailable (or of what a cgroup
+    limit leaves), never below the floor, and said where it came from."""
+    from lazymeter.ntk import budget as B
+
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(B, "available_ram", lambda: 20 * 2**30)
+    assert default_memory_budget() == 5 * 2**30
+    assert B.resolve_budget(None, "cpu") == (5 * 2**30, "25% of 20 GiB available RAM")
+    monkeypatch.setattr(B, "available_ram", lambda: 2**20)  # a nearly full machine
+    assert default_memory_budget("cpu") == B.MIN_BUDGET
+    monkeypatch.setattr(B, "available_ram", lambda: None)  # nothing readable
+    assert default_memory_budget() == B.DEFAULT_MEMORY_BUDGET
+    assert B.resolve_budget("2GiB", "cpu") == (2 * 2**30, "memory_budget='2GiB'")
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "1GiB")  # the variable beats the device
+    assert B.resolve_budget(None, "cpu") == (2**30, "$LAZYMETER_MEMORY_BUDGET=1GiB")
+
+
+def test_available_ram_reads_this_machine():
+    from lazymeter.ntk.budget import available_ram
+
+    ram = available_ram()
+    assert ram is None or 0 < ram  # Linux: MemAvailable (capped by a cgroup limit)
 
 
 @pytest.mark.parametrize("bad", ["lots", "12 parsecs", "-1MiB", "0"])
@@ -228,3 +251,27 @@ def test_activation_bytes_count_what_grows_with_the_batch():
     x = torch.randint(0, 30, (4, 3))
     a, b = (FunctionalModel(m).activation_bytes((x,)) for m in (t, raw))
     assert abs(a - b) <= 0.1 * a
+
+
+def test_the_meter_and_explain_say_which_budget_engine_and_blocks_were_used(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = torch.randn(40, 2, dtype=torch.float64)
+    meter = lm.LazyMeter(
+        model, probe=(x, y), max_probe=32, memory_budget="16KiB", ntk_method="jacobian",
+        log_dir=tmp_path,
+    )  # fmt: skip
+    info = meter.ntk_engine
+    assert info["memory_budget"] == 16 * 2**10 and info["budget_source"] == "memory_budget='16KiB'"
+    assert 1 <= info["chunk_size"] < 32 and info["blocks"] == -(-32 // info["chunk_size"])
+    with open(tmp_path / "meta.json") as f:
+        assert json.load(f)["ntk_engine"]["budget_source"] == "memory_budget='16KiB'"
+    found = lm.ntk.kernel_plan(model, x[:32], memory_budget=16384, method="jacobian")
+    assert found["chunk_size"] == info["chunk_size"] and found["budget_source"].endswith("16 KiB")
+    assert "available RAM" in lm.ntk.kernel_plan(model, x)["budget_source"]
+    assert "memory budget" in str(lm.ntk.explain(model, x))
+    assert lm.ntk.explain(model, x).plan["engine"] == lm.ntk.select_method(model, x)
