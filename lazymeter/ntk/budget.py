@@ -6,11 +6,13 @@ set, else a fraction of what the model's device has free right now
 * CUDA: :data:`CUDA_FRACTION` of the free device memory (``torch.cuda.mem_get_info``) plus
   what PyTorch's caching allocator holds reserved but unused (free to this process);
 * CPU: :data:`CPU_FRACTION` of the available RAM (``MemAvailable``, or what a cgroup
-  memory limit leaves, whichever is smaller);
+  memory limit leaves, whichever is smaller), at most :data:`CPU_CAP`: on a CPU larger
+  blocks stop paying (``benchmarks/ntk_budget.py``: at 5.7 GiB the transformer cases ran
+  1.3-1.5x slower than at 1 GiB, memory-bound), while a small machine gets less;
 
 never below :data:`MIN_BUDGET`, and :data:`DEFAULT_MEMORY_BUDGET` where the free memory
-cannot be read. A fixed constant tuned on one machine was 6x too small on a 24 GiB CPU
-and ~100x on a 141 GB GPU, where the kernels then ran in many small blocks.
+cannot be read. A fixed constant tuned on one CPU was ~100x too small on a 141 GB GPU,
+where the kernels then ran in many small blocks.
 :func:`resolve_budget` also says where the number came from.
 """
 
@@ -33,8 +35,11 @@ MIN_BUDGET = 256 * 2**20
 CUDA_FRACTION = 0.5
 
 #: Fraction of the available RAM a kernel may use on the CPU (the training process, the
-#: data loader and other processes share the rest).
+#: data loader and other processes share the rest), up to :data:`CPU_CAP`.
 CPU_FRACTION = 0.25
+
+#: The most a CPU kernel's blocks get by default (1 GiB): beyond it blocks were slower.
+CPU_CAP = 2**30
 
 #: Environment variable holding the default memory budget, e.g. ``2GiB``, ``512MiB``,
 #: ``1.5e9`` (bytes); read at each call, so it can be set after import.
@@ -124,7 +129,10 @@ def device_budget(device: torch.device | str | None = None) -> tuple[int, str]:
     elif device.type == "cpu":
         avail = available_ram()
         if avail is not None:
-            budget = max(int(CPU_FRACTION * avail), MIN_BUDGET)
+            share = int(CPU_FRACTION * avail)
+            if share > CPU_CAP:
+                return CPU_CAP, f"the CPU cap ({_gib(CPU_CAP)}; {_gib(avail)} RAM available)"
+            budget = max(share, MIN_BUDGET)
             return budget, f"{CPU_FRACTION:.0%} of {_gib(avail)} available RAM"
     return DEFAULT_MEMORY_BUDGET, f"the fixed default (free memory on {device} not readable)"
 
