@@ -551,13 +551,9 @@ class LazyMeter(ScaledModel):
     def ntk_engine(self) -> dict[str, Any]:
         """Which NTK engine measures: ``method`` (as asked), ``engine`` (as run: for
         ``"auto"`` its choice, remembered after any fallback past engines that failed on
-        this model), for ``"structured"``, ``coverage`` (the fraction of trainable
-        entries its rules compute on the probe), ``memory_budget`` (bytes) with
-        ``budget_source`` (the argument, the environment variable, or the fraction of the
-        device's free memory it is: read at each kernel, so it follows the device), and
-        ``chunk_size``/``blocks`` of a kernel of the probe
-        (:func:`lazymeter.ntk.kernel_plan`). Also in ``log_dir/meta.json`` and the
-        TensorBoard text tab."""
+        this model) and, for ``"structured"``, ``coverage`` (the fraction of trainable
+        entries its rules compute on the probe). Also in ``log_dir/meta.json`` and the
+        TensorBoard text tab. The memory budget and block sizes: :attr:`ntk_plan`."""
         if self._sharded and self._engine_info is not None:
             return dict(self._engine_info)  # found on the gathered model at construction
         outputs = self.ntk_kwargs["outputs"]
@@ -573,20 +569,28 @@ class LazyMeter(ScaledModel):
                     info["engine"] = select_method(self.net, self.probe_x, **kw)
                 if info["engine"] == "structured":
                     info["coverage"] = coverage(self.net, self.probe_x, **kw)
-                budget = self.ntk_kwargs["memory_budget"]
-                if isinstance(outputs, Sketch):  # blocks of projections: the budget only
-                    info["memory_budget"], info["budget_source"] = resolve_budget(
-                        budget, self._device()
-                    )
-                else:  # how a kernel of the probe runs: budget, its source, blocks
-                    found = kernel_plan(
-                        self.net, self.probe_x, method=info["engine"], memory_budget=budget,
-                        chunk_size=self.ntk_kwargs["chunk_size"], **kw,
-                    )  # fmt: skip
-                    info.update({k: v for k, v in found.items() if k != "engine"})
         except (ValueError, RuntimeError) as e:  # no NTK at all (train-mode BatchNorm, as_is)
             info["engine"], info["error"] = None, str(e)
         return info
+
+    @property
+    def ntk_plan(self) -> dict[str, Any]:
+        """How a kernel of the probe runs now: ``memory_budget`` (bytes), ``budget_source``
+        (the argument, the environment variable, or the fraction of the device's free
+        memory it is: read at each kernel, so it follows the device), ``chunk_size`` and
+        ``blocks`` (:func:`lazymeter.ntk.kernel_plan`; with a ``Sketch``, the budget only).
+        Not in ``meta.json``: it depends on the memory free at the moment, not the numbers."""
+        budget = self.ntk_kwargs["memory_budget"]
+        size, source = resolve_budget(budget, self._device())
+        engine = self.ntk_engine["engine"]
+        if self.probe_x is None or engine is None or isinstance(self.ntk_kwargs["outputs"], Sketch):
+            return {"memory_budget": size, "budget_source": source}
+        with self.measuring():
+            found = kernel_plan(
+                self.net, self.probe_x, method=engine, memory_budget=budget,
+                chunk_size=self.ntk_kwargs["chunk_size"], output_fn=self.output_fn,
+            )  # fmt: skip
+        return {k: v for k, v in found.items() if k != "engine"}
 
     @property
     def baseline(self) -> dict[str, float]:

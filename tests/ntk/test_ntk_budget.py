@@ -255,7 +255,7 @@ def test_activation_bytes_count_what_grows_with_the_batch():
     assert abs(a - b) <= 0.1 * a
 
 
-def test_the_meter_and_explain_say_which_budget_engine_and_blocks_were_used(tmp_path, monkeypatch):
+def test_the_meter_and_explain_say_which_budget_engine_and_blocks_are_used(tmp_path, monkeypatch):
     import json
 
     monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
@@ -267,11 +267,11 @@ def test_the_meter_and_explain_say_which_budget_engine_and_blocks_were_used(tmp_
         model, probe=(x, y), max_probe=32, memory_budget="16KiB", ntk_method="jacobian",
         log_dir=tmp_path,
     )  # fmt: skip
-    info = meter.ntk_engine
+    info = meter.ntk_plan
     assert info["memory_budget"] == 16 * 2**10 and info["budget_source"] == "memory_budget='16KiB'"
     assert 1 <= info["chunk_size"] < 32 and info["blocks"] == -(-32 // info["chunk_size"])
-    with open(tmp_path / "meta.json") as f:
-        assert json.load(f)["ntk_engine"]["budget_source"] == "memory_budget='16KiB'"
+    with open(tmp_path / "meta.json") as f:  # what the numbers depend on: not the budget
+        assert json.load(f)["ntk_engine"] == meter.ntk_engine
     found = lm.ntk.kernel_plan(model, x[:32], memory_budget=16384, method="jacobian")
     assert found["chunk_size"] == info["chunk_size"] and found["budget_source"].endswith("16 KiB")
     assert "RAM" in lm.ntk.kernel_plan(model, x)["budget_source"]  # from this machine
