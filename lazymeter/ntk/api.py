@@ -93,14 +93,10 @@ def kernel_plan(
     )
     if engine not in ENGINES:
         raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
-    longest = num_samples(xs1)
-    if x2 is not None:
-        longest = max(longest, num_samples(as_inputs(x2, "x2", fm.device)))
     if chunk_size is None:
-        chunk_size = as_engine(ENGINES[engine], engine).plan_chunk(
-            fm, xs1, n_out=fm.num_outputs(xs1), trace=trace_outputs, budget=budget,
-            n_samples=longest,
-        )  # fmt: skip
+        xs2 = None if x2 is None else as_inputs(x2, "x2", fm.device)
+        n_out = fm.num_outputs(xs1)
+        chunk_size = _planned_chunk(engine, fm, xs1, xs2, n_out, trace_outputs, budget)
     return {
         "engine": engine,
         "memory_budget": budget,
@@ -335,6 +331,21 @@ def _named(K: Tensor, split: dict[str, list[str]] | None) -> Tensor | dict[str, 
     return dict(zip(split, K.unbind(0), strict=True))
 
 
+def _planned_chunk(
+    method: str,
+    fm: FunctionalModel,
+    xs1: tuple[Tensor, ...],
+    xs2: tuple[Tensor, ...] | None,
+    n_out: int,
+    trace: bool,
+    budget: int,
+) -> int:
+    """The block size engine ``method`` plans for these inputs within ``budget`` bytes."""
+    longest = max(num_samples(xs1), 0 if xs2 is None else num_samples(xs2))
+    engine = as_engine(ENGINES[method], method)
+    return engine.plan_chunk(fm, xs1, n_out=n_out, trace=trace, budget=budget, n_samples=longest)
+
+
 def _run(
     method: str,
     fm: FunctionalModel,
@@ -351,10 +362,7 @@ def _run(
     parameter group (``[G, ...]``) when ``groups`` are given."""
     engine = as_engine(ENGINES[method], method)
     if chunk_size is None:
-        longest = max(num_samples(xs1), 0 if xs2 is None else num_samples(xs2))
-        chunk_size = engine.plan_chunk(
-            fm, xs1, n_out=n_out, trace=trace, budget=budget, n_samples=longest
-        )
+        chunk_size = _planned_chunk(method, fm, xs1, xs2, n_out, trace, budget)
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
         if groups is not None:
