@@ -267,12 +267,13 @@ class LazyMeter(ScaledModel):
     def _check_probe_sizes(self, probes: Mapping[str, Probe | None]) -> None:
         """A probe with fewer points than a quantity needs for a number (unbiased alignment
         and CKA with their error bars: 5) would give NaN at every measurement: an error now."""
+        need, who = max(
+            ((q.min_points(), q.name) for q in self.quantities if q.needs), default=(0, "")
+        )
         for name, p in probes.items():
             if p is None:
                 continue
             n = int(p[0].shape[0])
-            short = [(q.min_points(), q.name) for q in self.quantities if q.needs]
-            need, who = max(short, default=(0, ""))
             if n < need:
                 raise ValueError(
                     f"{name}: has {n} points (after max_probe) but {who!r} needs at least "

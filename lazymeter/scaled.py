@@ -21,13 +21,14 @@ from torch.utils._pytree import tree_map
 
 from . import fsdp
 from .distributed import unwrap
-from .ntk.functional import call_with, check_measure_mode, deterministic, replayed_rng, rng_state
-
-
-def _same_rng(a: tuple[Tensor, Tensor | None], b: tuple[Tensor, Tensor | None]) -> bool:
-    """Whether two :func:`rng_state` readings are equal (no random number drawn between)."""
-    same_cuda = (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1]))
-    return same_cuda and torch.equal(a[0], b[0])
+from .ntk.functional import (
+    call_with,
+    check_measure_mode,
+    deterministic,
+    replayed_rng,
+    rng_state,
+    same_rng,
+)
 
 
 class Snapshot(nn.Module):
@@ -235,7 +236,7 @@ class ScaledModel(nn.Module):
         if self.center and not early:
             # Whether f drew random numbers (any dropout, modules or functional inside
             # attention): then f0 is drawn afresh with the same ones, never from the cache.
-            drew = state is not None and not _same_rng(state, rng_state(device))
+            drew = state is not None and not same_rng(state, rng_state(device))
             if drew:
                 with replayed_rng(state, device):
                     out0 = self._initial(args, kwargs, cacheable=False)

@@ -233,7 +233,7 @@ def empirical_ntk(
     if method != "auto":
         K = _run(method, fm, xs1, xs2, **run)
         if not _finite(K):
-            _warn_non_finite(fm, method, xs1, xs2)
+            _warn_non_finite(fm, method, _finite_model(fm, xs1, xs2))
         return _named(K, split)
     # auto: the cheapest applicable engine; if it fails on this model (an op without a
     # batching or forward-mode rule, ...) or returns a non-finite kernel of a finite model
@@ -241,17 +241,19 @@ def empirical_ntk(
     # remembered for this model and input signature.
     key = _auto_key(fm, xs1, trace_outputs)
     known = CACHE.methods.get(fm.model, {}).get(key)
+    last: tuple[str, Tensor] | None = None  # the first engine whose kernel overflowed
     if known is not None and known in ENGINES:
         K = _run(known, fm, xs1, xs2, **run)
-        if _finite(K) or not _finite_model(fm, xs1, xs2):
-            if not _finite(K):
-                _warn_non_finite(fm, known, xs1, xs2)
+        if _finite(K):
             return _named(K, split)
+        if not _finite_model(fm, xs1, xs2):  # NaN in, NaN out: every engine would agree
+            _warn_non_finite(fm, known, False)
+            return _named(K, split)
+        last = (known, K)  # it overflowed on these inputs: the others, not it again
     n2 = None if xs2 is None else num_samples(xs2)
     tried: list[str] = []
-    last: tuple[str, Tensor] | None = None
     for name, why in ranked_engines(fm, xs1, n2, n_out, trace_outputs):
-        if why is not None:
+        if why is not None or (last is not None and name == last[0]):
             continue
         try:
             K = _run(name, fm, xs1, xs2, **run)
@@ -266,7 +268,7 @@ def empirical_ntk(
             continue
         if not _finite(K):
             if not _finite_model(fm, xs1, xs2):  # NaN in, NaN out: every engine would agree
-                _warn_non_finite(fm, name, xs1, xs2)
+                _warn_non_finite(fm, name, False)
                 return _named(K, split)
             logger.warning(
                 "lazymeter: method='auto': engine %r returned NaN/Inf for a finite model and "
@@ -278,7 +280,7 @@ def empirical_ntk(
         CACHE.methods.setdefault(fm.model, {})[key] = name
         return _named(K, split)
     if last is not None:
-        _warn_non_finite(fm, last[0], xs1, xs2)
+        _warn_non_finite(fm, last[0], True)
         return _named(last[1], split)
     raise RuntimeError(
         "method='auto': every applicable engine failed: " + "; ".join(tried or ["none applies"])
@@ -297,11 +299,9 @@ def _finite_model(
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
-def _warn_non_finite(
-    fm: FunctionalModel, name: str, xs1: tuple[Tensor, ...], xs2: tuple[Tensor, ...] | None
-) -> None:
+def _warn_non_finite(fm: FunctionalModel, name: str, finite_model: bool) -> None:
     """A kernel with NaN or Inf never leaves :func:`empirical_ntk` silently."""
-    if not _finite_model(fm, xs1, xs2):
+    if not finite_model:
         why = "the model's parameters hold NaN or Inf (a diverged run?)"
     else:
         why = (

@@ -114,6 +114,12 @@ def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     return torch.get_rng_state(), cuda
 
 
+def same_rng(a: tuple[Tensor, Tensor | None], b: tuple[Tensor, Tensor | None]) -> bool:
+    """Whether two :func:`rng_state` readings are equal (no random number drawn between)."""
+    same_cuda = (a[1] is None) == (b[1] is None) and (a[1] is None or torch.equal(a[1], b[1]))
+    return same_cuda and torch.equal(a[0], b[0])
+
+
 @contextlib.contextmanager
 def replayed_rng(state: tuple[Tensor, Tensor | None], device: torch.device) -> Iterator[None]:
     """Run a block from the RNG ``state`` (:func:`rng_state`), then put the RNG back where
