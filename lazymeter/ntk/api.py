@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import tuning
 from .budget import resolve_budget
 from .cache import CACHE
 from .engines import ENGINES, as_engine, choose_engine, ranked_engines
-from .functional import FunctionalModel, OutputFn, as_inputs, cast_copy, measured, num_samples
+from .functional import (
+    FunctionalModel,
+    OutputFn,
+    as_inputs,
+    cast_copy,
+    measured,
+    num_samples,
+    slice_inputs,
+)
 from .groups import group_names
 
 logger = logging.getLogger("lazymeter")
@@ -54,15 +65,25 @@ def select_method(
     trace_outputs: bool = True,
 ) -> str:
     """The engine ``method="auto"`` uses for these shapes: the one it ran successfully on
-    this model and input signature if it has (after falling back past failing engines),
-    else its first choice, the cheapest applicable engine."""
+    this model, input signature and size bucket if it has (after falling back past
+    failing engines), else its first choice: the fastest applicable engine on a timed
+    trial where :mod:`~lazymeter.ntk.tuning` is on (CUDA by default; the trial is then
+    remembered for the kernels that follow), else the lowest estimated cost."""
     fm = FunctionalModel(model, output_fn)
     xs1 = as_inputs(x1, "x1", fm.device)
-    known = CACHE.methods.get(fm.model, {}).get(_auto_key(fm, xs1, trace_outputs))
+    xs2 = None if x2 is None else as_inputs(x2, "x2", fm.device)
+    key = _auto_key(fm, xs1, xs2, trace_outputs)
+    known = CACHE.methods.get(fm.model, {}).get(key)
     if known is not None:
         return known
-    n2 = None if x2 is None else num_samples(as_inputs(x2, "x2", fm.device))
-    return choose_method(fm, xs1, n2, fm.num_outputs(xs1), trace_outputs)
+    n_out = fm.num_outputs(xs1)
+    budget, _ = resolve_budget(None, fm.device)
+    run = dict(n_out=n_out, trace=trace_outputs, chunk_size=None, budget=budget, groups=None)
+    order, _, why_not = _auto_order(fm, xs1, xs2, key, run)
+    first = next(order, None)
+    if first is None:
+        raise ValueError("method='auto': no registered engine applies (" + "; ".join(why_not) + ")")
+    return first
 
 
 @measured
@@ -82,7 +103,8 @@ def kernel_plan(
     computing it: ``engine`` (for ``"auto"`` its choice, or the engine it remembered),
     ``memory_budget`` (bytes) and ``budget_source`` (the argument, the environment
     variable, or which fraction of what the device has free), ``chunk_size`` (samples per
-    block, as given or planned to fit the budget) and ``blocks`` (row blocks for ``x1``)."""
+    block, as given or planned to fit the budget), ``blocks`` (row blocks for ``x1``) and
+    ``choice`` (why this engine: forced, timed on a trial block, or the FLOP model)."""
     fm = FunctionalModel(model, output_fn)
     xs1 = as_inputs(x1, "x1", fm.device)
     budget, source = resolve_budget(memory_budget, fm.device)
@@ -93,6 +115,11 @@ def kernel_plan(
     )
     if engine not in ENGINES:
         raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
+    choice = f"forced by method={method!r}"
+    if method == "auto":
+        xs2_ = None if x2 is None else as_inputs(x2, "x2", fm.device)
+        trials = CACHE.tunings.get(fm.model, {}).get(_auto_key(fm, xs1, xs2_, trace_outputs))
+        choice = tuning.describe(trials or [], fm.device)
     if chunk_size is None:
         xs2 = None if x2 is None else as_inputs(x2, "x2", fm.device)
         n_out = fm.num_outputs(xs1)
@@ -103,6 +130,7 @@ def kernel_plan(
         "budget_source": source,
         "chunk_size": int(chunk_size),
         "blocks": -(-num_samples(xs1) // int(chunk_size)),
+        "choice": choice,
     }
 
 
@@ -235,11 +263,12 @@ def empirical_ntk(
         if not _finite(K):
             _warn_non_finite(fm, method, _finite_model(fm, xs1, xs2))
         return _named(K, split)
-    # auto: the cheapest applicable engine; if it fails on this model (an op without a
-    # batching or forward-mode rule, ...) or returns a non-finite kernel of a finite model
-    # (an overflow inside its contraction), the next one, and the one that worked is
-    # remembered for this model and input signature.
-    key = _auto_key(fm, xs1, trace_outputs)
+    # auto: the fastest applicable engine (timed on a trial block where tuning is on, else
+    # the lowest FLOP estimate); if it fails on this model (an op without a batching or
+    # forward-mode rule, ...) or returns a non-finite kernel of a finite model (an overflow
+    # inside its contraction), the next one, and the one that worked is remembered for
+    # this model, input signature and size bucket.
+    key = _auto_key(fm, xs1, xs2, trace_outputs)
     known = CACHE.methods.get(fm.model, {}).get(key)
     last: tuple[str, Tensor] | None = None  # the first engine whose kernel overflowed
     if known is not None and known in ENGINES:
@@ -250,13 +279,12 @@ def empirical_ntk(
             _warn_non_finite(fm, known, False)
             return _named(K, split)
         last = (known, K)  # it overflowed on these inputs: the others, not it again
-    n2 = None if xs2 is None else num_samples(xs2)
+    skip = None if last is None else last[0]
+    order, trial, why_not = _auto_order(fm, xs1, xs2, key, run, skip=skip)
     tried: list[str] = []
-    for name, why in ranked_engines(fm, xs1, n2, n_out, trace_outputs):
-        if why is not None or (last is not None and name == last[0]):
-            continue
+    for i, name in enumerate(order):
         try:
-            K = _run(name, fm, xs1, xs2, **run)
+            K = trial if trial is not None and i == 0 else _run(name, fm, xs1, xs2, **run)
         except (RuntimeError, NotImplementedError) as e:
             first = (str(e).splitlines() or [type(e).__name__])[0]
             tried.append(f"{name} ({first})")
@@ -283,8 +311,59 @@ def empirical_ntk(
         _warn_non_finite(fm, last[0], True)
         return _named(last[1], split)
     raise RuntimeError(
-        "method='auto': every applicable engine failed: " + "; ".join(tried or ["none applies"])
+        "method='auto': every applicable engine failed: "
+        + "; ".join(tried or ["none applies"] + why_not)
     )
+
+
+def _auto_order(
+    fm: FunctionalModel,
+    xs1: tuple[Tensor, ...],
+    xs2: tuple[Tensor, ...] | None,
+    key: tuple,
+    run: dict[str, Any],
+    skip: str | None = None,
+) -> tuple[Iterator[str], Tensor | None, list[str]]:
+    """``(engines to try, in order; the first one's kernel when its trial was the whole
+    kernel; why the others do not apply, filled as the engines are asked)``. Applicable
+    engines come cheapest estimate first, asked lazily (an expensive applicability test
+    runs only when its engine is next in line); where :mod:`~lazymeter.ntk.tuning` is on,
+    the first few are timed on a trial block once per ``key`` (the timings kept in
+    ``CACHE.tunings``) and put fastest first."""
+    n2 = None if xs2 is None else num_samples(xs2)
+    why_not: list[str] = []
+
+    def applicable() -> Iterator[str]:
+        for name, why in ranked_engines(fm, xs1, n2, run["n_out"], run["trace"]):
+            if why is not None:
+                why_not.append(f"{name}: {why}")
+            elif name != skip:
+                yield name
+
+    rest = applicable()
+    trials = CACHE.tunings.get(fm.model, {}).get(key)
+    trial = None
+    if trials is None and tuning.enabled(fm.device):
+        head = list(itertools.islice(rest, tuning.MAX_CANDIDATES))
+        rest = itertools.chain(head, rest)
+        if len(head) > 1:
+            points = min(num_samples(xs1), tuning.TRIAL_POINTS)
+            block = slice_inputs(xs1, 0, points)
+            trials, trial = tuning.time_engines(
+                head,
+                lambda name: _run(name, fm, block, None, **run),
+                points=points,
+                device=fm.device,
+                finite=_finite,
+            )
+            CACHE.tunings.setdefault(fm.model, {})[key] = trials
+            if not (xs2 is None and points == num_samples(xs1)):
+                trial = None  # a block of a larger kernel: not the answer
+    if not trials:
+        return rest, None, why_not
+    timed = [t.engine for t in trials if t.seconds is not None and t.engine != skip]
+    others = (name for name in rest if name not in timed)
+    return itertools.chain(timed, others), trial, why_not
 
 
 def _finite(K: Tensor) -> bool:
@@ -314,8 +393,14 @@ def _warn_non_finite(fm: FunctionalModel, name: str, finite_model: bool) -> None
     )
 
 
-def _auto_key(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple:
+def _auto_key(
+    fm: FunctionalModel, xs: tuple[Tensor, ...], xs2: tuple[Tensor, ...] | None, trace: bool
+) -> tuple:
+    """What ``"auto"``'s choice depends on: modes, output reduction, trainable parameters,
+    per-sample input shapes, dtype and device, and the kernel's size bucket."""
+    longest = max(num_samples(xs), 0 if xs2 is None else num_samples(xs2))
     return (
+        tuning.size_bucket(longest),
         fm.model.training,
         id(fm.output_fn),
         tuple(sorted(fm.params)),

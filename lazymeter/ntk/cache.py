@@ -31,6 +31,8 @@ class NTKCache:
             dtype=)``), refreshed in place at each call.
         methods: ``model -> {signature: engine name}``: what ``method="auto"`` ran
             successfully (after falling back past engines that failed on this model).
+        tunings: ``model -> {signature: [Trial]}``: the timed trials behind an ``"auto"``
+            choice (:mod:`lazymeter.ntk.tuning`), fastest first.
         sketches: ``model -> {key: [projected output functions]}``: the random output
             projections of :func:`lazymeter.ntk.sketch.sketched_ntk`, kept so that the
             routes and plans keyed by the output function are reused.
@@ -56,6 +58,9 @@ class NTKCache:
         self.sketches: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = (
             weakref.WeakKeyDictionary()
         )
+        self.tunings: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def tables(self) -> dict[str, weakref.WeakKeyDictionary]:
         """``{name: table}`` of every memo table."""
@@ -67,6 +72,7 @@ class NTKCache:
             "casts": self.casts,
             "sketches": self.sketches,
             "methods": self.methods,
+            "tunings": self.tunings,
         }
 
     def clear(self, model: nn.Module | None = None) -> None:

@@ -67,7 +67,7 @@ class Explanation:
         covered: fraction of trainable entries the rules compute (equal to
             :func:`~lazymeter.ntk.coverage` on the same inputs).
         plan: how ``empirical_ntk(model, x)`` would run (:func:`~lazymeter.ntk.kernel_plan`:
-            engine, memory budget and where it came from, block size), or None.
+            engine and why, memory budget and where it came from, block size), or None.
     """
 
     def __init__(self, rows: list[ParamRoute], plan: dict[str, Any] | None = None) -> None:
@@ -123,7 +123,7 @@ class Explanation:
         if self.plan is not None:
             p = self.plan
             lines.append(
-                f"empirical_ntk on these inputs: engine {p['engine']!r}, blocks of "
+                f"empirical_ntk on these inputs: engine {p['engine']!r} ({p['choice']}), blocks of "
                 f"{p['chunk_size']} samples ({p['blocks']} for x), memory budget "
                 f"{p['memory_budget'] / 2**20:.0f} MiB ({p['budget_source']})"
             )
