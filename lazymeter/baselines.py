@@ -64,7 +64,7 @@ def kernel_regression(
     f64 = torch.float64
     A = K_train.to(f64)
     A = (A + A.T) / 2 + ridge * torch.eye(P, dtype=f64, device=A.device)
-    y = y_train.to(f64)
+    y = y_train.to(A.device, f64)  # targets and test kernel may live elsewhere (the CPU)
     rhs = y[:, None] if y.dim() == 1 else y
     L, info = torch.linalg.cholesky_ex(A)
     ok = int(info) == 0
@@ -82,7 +82,7 @@ def kernel_regression(
             stacklevel=2,
         )
         coef = torch.linalg.pinv(A, hermitian=True) @ rhs
-    pred = K_test_train.to(f64) @ coef
+    pred = K_test_train.to(A.device, f64) @ coef
     out = (pred[:, 0] if y.dim() == 1 else pred).to(out_dtype)
     if not bool(torch.isfinite(out).all()):
         raise ValueError(

@@ -292,7 +292,7 @@ def _alignment_inputs(
             f"centering='double' (got {centering!r}) or estimator='biased'"
         )
     K = _square(K, "K")
-    Y = _labels(y, K.shape[0], "y")
+    Y = _labels(y, K.shape[0], "y").to(K.device)  # labels on the CPU, kernel on a GPU
     (K,), (Y,) = _unit(K), _unit(Y)
     if centering == "double":
         Kc, Yc = _centre(K), Y - Y.mean(0)
@@ -351,11 +351,12 @@ def alignment_change(
             "must be over the same points"
         )
     (a, loo), (a0, loo0) = (alignment_replicates(k, y, centering, estimator) for k in (K, K0))
+    loo0 = loo0.to(loo.device)  # K0 kept elsewhere (the CPU) than K
     return Estimate(a - a0, E.jackknife_se(loo - loo0), int(loo.numel()), estimator)
 
 
 def _cka_inputs(K1: object, K2: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    K1, K2 = _square(K1, "K1"), _square(K2, "K2")
+    K1, K2 = _square(K1, "K1"), _square(K2, "K2").to(K1.device)  # on K1's device
     if K1.shape != K2.shape:
         raise ValueError(
             f"K2: shape {tuple(K2.shape)} differs from K1's {tuple(K1.shape)}; both kernels "
@@ -420,7 +421,7 @@ def linear_cka(X1: Tensor, X2: Tensor) -> float:
     Undefined when a centred feature matrix is zero (features constant across samples,
     ``P = 1``): ``ValueError`` naming ``X1`` or ``X2``.
     """
-    X1, X2 = as_float64(X1, "X1"), as_float64(X2, "X2")
+    X1, X2 = as_float64(X1, "X1"), as_float64(X2, "X2").to(X1.device)  # on X1's device
     for name, X in (("X1", X1), ("X2", X2)):
         if X.dim() < 2:
             raise ValueError(
@@ -458,7 +459,7 @@ def ntk_drift(K: Tensor, K0: Tensor) -> float:
 
     ``>= 0``; undefined for a zero ``K0`` (``ValueError`` naming ``K0``).
     """
-    K, K0 = as_float64(K, "K"), as_float64(K0, "K0")
+    K, K0 = as_float64(K, "K"), as_float64(K0, "K0").to(K.device)  # on K's device
     if K.shape != K0.shape:
         raise ValueError(
             f"K: shape {tuple(K.shape)} differs from K0's {tuple(K0.shape)}; both must be "

@@ -103,7 +103,9 @@ def ntk_alignment(
         centering: ``"double"`` (required by the unbiased estimator), ``"rows"``, ``"none"``.
         method: ``"auto"``, ``"dense"`` or ``"matrix_free"``.
         output_fn: as in :func:`lazymeter.empirical_ntk`.
-        dtype: precision of the kernel or of the products (default: the model's).
+        dtype: precision of the kernel or of the products (default: as
+            :func:`~lazymeter.empirical_ntk`, the model's, float32 for a float16/bfloat16
+            model).
         max_dense: the largest ``P`` that ``"auto"`` computes densely.
         rows: ``r``, kernel rows sampled for ``||HKH||_F^2`` (its standard error
             ``~ 1/sqrt(r)``).

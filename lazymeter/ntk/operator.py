@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .api import kernel_dtype
 from .budget import resolve_budget
 from .functional import (
     FunctionalModel,
@@ -37,7 +38,8 @@ class KernelOperator:
             used in its current mode (call ``model.eval()`` for dropout/BatchNorm models).
         x: ``[P, ...]`` inputs (a Tensor or a tuple of Tensors sharing dim 0).
         output_fn: as in :func:`~lazymeter.empirical_ntk`.
-        dtype: precision of the products (default: the model's; a cast copy otherwise).
+        dtype: precision of the products (default: as :func:`~lazymeter.empirical_ntk`,
+            the model's, float32 for a float16/bfloat16 model; a cast copy otherwise).
         memory_budget: bytes for one block's tangents and activations (default None: as
             for :func:`~lazymeter.empirical_ntk`, from the device).
 
@@ -55,8 +57,11 @@ class KernelOperator:
         memory_budget: int | str | None = None,
     ) -> None:
         fm = FunctionalModel(model, output_fn)
-        if dtype is not None and dtype != fm.dtype:
-            fm = FunctionalModel(cast_copy(model, dtype), output_fn)
+        # A half-precision model's products in float32, as its dense kernel: summed in
+        # bfloat16 the row sums were off by ~1e-3 relative, biasing the matrix-free sums.
+        target = kernel_dtype(fm.dtype, dtype)
+        if target != fm.dtype:
+            fm = FunctionalModel(cast_copy(model, target), output_fn)
         self.fm = fm
         self.xs = tuple(
             t.to(fm.dtype) if t.is_floating_point() else t for t in as_inputs(x, "x", fm.device)
@@ -108,8 +113,8 @@ class KernelOperator:
     def matvec(self, Z: Tensor, group: int | None = None) -> Tensor:
         """``K Z`` for ``Z [P, k]`` (traced over outputs), ``[P, k]``, in groups of ``group``
         columns (each group: ``group * O`` reverse and forward tangents; default: about 32
-        tangents)."""
-        Z = Z.to(self.dtype)
+        tangents). ``Z`` may live on any device; the result is on the model's."""
+        Z = Z.to(self.device, self.dtype)
         group = group or max(1, 32 // self.O)
         cols = []
         eye = torch.eye(self.O, dtype=self.dtype, device=self.device)
@@ -127,8 +132,8 @@ class KernelOperator:
 
     def quadratic(self, Y: Tensor) -> Tensor:
         """``y_c^T K y_c`` for each column of ``Y [P, C]`` (``= sum_o ||J_o^T y_c||^2``):
-        reverse passes only. ``[C]``."""
-        Y = Y.to(self.dtype)
+        reverse passes only. ``[C]``, on the model's device (``Y`` may be elsewhere)."""
+        Y = Y.to(self.device, self.dtype)
         eye = torch.eye(self.O, dtype=self.dtype, device=self.device)
         V = (Y[:, None, :, None] * eye[None, :, None, :]).reshape(self.P, self.O, -1)
         G = self.jt(V)
