@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from . import quantities as Q
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
@@ -567,7 +568,10 @@ class LazyMeter(ScaledModel):
             with self.measuring():  # in the mode measurements see
                 info["engine"] = info["method"]
                 if info["method"] == "auto":
-                    info["engine"] = select_method(self.net, self.probe_x, **kw)
+                    budget = self.ntk_kwargs["memory_budget"]
+                    info["engine"] = select_method(
+                        self.net, self.probe_x, memory_budget=budget, **kw
+                    )
                 if info["engine"] == "structured":
                     info["coverage"] = coverage(self.net, self.probe_x, **kw)
         except (ValueError, RuntimeError) as e:  # no NTK at all (train-mode BatchNorm, as_is)
@@ -609,11 +613,21 @@ class LazyMeter(ScaledModel):
 
     def _apply(self, fn: Any, recurse: bool = True) -> LazyMeter:
         super()._apply(fn, recurse)
-        for q in self.quantities:  # .to()/.double() move what quantities hold (the shadow)
-            for v in vars(q).values():
+        # .to()/.double() move what quantities hold: the shadow, and the tensors they keep
+        # (K0 per layer, initial activations, leave-one-out values, own points), which
+        # would otherwise stay behind and mix devices at every later measurement.
+        self._quantity_tensors(fn, recurse)
+        return self
+
+    def _quantity_tensors(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> None:
+        """Apply ``fn`` to the modules the quantities hold (in place) and to the tensors in
+        their other attributes (dicts, lists and tuples of them are rebuilt)."""
+        for q in self.quantities:
+            for k, v in list(vars(q).items()):
                 if isinstance(v, nn.Module):
                     v._apply(fn, recurse)
-        return self
+                elif any(isinstance(t, Tensor) for t in tree_leaves(v)):
+                    setattr(q, k, tree_map(lambda t: fn(t) if isinstance(t, Tensor) else t, v))
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
@@ -767,6 +781,10 @@ class LazyMeter(ScaledModel):
             q.load_state_dict(qs)
             if ss is not None:
                 self._schedules[i].load_state_dict(ss)
+        # Tensors a quantity keeps come back where they were saved (a checkpoint loaded
+        # with map_location="cpu" into a GPU meter): put them beside the model.
+        device = self._device()
+        self._quantity_tensors(lambda t: t.to(device))
         self._cache = []
         self._log.load_state_dict(state.get("sinks"))
         self._log.rewind(self.history, self._step)
