@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -118,3 +120,54 @@ def test_float32_kernels_of_many_outputs_keep_float32_precision(method, chunk_si
     rel = float((K.double() - ref).norm() / ref.norm())
     diag = float(((K.double().diagonal() - ref.diagonal()).abs() / ref.diagonal()).max())
     assert rel < 1e-6 and diag < 2e-6, (rel, diag)
+
+
+def test_tf32_is_off_inside_a_cuda_measurement_and_every_flag_restored():
+    """cuDNN convolutions default to TF32 on recent GPUs (~1e-3 error in a float32 kernel):
+    a measurement on CUDA switches it off and puts the user's flags back."""
+    from lazymeter.ntk.functional import full_precision
+
+    B = torch.backends
+    before = (B.cuda.matmul.allow_tf32, B.cudnn.allow_tf32)
+    try:
+        B.cuda.matmul.allow_tf32, B.cudnn.allow_tf32 = True, True
+        with full_precision(torch.device("cuda")):
+            assert not B.cuda.matmul.allow_tf32 and not B.cudnn.allow_tf32
+        assert B.cuda.matmul.allow_tf32 and B.cudnn.allow_tf32
+        with full_precision(torch.device("cpu")):  # no TF32 on a CPU: nothing touched
+            assert B.cuda.matmul.allow_tf32 and B.cudnn.allow_tf32
+    finally:
+        B.cuda.matmul.allow_tf32, B.cudnn.allow_tf32 = before
+
+
+def test_tf32_set_through_the_new_api_is_switched_off_and_restored_through_it():
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has only the legacy TF32 flags")
+    code = (
+        "import torch\n"
+        "from lazymeter.ntk.functional import full_precision\n"
+        "B = torch.backends\n"
+        "B.cuda.matmul.fp32_precision = 'tf32'; B.cudnn.conv.fp32_precision = 'tf32'\n"
+        "with full_precision(torch.device('cuda')):\n"
+        "    assert (B.cuda.matmul.fp32_precision, B.cudnn.conv.fp32_precision) == ('ieee',) * 2\n"
+        "assert (B.cuda.matmul.fp32_precision, B.cudnn.conv.fp32_precision) == ('tf32',) * 2\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_every_measurement_runs_in_full_precision_on_its_models_device(monkeypatch):
+    from lazymeter.ntk import functional
+
+    seen = []
+    real = functional.full_precision
+
+    def spy(device):
+        seen.append(device)
+        return real(device)
+
+    monkeypatch.setattr(functional, "full_precision", spy)
+    model = nn.Linear(3, 2)
+    lm.empirical_ntk(model, torch.randn(4, 3))
+    assert seen == [torch.device("cpu")]

@@ -107,6 +107,41 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """TensorFloat-32 off on a CUDA ``device`` for the block, every flag restored after.
+
+    cuDNN convolutions default to TF32 on Ampere and later GPUs (``cudnn.allow_tf32`` is
+    True out of the box), and a user may allow it for matmuls: a float32 kernel would then
+    carry ~1e-3 relative error where the CPU's has ~1e-7. The legacy flags are used
+    unless the process set TF32 through the newer ``fp32_precision`` API (torch >= 2.9),
+    whose values are then saved and restored instead (the two must not be mixed)."""
+    if device.type != "cuda":
+        yield
+        return
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        legacy = (cuda.allow_tf32, cudnn.allow_tf32)
+    except RuntimeError:  # the new API is in use: reading the legacy flags is refused
+        legacy = None
+    if legacy is not None:
+        try:
+            cuda.allow_tf32, cudnn.allow_tf32 = False, False
+            yield
+        finally:
+            cuda.allow_tf32, cudnn.allow_tf32 = legacy
+        return
+    places = [cuda, cudnn.conv, cudnn.rnn]
+    saved = [p.fp32_precision for p in places]
+    try:
+        for p in places:
+            p.fp32_precision = "ieee"
+        yield
+    finally:
+        for p, value in zip(places, saved, strict=True):
+            p.fp32_precision = value
+
+
 def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     """The global CPU RNG state and, on a CUDA device, that device's: what a forward on
     ``device`` draws its dropout masks from."""
@@ -149,7 +184,8 @@ def check_measure_mode(mode: Any) -> str:
 
 @contextlib.contextmanager
 def deterministic(model: nn.Module, mode: str = "eval") -> Iterator[None]:
-    """Measure ``model`` deterministically: the RNG forked, autocast off, and every module in
+    """Measure ``model`` deterministically: the RNG forked, autocast and TensorFloat-32 off
+    (:func:`full_precision`), and every module in
     eval mode (``mode="eval"``: no dropout of any kind, BatchNorm on its running statistics)
     or only its ``nn.Dropout`` modules switched off (``mode="as_is"``); every module's
     training flag is restored after. Every public call that runs the model for a number
@@ -167,7 +203,7 @@ def deterministic(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     modes = [(m, m.training) for m in model.modules()]
     _MEASURING.add(id(model))
     try:
-        with torch.random.fork_rng(devices=devices), no_autocast(device):
+        with torch.random.fork_rng(devices=devices), no_autocast(device), full_precision(device):
             for m, _ in modes:
                 if mode == "eval" or isinstance(m, nn.modules.dropout._DropoutNd):
                     m.training = False
