@@ -55,6 +55,21 @@ def _cast_inputs(xs: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ..
     return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in xs)
 
 
+def _as_computed(
+    model: nn.Module, output_fn: OutputFn | None, x1: Any, x2: Any, dtype: torch.dtype | None
+) -> tuple[FunctionalModel, tuple[Tensor, ...], tuple[Tensor, ...] | None]:
+    """The model and inputs as the engines see them: in the kernel's dtype
+    (:func:`kernel_dtype`; a cast copy of a half-precision model), inputs on its device.
+    Planning, engine choice and the kernel all go through here, so that they agree."""
+    fm = FunctionalModel(model, output_fn)
+    target = kernel_dtype(fm.dtype, dtype)
+    if target != fm.dtype:
+        fm = FunctionalModel(cast_copy(model, target), output_fn)
+    xs1 = _cast_inputs(as_inputs(x1, "x1", fm.device), target)
+    xs2 = None if x2 is None else _cast_inputs(as_inputs(x2, "x2", fm.device), target)
+    return fm, xs1, xs2
+
+
 @measured
 def select_method(
     model: nn.Module,
@@ -63,21 +78,23 @@ def select_method(
     *,
     output_fn: OutputFn | None = None,
     trace_outputs: bool = True,
+    memory_budget: int | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> str:
     """The engine ``method="auto"`` uses for these shapes: the one it ran successfully on
     this model, input signature and size bucket if it has (after falling back past
     failing engines), else its first choice: the fastest applicable engine on a timed
     trial where :mod:`~lazymeter.ntk.tuning` is on (CUDA by default; the trial is then
-    remembered for the kernels that follow), else the lowest estimated cost."""
-    fm = FunctionalModel(model, output_fn)
-    xs1 = as_inputs(x1, "x1", fm.device)
-    xs2 = None if x2 is None else as_inputs(x2, "x2", fm.device)
+    remembered for the kernels that follow), else the lowest estimated cost.
+    ``memory_budget`` and ``dtype``: as for :func:`empirical_ntk` (the trial runs with
+    them)."""
+    fm, xs1, xs2 = _as_computed(model, output_fn, x1, x2, dtype)
     key = _auto_key(fm, xs1, xs2, trace_outputs)
     known = CACHE.methods.get(fm.model, {}).get(key)
     if known is not None:
         return known
     n_out = fm.num_outputs(xs1)
-    budget, _ = resolve_budget(None, fm.device)
+    budget, _ = resolve_budget(memory_budget, fm.device)
     run = dict(n_out=n_out, trace=trace_outputs, chunk_size=None, budget=budget, groups=None)
     order, _, why_not = _auto_order(fm, xs1, xs2, key, run)
     first = next(order, None)
@@ -97,33 +114,42 @@ def kernel_plan(
     trace_outputs: bool = True,
     chunk_size: int | None = None,
     memory_budget: int | str | None = None,
+    dtype: torch.dtype | None = None,
     measure_mode: str = "eval",
 ) -> dict[str, Any]:
     """How :func:`empirical_ntk` with these arguments would compute the kernel, without
     computing it: ``engine`` (for ``"auto"`` its choice, or the engine it remembered),
     ``memory_budget`` (bytes) and ``budget_source`` (the argument, the environment
     variable, or which fraction of what the device has free), ``chunk_size`` (samples per
-    block, as given or planned to fit the budget), ``blocks`` (row blocks for ``x1``) and
-    ``choice`` (why this engine: forced, timed on a trial block, or the FLOP model)."""
-    fm = FunctionalModel(model, output_fn)
-    xs1 = as_inputs(x1, "x1", fm.device)
+    block, as given or planned to fit the budget), ``blocks`` (row blocks for ``x1``),
+    ``choice`` (why this engine: forced, timed on a trial block, or the FLOP model) and
+    ``predicted_peak`` (bytes: the engine's memory model of its blocks,
+    :meth:`~lazymeter.ntk.engines.Engine.peak_bytes`, plus the returned kernel and its
+    float64 block sums)."""
+    fm, xs1, xs2 = _as_computed(model, output_fn, x1, x2, dtype)
     budget, source = resolve_budget(memory_budget, fm.device)
-    engine = (
-        method
-        if method != "auto"
-        else select_method(model, x1, x2, output_fn=output_fn, trace_outputs=trace_outputs)
-    )
+    engine = method
+    if method == "auto":
+        engine = select_method(
+            model, x1, x2, output_fn=output_fn, trace_outputs=trace_outputs,
+            memory_budget=memory_budget, dtype=dtype,
+        )  # fmt: skip
     if engine not in ENGINES:
         raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
     choice = f"forced by method={method!r}"
     if method == "auto":
-        xs2_ = None if x2 is None else as_inputs(x2, "x2", fm.device)
-        trials = CACHE.tunings.get(fm.model, {}).get(_auto_key(fm, xs1, xs2_, trace_outputs))
+        trials = CACHE.tunings.get(fm.model, {}).get(_auto_key(fm, xs1, xs2, trace_outputs))
         choice = tuning.describe(trials or [], fm.device)
+    n_out = fm.num_outputs(xs1)
     if chunk_size is None:
-        xs2 = None if x2 is None else as_inputs(x2, "x2", fm.device)
-        n_out = fm.num_outputs(xs1)
         chunk_size = _planned_chunk(engine, fm, xs1, xs2, n_out, trace_outputs, budget)
+    n1, n2 = num_samples(xs1), None if xs2 is None else num_samples(xs2)
+    blocks = as_engine(ENGINES[engine], engine).peak_bytes(
+        fm, xs1, n2, n_out=n_out, trace=trace_outputs, chunk_size=int(chunk_size), budget=budget
+    )
+    o2 = 1 if trace_outputs else n_out**2
+    c = min(int(chunk_size), n1)
+    kernel = n1 * (n2 or n1) * o2 * fm.dtype.itemsize + c * min(c, n2 or n1) * o2 * 8
     return {
         "engine": engine,
         "memory_budget": budget,
@@ -131,6 +157,7 @@ def kernel_plan(
         "chunk_size": int(chunk_size),
         "blocks": -(-num_samples(xs1) // int(chunk_size)),
         "choice": choice,
+        "predicted_peak": int(blocks + kernel),
     }
 
 
@@ -242,12 +269,7 @@ def empirical_ntk(
             trace_outputs=trace_outputs, chunk_size=chunk_size, memory_budget=memory_budget,
             dtype=dtype,
         ).kernel  # fmt: skip
-    fm = FunctionalModel(model, output_fn)
-    target = kernel_dtype(fm.dtype, dtype)
-    if target != fm.dtype:
-        fm = FunctionalModel(cast_copy(model, target), output_fn)
-    xs1 = _cast_inputs(as_inputs(x1, "x1", fm.device), target)
-    xs2 = None if x2 is None else _cast_inputs(as_inputs(x2, "x2", fm.device), target)
+    fm, xs1, xs2 = _as_computed(model, output_fn, x1, x2, dtype)
     if method != "auto" and method not in ENGINES:
         raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):

@@ -2,6 +2,7 @@
 timed once on a trial block per (signature, size bucket) and the fastest is kept; where it
 is off (the CPU by default) the FLOP model decides; ``method=`` always forces."""
 
+import copy
 import time
 
 import pytest
@@ -61,7 +62,7 @@ def test_tuning_on_takes_the_fastest_engine_not_the_flop_models_favourite(slow, 
     plan = lm.ntk.kernel_plan(model, x)
     assert plan["engine"] != "slow"
     assert plan["choice"].startswith("fastest in a trial on 12 samples (cpu)")
-    assert plan["choice"].index(plan["engine"]) < plan["choice"].index("slow 3")  # ~300 ms
+    assert plan["choice"].index(plan["engine"]) < plan["choice"].index("slow ")
     assert select_method(model, x) == plan["engine"]
     assert f"engine {plan['engine']!r} (fastest in a trial" in str(lm.ntk.explain(model, x))
     lm.empirical_ntk(model, x)
@@ -158,3 +159,22 @@ def test_a_candidate_far_slower_in_its_warm_up_is_not_timed_and_failures_are_not
     line = tuning.describe(trials, torch.device("cpu"))
     assert line.startswith("fastest in a trial on 2 samples (cpu): fast ")
     assert "slow dropped (warm-up" in line
+
+
+def test_choice_and_plan_of_a_half_precision_model_are_those_of_its_float32_kernel(monkeypatch):
+    """A bfloat16 model's kernel runs on a float32 cast copy: select_method and kernel_plan
+    look there too (they planned blocks at 2 bytes an entry, and ran a trial of their own)."""
+    monkeypatch.setenv(tuning.AUTOTUNE_ENV, "on")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 3))
+    x = torch.randn(40, 5)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    lm.empirical_ntk(half, x)
+    assert len(lm.ntk.CACHE.tunings.get(half, {})) == 0  # the trial ran on the cast copy
+    ran = next(iter(lm.ntk.CACHE.methods[lm.ntk.CACHE.casts[half]].values()))
+    assert select_method(half, x) == ran
+    budget = 64 * 2**10
+    plan = lm.ntk.kernel_plan(half, x, memory_budget=budget, method="jacobian")
+    twin = lm.ntk.kernel_plan(model, x, memory_budget=budget, method="jacobian")
+    assert plan["chunk_size"] == twin["chunk_size"] < 40
+    assert plan["predicted_peak"] == twin["predicted_peak"]
