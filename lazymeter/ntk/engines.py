@@ -52,6 +52,9 @@ class Engine:
       memory budget;
     * :meth:`compute` -- the kernel, ``[P1, P2]`` traced or ``[P1, P2, O, O]``.
 
+    Optional: :meth:`peak_bytes` (the memory model behind :meth:`plan_chunk`, reported by
+    :func:`~lazymeter.ntk.kernel_plan`) and :meth:`compute_groups` (the per-layer split).
+
     The defaults: always applicable, cost unknown (``inf``: auto takes the engine only
     when nothing with an estimate applies), blocks sized for ``[c, O, n_params]`` Jacobians.
     Calling an engine calls :meth:`compute`.
@@ -89,6 +92,28 @@ class Engine:
         """Samples per block such that one call's working memory fits ``budget`` bytes;
         ``n_samples`` is the larger of the two input sets."""
         return auto_chunk_size(n_samples, n_out, fm.n_params, fm.dtype.itemsize, budget)
+
+    def peak_bytes(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        n2: int | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> int:
+        """Predicted peak bytes of one call's blocks, the returned kernel excluded. The
+        default models ``[c, O, n]`` Jacobian blocks: every column block kept when they all
+        fit ``budget`` (``P2 O n`` entries, plus the production of one more block), else
+        :data:`_COPIES` blocks live at once."""
+        per_sample = n_out * fm.n_params * fm.dtype.itemsize
+        c = min(chunk_size, max(num_samples(x1), n2 or 0))
+        n_cols = num_samples(x1) if n2 is None else n2
+        if n_cols * per_sample <= budget:
+            return (n_cols + (_COPIES - 1) * c) * per_sample
+        return _COPIES * c * per_sample
 
     def compute(
         self,

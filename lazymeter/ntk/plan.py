@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .cache import CACHE
 from .forms import Dense, Form, Outer, Tied, outer_costs, parts
-from .functional import FunctionalModel, slice_inputs
+from .functional import FunctionalModel, num_samples, slice_inputs
 from .routing import block_forms, probe, route_details, signature
 
 
@@ -88,13 +88,17 @@ def block_work(
     trace: bool,
     c: int,
     layout: int | None = None,
+    single: bool = False,
 ) -> int:
-    """Bytes of one ``c``-sample block's transient work: its row and column features and
-    their production, plus the pair intermediates (the plan's model of a block):
-    ``3 c (features + work) + c^2 pair``, the features laid out as for blocks of
-    ``layout`` samples (default ``c``)."""
+    """Bytes of one ``c``-sample block's transient work (the plan's model of a block): a
+    row and a column block's features, the production of one of them (generic
+    Jacobians, ``O`` copies of the activations) and the pair intermediates,
+    ``c (2 features + work) + c^2 pair``; a ``single`` symmetric block is its own columns,
+    ``c (features + work) + c^2 pair``. Features are laid out as for blocks of ``layout``
+    samples (default ``c``). Measured peaks (``benchmarks/ntk_planner.py``) fall within
+    0.5-2x of it."""
     features, work, pair = costs(fm, xs, n_out=n_out, trace=trace, c=layout or c)
-    return 3 * c * (features + work) + c * c * pair
+    return c * ((1 if single else 2) * features + work) + c * c * pair
 
 
 def _plan(
@@ -111,7 +115,8 @@ def _plan(
     features = costs(fm, xs, n_out=n_out, trace=trace, c=layout)[0]
 
     def work(c: int) -> int:
-        return block_work(fm, xs, n_out=n_out, trace=trace, c=c, layout=layout)
+        single = c >= n_samples
+        return block_work(fm, xs, n_out=n_out, trace=trace, c=c, layout=layout, single=single)
 
     c = n_samples
     if work(c) <= budget:
@@ -142,19 +147,19 @@ def plan(
     ``budget``, leaving the other half for a panel of row blocks held at once.
 
     Whether a layer's features are contracted pairwise or materialised depends on the
-    block size (materialising pays off for large blocks), and the features' size on
-    that choice, so the block size is planned for a layout and re-planned for the
-    layout of the block found, until both agree (else the smallest block found)."""
-    layout, seen = min(128, n_samples), []
-    for _ in range(4):
-        c = _plan(
-            fm, xs, n_out=n_out, trace=trace, budget=budget, n_samples=n_samples, layout=layout
-        )
-        if c == layout:
-            return c
-        seen.append(c)
-        layout = c
-    return min(seen)
+    block size (materialising pays off for large blocks), and the features' size on that
+    choice, so a block size fits only if it fits with its own layout: the largest of
+    ``n_samples``, halved step by step, that does (:func:`_plan` at that layout allows at
+    least that block) is taken."""
+
+    def fits(c: int) -> bool:
+        kw = dict(n_out=n_out, trace=trace, budget=budget, n_samples=n_samples)
+        return _plan(fm, xs, layout=c, **kw) >= c
+
+    c = n_samples
+    while c > 1 and not fits(c):
+        c = (c + 1) // 2
+    return c
 
 
 def plan_chunk(
@@ -178,3 +183,31 @@ def plan_chunk(
     c = plan(fm, xs, n_out=n_out, trace=trace, budget=budget, n_samples=n_samples)
     CACHE.plans.setdefault(fm.model, {})[key] = c
     return c
+
+
+def peak_bytes(
+    fm: FunctionalModel,
+    xs: tuple[Tensor, ...],
+    n2: int | None,
+    *,
+    n_out: int,
+    trace: bool,
+    chunk_size: int,
+    budget: int,
+) -> int:
+    """Predicted peak bytes of a kernel in blocks of ``chunk_size`` (the returned kernel
+    excluded), as the engine lays it out: one block's :func:`block_work`, plus every
+    column block's features when they fit beside it, else a panel of row blocks in what
+    is left of ``budget``."""
+    n1 = num_samples(xs)
+    n_cols = n1 if n2 is None else n2
+    c = min(chunk_size, max(n1, n_cols))
+    if n1 <= c and n_cols <= c:
+        return block_work(fm, xs, n_out=n_out, trace=trace, c=c, single=n2 is None)
+    work = block_work(fm, xs, n_out=n_out, trace=trace, c=c)
+    block = c * costs(fm, xs, n_out=n_out, trace=trace, c=c)[0]
+    n_blocks = -(-n_cols // c)
+    if block * n_blocks + work <= budget:
+        return work + block * n_blocks
+    panel = min(1 + max(0, (budget - work) // max(block, 1)), -(-n1 // c))
+    return work + (panel - 1) * block

@@ -71,7 +71,7 @@ from .forms import (
     scatter,
 )
 from .functional import FunctionalModel, num_samples
-from .plan import block_work, plan_chunk
+from .plan import block_work, peak_bytes, plan_chunk
 from .registry import DECLINES, RULES, Rule, declined, find_rule, register_rule, unregister_rule
 from .routing import (
     Route,
@@ -176,6 +176,23 @@ class StructuredEngine(Engine):
         """:func:`lazymeter.ntk.plan.plan_chunk`: the largest block whose features and
         pair intermediates fit ``budget``."""
         return plan_chunk(fm, x1, n_out=n_out, trace=trace, budget=budget, n_samples=n_samples)
+
+    def peak_bytes(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        n2: int | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+    ) -> int:
+        """:func:`lazymeter.ntk.plan.peak_bytes`: one block's work plus the features kept
+        across blocks (all columns, or a panel of row blocks)."""
+        return peak_bytes(
+            fm, x1, n2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget
+        )
 
     def compute(
         self,
