@@ -18,9 +18,9 @@ Rows (full sizes; float32 with TF32 off, so that float32 means float32):
    ``outputs=Sketch(16)``, P=64 sequences of 64 tokens, last-token logits;
 6. ``ntk_alignment(method="matrix_free")`` of the paper's net QuadraticNet(100, 500, 0.02)
    on P=10^5 points of its task;
-7. meter overhead: a GPT-2 (2 layers, n_embd 64) fine-tuning loop (AdamW, 60 steps)
-   through ``LazyMeter(alpha=1, schedule="log")`` against the same loop on the bare model:
-   seconds of each (best of N) and their ratio.
+7. meter overhead: a GPT-2 (2 layers, n_embd 64) fine-tuning loop (AdamW, 2000 steps, so
+   26 measurements) through ``LazyMeter(alpha=1, schedule="log")`` against the same loop on
+   the bare model: seconds of each (best of N) and their ratio.
 
 Columns of the kernel rows (times in milliseconds, memory in MiB):
 
@@ -508,7 +508,7 @@ def run_meter_row(device: torch.device, tiny: bool, repeats: int) -> None:
     ``f - f0``, so each step also runs the initial model's forward) and bare (the same loop
     on the model itself, dropout on in both); their ratio (best of ``repeats`` each,
     interleaved). The meter's construction (initial kernels) is outside the timed loop."""
-    vocab, n_embd, T, B, steps = (50, 32, 6, 16, 20) if tiny else (100, 64, 8, 64, 60)
+    vocab, n_embd, T, B, steps = (50, 32, 6, 16, 20) if tiny else (100, 64, 8, 64, 2000)
     n_probe = 16 if tiny else 64
     g = torch.Generator().manual_seed(0)
 
