@@ -83,6 +83,9 @@ from lazymeter.tasks import mnist, polynomial
 from lazymeter.tasks.transformer import RawTransformer, Transformer
 from lazymeter.threads import torch_threads
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ntk_cases import cnn as cnn_model  # noqa: E402  (benchmarks/ is not a package)
+
 TOL = 1e-3  # float32 kernels against float64 (relative to the kernel's largest entry)
 FUNC_FRACTION = 0.6  # the torch.func baseline runs when its Jacobian fits this much free memory
 MiB, GiB = 2**20, 2**30
@@ -206,19 +209,6 @@ class KernelRow:
     ref_points: int = 16
 
 
-def _cnn(side: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * (side // 4) ** 2, 10),
-    )
-
-
 def _gpt2(vocab: int, n_embd: int, n_layer: int, n_head: int, n_positions: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -265,7 +255,7 @@ def kernel_rows(tiny: bool) -> dict[str, Callable[[], KernelRow]]:
         side, P = (12, 32) if tiny else (28, 1024)
         torch.manual_seed(0)
         x = torch.randn(P, 1, side, side, generator=torch.Generator().manual_seed(3))
-        return KernelRow(NAMES["3"], _cnn(side).eval(), x, None)
+        return KernelRow(NAMES["3"], cnn_model(side).eval(), x, None)
 
     def mlp() -> KernelRow:
         d_in, width, P = (64, 32, 64) if tiny else (784, 200, 1024)

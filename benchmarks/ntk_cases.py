@@ -24,7 +24,8 @@ class Case:
     threads: int | None = None  # None: the machine's default
 
 
-def _cnn() -> nn.Module:
+def cnn(side: int = 28) -> nn.Module:
+    """conv16-conv32 (3x3, max-pool) + linear on ``side x side`` images, 10 outputs."""
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1),
         nn.ReLU(),
@@ -33,7 +34,7 @@ def _cnn() -> nn.Module:
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 10),
+        nn.Linear(32 * (side // 4) ** 2, 10),
     )
 
 
@@ -84,7 +85,7 @@ def make(name: str) -> Case:
         return Case(
             "d",
             "CNN conv16-conv32 (3x3, pool) on 28x28, 10 outputs, P=128",
-            _cnn(),
+            cnn(),
             torch.randn(128, 1, 28, 28),
             None,
             True,
