@@ -26,7 +26,6 @@ from torch.utils._pytree import tree_leaves, tree_map
 from . import quantities as Q
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
 from .failures import Warner
-from .fsdp import is_dtensor
 from .metrics import alignment_estimate
 from .ntk import (
     FunctionalModel,
@@ -37,6 +36,7 @@ from .ntk import (
     resolve_budget,
     select_method,
 )
+from .ntk.fsdp import is_dtensor
 from .ntk.sketch import Sketch, check_outputs, sketched_ntk
 from .probes import Probe, ProbeSize, check_label_variance, prepare, subsample, targets
 from .regime import RegimeThresholds, describe

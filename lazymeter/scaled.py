@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from . import fsdp
 from .distributed import unwrap
+from .ntk import fsdp
 from .ntk.functional import (
     call_with,
     check_measure_mode,

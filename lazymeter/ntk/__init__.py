@@ -11,7 +11,7 @@ and :func:`register_rule` (a structured per-layer rule returning :class:`Outer` 
 ``empirical_ntk(..., per_layer=True)`` splits the kernel by :func:`parameter_groups`.
 """
 
-from .api import choose_method, empirical_ntk, kernel_dtype, kernel_plan, select_method
+from .api import empirical_ntk
 from .budget import (
     DEFAULT_MEMORY_BUDGET,
     MEMORY_BUDGET_ENV,
@@ -28,6 +28,7 @@ from .engines import (
     register_engine,
     unregister_engine,
 )
+from .exact import choose_method, kernel_dtype, kernel_plan, select_method
 from .explain import Explanation, ParamRoute, explain
 from .forms import Dense, Outer
 from .functional import FunctionalModel

@@ -30,7 +30,9 @@ from torch import Tensor, nn
 
 from .. import estimators as E
 from ..estimators import Estimate
+from ..metrics import _check_centering, _check_estimator, alignment_estimate, cka_estimate
 from ..probes import targets
+from .api import empirical_ntk
 from .functional import OutputFn, as_inputs, deterministic, num_samples, slice_inputs
 from .operator import KernelOperator
 
@@ -117,9 +119,6 @@ def ntk_alignment(
         :class:`~lazymeter.Estimate` ``(value, stderr, n=P, estimator, method,
         estimator_se)``.
     """
-    from ..metrics import _check_centering, _check_estimator, alignment_estimate
-    from .api import empirical_ntk
-
     estimator, centering = _check_estimator(estimator), _check_centering(centering)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -280,9 +279,6 @@ def ntk_change(
     ``estimator_se``; the points are taken as given). Memory is linear in ``P``. Both
     models are measured in eval mode (as in :func:`ntk_alignment`), their modes restored.
     """
-    from ..metrics import _check_estimator, cka_estimate
-    from .api import empirical_ntk
-
     estimator = _check_estimator(estimator)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from .exact import kernel_plan
 from .functional import FunctionalModel, OutputFn, as_inputs, measured
 from .registry import declined, find_rule
 from .routing import param_slots, probe, route_details, ruled_params
@@ -218,6 +219,4 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
                 ops=tuple(found.ops.get(name, ())),
             )
         )
-    from .api import kernel_plan  # lazy: api imports the engines, which import routing
-
     return Explanation(rows, kernel_plan(model, x, output_fn=output_fn))

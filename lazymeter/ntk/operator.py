@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .api import kernel_dtype
+from .api import empirical_ntk
 from .budget import resolve_budget
+from .exact import kernel_dtype
 from .functional import (
     FunctionalModel,
     OutputFn,
@@ -143,8 +144,6 @@ class KernelOperator:
     def diagonal(self, block: int = 256) -> Tensor:
         """``K_ii = sum_o ||J_o(x_i)||^2`` (per-sample gradient norms), ``[P]``: the
         diagonal of the kernel of each block of ``block`` points, by the fastest engine."""
-        from .api import empirical_ntk
-
         out = torch.empty(self.P, dtype=self.dtype, device=self.device)
         for start in range(0, self.P, block):
             stop = min(start + block, self.P)

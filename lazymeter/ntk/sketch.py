@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .cache import CACHE
+from .exact import exact_ntk, kernel_dtype
+from .fsdp import full_model, needs_gather
 from .functional import FunctionalModel, OutputFn, as_inputs, measured
 
 KINDS = ("rademacher", "gaussian")
@@ -146,8 +148,9 @@ def sketched_ntk(
         kernels of ``s / groups`` outputs each, i.e. ``s`` backward passes per block
         (instead of ``O``) and ``groups`` forward passes.
     """
-    from .api import empirical_ntk, kernel_dtype
-
+    if needs_gather(model):  # a collective, as empirical_ntk on a sharded model
+        with full_model(model):
+            return sketched_ntk(model, x1, x2, sketch=sketch, output_fn=output_fn, **kwargs)
     sketch = sketch or Sketch()
     if kwargs.get("trace_outputs", True) is not True:
         raise ValueError("sketch: estimates the traced kernel only (trace_outputs=True)")
@@ -160,7 +163,7 @@ def sketched_ntk(
     k = sketch.s // sketch.groups
     parts = torch.stack(
         [
-            empirical_ntk(model, x1, x2, output_fn=proj, **kwargs) / k
+            exact_ntk(model, x1, x2, output_fn=proj, **kwargs) / k
             for proj in projections(model, output_fn, n_out, sketch, like)
         ]
     )

@@ -114,7 +114,7 @@ def test_fsdp_model_error_found_on_rank_zero_is_raised_on_every_rank(fsdp_result
 
 
 def test_fsdp1_wrapper_fails_naming_fully_shard(monkeypatch):
-    from lazymeter import fsdp
+    from lazymeter.ntk import fsdp
 
     class Wrapper(nn.Module):  # stands in for FullyShardedDataParallel (needs a group)
         def __init__(self) -> None:
