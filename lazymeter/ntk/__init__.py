@@ -13,66 +13,57 @@ and :func:`register_rule` (a structured per-layer rule returning :class:`Outer` 
 
 from .api import empirical_ntk
 from .budget import (
-    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET,
     MEMORY_BUDGET_ENV,
-    default_memory_budget,
+    default_memory_budget as default_memory_budget,
     parse_bytes,
     resolve_budget,
 )
-from .cache import CACHE, NTKCache, clear_caches
+from .cache import CACHE as CACHE, NTKCache as NTKCache, clear_caches
 from .engines import (
-    ENGINES,
+    ENGINES as ENGINES,
     Engine,
-    auto_chunk_size,
-    choose_engine,
+    auto_chunk_size as auto_chunk_size,
+    choose_engine as choose_engine,
     register_engine,
     unregister_engine,
 )
-from .exact import choose_method, kernel_dtype, kernel_plan, select_method
-from .explain import Explanation, ParamRoute, explain
+from .exact import choose_method as choose_method, kernel_dtype, kernel_plan, select_method
+from .explain import Explanation, ParamRoute as ParamRoute, explain
 from .forms import Dense, Outer
 from .functional import FunctionalModel
 from .groups import parameter_groups
-from .ops import OP_RULES, register_op_rule
-from .registry import DECLINES, RULES, register_rule, unregister_rule
+from .ops import OP_RULES as OP_RULES, register_op_rule
+from .registry import DECLINES as DECLINES, RULES as RULES, register_rule, unregister_rule
 from .routing import coverage
 from .sketch import Sketch, SketchedKernel, sketched_ntk
-from .structured import StructuredEngine
+from .structured import StructuredEngine as StructuredEngine
 
+#: What users call. The registries (``ENGINES``, ``RULES``, ``OP_RULES``, ``DECLINES``),
+#: the memo tables (``CACHE``) and the planner's internals stay importable by name, but are
+#: not the interface: extend through ``register_*``, inspect through ``explain`` and
+#: ``kernel_plan``.
 __all__ = [
-    "CACHE",
-    "DECLINES",
-    "DEFAULT_MEMORY_BUDGET",
     "MEMORY_BUDGET_ENV",
-    "ENGINES",
-    "OP_RULES",
-    "RULES",
     "Dense",
     "Engine",
     "Explanation",
     "FunctionalModel",
-    "NTKCache",
     "Outer",
-    "ParamRoute",
     "Sketch",
     "SketchedKernel",
-    "StructuredEngine",
-    "auto_chunk_size",
-    "choose_engine",
-    "choose_method",
     "clear_caches",
     "coverage",
-    "default_memory_budget",
-    "kernel_plan",
-    "resolve_budget",
     "empirical_ntk",
     "explain",
     "kernel_dtype",
+    "kernel_plan",
     "parameter_groups",
     "parse_bytes",
     "register_engine",
     "register_op_rule",
     "register_rule",
+    "resolve_budget",
     "select_method",
     "sketched_ntk",
     "unregister_engine",

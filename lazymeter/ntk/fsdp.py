@@ -43,8 +43,7 @@ from torch import Tensor, nn
 from .functional import call_with
 
 try:  # torch >= 2.6 exports both; older builds have FSDP2 elsewhere or not at all
-    from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel as FSDP1
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - torch without FSDP2
     FSDPModule = FSDP1 = DTensor = None  # type: ignore[assignment, misc]

@@ -7,8 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .. import estimators as E
-from .. import metrics as M
+from .. import estimators as E, metrics as M
 from ..probes import targets
 from ..sinks import register_tags
 from .base import Quantity

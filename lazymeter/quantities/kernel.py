@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .. import estimators as E
-from .. import metrics as M
+from .. import estimators as E, metrics as M
 from .base import Quantity
 from .context import MeasureContext
 

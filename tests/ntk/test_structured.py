@@ -245,8 +245,7 @@ def test_coverage_reports_the_route_taken_at_run_time():
 
 
 def test_a_rule_registered_after_a_first_call_is_used_and_removing_it_is_safe():
-    from lazymeter.ntk.structured import Outer as OuterForm
-    from lazymeter.ntk.structured import register_rule
+    from lazymeter.ntk.structured import Outer as OuterForm, register_rule
 
     class Scaled(nn.Module):  # y = 2 W x: a layer no rule knows
         def __init__(self):
