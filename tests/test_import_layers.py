@@ -107,3 +107,13 @@ def test_no_import_hides_inside_a_function_but_the_listed_optional_ones():
 def test_the_cycle_finder_finds_a_circle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_ntk_namespace_exports_what_users_call_not_its_registries():
+    import lazymeter.ntk as ntk
+
+    exported = set(ntk.__all__)
+    assert {"empirical_ntk", "kernel_plan", "explain", "register_engine", "Sketch"} <= exported
+    assert not exported & {"CACHE", "ENGINES", "RULES", "OP_RULES", "DECLINES", "NTKCache"}
+    assert all(hasattr(ntk, name) for name in exported)
+    assert ntk.ENGINES is ntk.engines.ENGINES  # still reachable by name
