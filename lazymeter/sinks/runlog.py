@@ -1,0 +1,178 @@
+"""One run's sinks together (:class:`RunLog`): the JSON lines, TensorBoard and the user's."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .jsonl import JsonlSink, check_writable, fresh_history
+from .protocol import check_sinks, check_writer
+from .tensorboard import TensorBoardSink
+
+
+class RunLog:
+    """One run's sinks: ``log_dir/history.jsonl`` (a fresh file; an earlier run's is moved
+    aside), TensorBoard (in ``log_dir``, or the given ``writer``) and the user's ``sinks``
+    (:class:`Sink`). Any of them may be absent."""
+
+    def __init__(
+        self,
+        log_dir: str | None,
+        writer: Any = None,
+        tensorboard: bool = True,
+        sinks: Iterable[Any] | None = None,
+    ) -> None:
+        check_writer(writer)
+        self.sinks = check_sinks(sinks)
+        self.jsonl: JsonlSink | None = None
+        if log_dir is not None:
+            check_writable(log_dir)
+            self.jsonl = JsonlSink(fresh_history(log_dir))
+        self.tb = TensorBoardSink(log_dir if tensorboard else None, writer)
+        self._meta_text: str | None = None
+        self._failed: set[int] = set()  # id() of the user's sinks already warned about
+
+    def _each(self, method: str, *args: Any) -> None:
+        """Call ``method`` on every user sink that has it. A sink that raises is warned
+        about once (it may be a tracker's server gone away) and called again next time:
+        measurements are kept in ``meter.history`` whatever a sink does."""
+        for sink in self.sinks:
+            fn = getattr(sink, method, None)
+            if not callable(fn):
+                continue
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - a sink must never stop training
+                if id(sink) not in self._failed:
+                    self._failed.add(id(sink))
+                    warnings.warn(
+                        f"lazymeter: sink {type(sink).__name__}.{method} failed ({e!r}); "
+                        "measurements are kept in meter.history (warned once per sink)",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """What the run's numbers depend on (engine, modes): ``log_dir/meta.json``, the
+        user's sinks' ``write_meta`` and, with the first row (TensorBoard's writer is made
+        lazily, after a resumed run has set its purge step), a text entry."""
+        if self.jsonl is not None:
+            self.jsonl.write_meta(meta)
+        self._meta_text = f"```\n{json.dumps(meta, indent=1, default=str)}\n```"
+        self._each("write_meta", meta)
+
+    def write_row(
+        self,
+        row: dict[str, Any],
+        step: int,
+        texts: dict[str, str] | None = None,
+        figures: Callable[[], dict[str, Any]] | None = None,
+    ) -> OSError | None:
+        """Append ``row`` to the JSONL file (its ``OSError`` is returned, not raised: the
+        in-memory history goes on), write its scalars and ``texts`` at ``step`` to
+        TensorBoard and the user's sinks, and ``figures()`` (``{tag: Figure}``, only asked
+        for when TensorBoard is on) to TensorBoard."""
+        error = None
+        if self.jsonl is not None:
+            try:
+                self.jsonl.write(row)
+            except OSError as e:  # disk full, directory gone
+                error = e
+        self.tb.write(row, step, flush=False)
+        if self.tb.enabled:
+            if self._meta_text is not None:
+                self.tb.write_text("lazymeter/meta", self._meta_text, step)
+                self._meta_text = None
+            for tag, text in (texts or {}).items():
+                self.tb.write_text(tag, text, step)
+            for tag, fig in (figures() if figures else {}).items():
+                self.tb.write_figure(tag, fig, step)
+            if self.tb.writer is not None:
+                self.tb.flush()
+        self._each("write_row", row, step)
+        for tag, text in (texts or {}).items():
+            self._each("write_text", tag, text, step)
+        return error
+
+    def write_scalars(self, values: dict[str, float], step: int) -> None:
+        """The user's scalars at a step without a measurement (every ``scalar_every``)."""
+        self.tb.write_scalars(values, step)
+        self._each("write_scalars", values, step)
+
+    def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Hyperparameters with the run's final metrics: TensorBoard and the user's sinks."""
+        self.tb.write_hparams(hparams, metrics)
+        self._each("write_hparams", hparams, metrics)
+
+    def flush(self) -> None:
+        self.tb.flush()
+        self._each("flush")
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        """The user's sinks' own states (:class:`Sink` ``state_dict``), by position."""
+        out = []
+        for i, sink in enumerate(self.sinks):
+            fn = getattr(sink, "state_dict", None)
+            if callable(fn):
+                out.append({"index": i, "type": type(sink).__name__, "state": fn()})
+        return out
+
+    @staticmethod
+    def check_state(states: Any) -> None:
+        """A ``ValueError`` for a malformed ``sinks`` entry of a checkpoint."""
+        ok = states is None or (
+            isinstance(states, list)
+            and all(isinstance(e, dict) and {"index", "type", "state"} <= set(e) for e in states)
+        )
+        if not ok:
+            raise ValueError(
+                "state_dict['_extra_state']['sinks']: expected a list of {index, type, state}"
+            )
+
+    def load_state_dict(self, states: list[dict[str, Any]] | None) -> None:
+        """Give each sink of the same type at the same position its saved state (a sink
+        list changed since the checkpoint: the others start afresh)."""
+        for e in states or []:
+            i = e["index"]
+            if i < len(self.sinks) and type(self.sinks[i]).__name__ == e["type"]:
+                fn = getattr(self.sinks[i], "load_state_dict", None)
+                if callable(fn):
+                    fn(e["state"])
+
+    def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
+        """After loading a checkpoint: the files continue exactly as ``history`` does
+        (whatever a crashed run logged after the checkpoint is dropped; the run's meta text
+        was written by the run that made the checkpoint). The user's sinks' ``rewind``
+        is called with the same arguments."""
+        self._meta_text = None
+        history = list(history)
+        if self.jsonl is not None:
+            self.jsonl.rewind(history, step)
+        self.tb.rewind(history, step)
+        self._each("rewind", history, step)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.jsonl = None
+        self.tb.close()
+        self._each("close")
+        self.sinks = []  # closed: the meter goes on in memory only
+
+
+def scalar_values(scalars: dict[str, Any]) -> dict[str, float]:
+    """``{key: float(value)}`` of the scalars passed to ``step``; a value that is not a
+    number (a string, a tensor of several elements) is a ``TypeError`` naming it."""
+    values = {}
+    for k, v in scalars.items():
+        try:
+            if isinstance(v, (str, bytes)):
+                raise TypeError
+            values[k] = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"{k}: expected a number (or a one-element tensor), got {v!r}"
+            ) from None
+    return values
