@@ -95,13 +95,24 @@ def select_method(
     ``memory_budget`` and ``dtype``: as for :func:`empirical_ntk` (the trial runs with
     them)."""
     fm, xs1, xs2 = _as_computed(model, output_fn, x1, x2, dtype)
-    key = _auto_key(fm, xs1, xs2, trace_outputs)
+    budget, _ = resolve_budget(memory_budget, fm.device)
+    return _auto_choice(fm, xs1, xs2, trace_outputs, budget)
+
+
+def _auto_choice(
+    fm: FunctionalModel,
+    xs1: tuple[Tensor, ...],
+    xs2: tuple[Tensor, ...] | None,
+    trace: bool,
+    budget: int,
+) -> str:
+    """:func:`select_method` on the model and inputs as the engines see them."""
+    key = _auto_key(fm, xs1, xs2, trace)
     known = CACHE.methods.get(fm.model, {}).get(key)
     if known is not None:
         return known
     n_out = fm.num_outputs(xs1)
-    budget, _ = resolve_budget(memory_budget, fm.device)
-    run = dict(n_out=n_out, trace=trace_outputs, chunk_size=None, budget=budget, groups=None)
+    run = dict(n_out=n_out, trace=trace, chunk_size=None, budget=budget, groups=None)
     order, _, why_not = _auto_order(fm, xs1, xs2, key, run)
     first = next(order, None)
     if first is None:
@@ -134,18 +145,13 @@ def kernel_plan(
     float64 block sums)."""
     fm, xs1, xs2 = _as_computed(model, output_fn, x1, x2, dtype)
     budget, source = resolve_budget(memory_budget, fm.device)
-    engine = method
+    engine, choice = method, f"forced by method={method!r}"
     if method == "auto":
-        engine = select_method(
-            model, x1, x2, output_fn=output_fn, trace_outputs=trace_outputs,
-            memory_budget=memory_budget, dtype=dtype,
-        )  # fmt: skip
-    if engine not in ENGINES:
-        raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
-    choice = f"forced by method={method!r}"
-    if method == "auto":
+        engine = _auto_choice(fm, xs1, xs2, trace_outputs, budget)
         trials = CACHE.tunings.get(fm.model, {}).get(_auto_key(fm, xs1, xs2, trace_outputs))
         choice = tuning.describe(trials or [], fm.device)
+    if engine not in ENGINES:
+        raise ValueError(f"method: unknown {method!r}; choose 'auto' or one of {sorted(ENGINES)}")
     n_out = fm.num_outputs(xs1)
     if chunk_size is None:
         chunk_size = _planned_chunk(engine, fm, xs1, xs2, n_out, trace_outputs, budget)
@@ -161,7 +167,7 @@ def kernel_plan(
         "memory_budget": budget,
         "budget_source": source,
         "chunk_size": int(chunk_size),
-        "blocks": -(-num_samples(xs1) // int(chunk_size)),
+        "blocks": -(-n1 // int(chunk_size)),
         "choice": choice,
         "predicted_peak": int(blocks + kernel),
     }
