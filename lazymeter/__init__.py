@@ -6,6 +6,7 @@ Public API (DESIGN.md section 2).
 from . import quantities, regime  # noqa: F401 - lm.quantities.DEFAULT, lm.regime.classify
 from .baselines import Linearized, kernel_regression
 from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
+from .deprecations import LazymeterDeprecationWarning
 from .estimators import Estimate
 from .grokking import GrokTime, time_to_grok
 from .live import LiveView
@@ -23,13 +24,13 @@ from .metrics import (
     parameter_movement,
     weight_norm,
 )
-from .ntk import empirical_ntk
+from .ntk import NTKOptions, empirical_ntk
 from .ntk.alignment import ntk_alignment, ntk_change
 from .plots import plot_run
-from .probes import ProbeSize
+from .probes import ProbeSet, ProbeSize
 from .quantities import MeasureContext, Quantity
 from .schedules import Every, LogSpaced, make_schedule
-from .sinks import Sink, read_jsonl, tag_for
+from .sinks import Sink, TensorBoardSink, read_jsonl, tag_for
 
 __version__ = "0.1.0"
 
@@ -43,7 +44,11 @@ __all__ = [
     "Every",
     "LazyMeter",
     "MeasureContext",
+    "NTKOptions",
+    "ProbeSet",
     "ProbeSize",
+    "TensorBoardSink",
+    "LazymeterDeprecationWarning",
     "Quantity",
     "LogSpaced",
     "make_schedule",

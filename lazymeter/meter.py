@@ -24,26 +24,25 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from . import quantities as Q
-from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, share_probes, world_size
+from .deprecations import accepts_legacy_arguments
+from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, world_size
 from .failures import Warner
-from .metrics import alignment_estimate
 from .ntk import (
     FunctionalModel,
     coverage,
-    empirical_ntk,
     kernel_dtype,
     kernel_plan,
     resolve_budget,
     select_method,
 )
 from .ntk.fsdp import is_dtensor
-from .ntk.sketch import Sketch, check_outputs, sketched_ntk
-from .probes import Probe, ProbeSize, check_label_variance, prepare, subsample, targets
+from .ntk.options import NTKOptions
+from .probes import Probe, ProbeSet, prepare_probes
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import RunLog, Sink, scalar_values
-from .validation import int_at_least
+from .sinks.runlog import SCALAR_EVERY
 
 _STATE_VERSION = 2
 #: The keys of the meter's own state (``state_dict()['_extra_state']``); ``sinks`` is optional.
@@ -72,54 +71,34 @@ class LazyMeter(ScaledModel):
     ``meter.step(**scalars)`` logs the scalars and measures the quantities that are due
     (default :func:`lazymeter.quantities.default`; docs/meter.md lists every key).
 
+    Each option lives on the object it configures: the probe on :class:`~lazymeter.ProbeSet`,
+    each diagnostic's on its :class:`~lazymeter.Quantity`, the kernels' on
+    :class:`~lazymeter.NTKOptions`, TensorBoard's on :class:`~lazymeter.TensorBoardSink`.
+
     Args:
         model: the network to train; the meter's parameters are exactly its parameters.
         alpha: output scale (> 0). Large alpha = lazy, small alpha = rich.
-        center: subtract the initial model's output (so the initial function is 0).
-        probe: ``(x, y)`` training points to measure on (tensors or numpy arrays, a
-            ``DataLoader``, or a list of ``(x, y)`` batches: the first points, read without
-            touching the user's iterators or RNG); ``test_probe``: held-out points.
+        probe: the points to measure on: a :class:`~lazymeter.ProbeSet` (train and test
+            points, how many, seed) or a plain ``(x, y)`` of training points. The meter
+            keeps up to the largest number of points any quantity reads at setup (the lazy
+            baseline's ``max_points``). None: parameter quantities only.
+        quantities: what to measure (:class:`~lazymeter.Quantity` objects, deep-copied;
+            each owns its options); None = :func:`lazymeter.quantities.default`.
         schedule: int k (every k steps), ``"log"`` (8 log-spaced steps per decade),
             ``"log:N"``, or a callable ``step -> bool``; quantities may have their own.
-        log_dir: directory for ``history.jsonl`` and (``tensorboard=True``) TensorBoard
-            event files.
-        quantities: what to measure (:class:`~lazymeter.Quantity` objects, deep-copied);
-            None = :func:`lazymeter.quantities.default` from the shorthand keywords
-            ``centering``, ``estimator``, ``spectrum_k``, ``ridge``, ``max_baseline``, ``features``,
-            ``metrics`` (``{name: fn(model) -> dict}``) and ``linearized``.
-        estimator: of the alignment and CKA: ``"unbiased"`` (U-statistics: expectations
-            that do not depend on the probe size, each with ``<key>_se``, its jackknife
-            standard error) or ``"biased"`` (plain ratios; they depend on the probe size);
-            None: unbiased with ``centering="double"``, biased with another centering.
-        writer: a TensorBoard ``SummaryWriter`` to log into (left open at :meth:`close`), or
-            any object with its ``add_scalar(tag, value, step)`` (``add_text``, ``flush``,
-            ``add_custom_scalars``, ``add_image``, ``add_hparams`` are used when present).
-            Anything else is a ``TypeError``; other trackers go in ``sinks``.
-        sinks: more places for the measurements: :class:`lazymeter.Sink` objects
-            (``write_row(row, step)`` and ``close()``), e.g.
+        ntk: how kernels are computed: :class:`~lazymeter.NTKOptions` (engine, block size,
+            memory budget, exact or sketched outputs); None = ``NTKOptions()``.
+        log_dir: directory for ``history.jsonl``, ``meta.json`` and TensorBoard event files.
+        sinks: more places for the measurements: a :class:`~lazymeter.TensorBoardSink` with
+            options (scalar cadence, figures, the user's ``SummaryWriter``), and
+            :class:`~lazymeter.Sink` objects (``write_row(row, step)`` and ``close()``), e.g.
             :class:`lazymeter.integrations.mlflow.MlflowSink` or
             :class:`lazymeter.integrations.wandb.WandbSink`; only rank 0 writes to them.
+        center: subtract the initial model's output (so the initial function is 0).
         output_fn: reduces the model output to a Tensor (e.g. ``lambda y: y[:, -1]``).
-        max_probe: kernels use at most this many probe points (a fixed seeded subset); a
-            measurement costs ``O(max_probe^2 * n_params)``. ``seed``: of that subset. A
-            :class:`lazymeter.ProbeSize` chooses it from a target standard error or a time
-            budget (``meter.probe_choice`` says what it chose and why).
-        ntk_method: ``method`` of :func:`lazymeter.empirical_ntk` (``"auto"`` is resolved
-            once, at construction); ``ntk_chunk_size``, ``memory_budget``: its
-            ``chunk_size`` and ``memory_budget``.
-        ntk_outputs: ``"all"`` (exact kernels: one backward pass per output) or a
-            :class:`lazymeter.ntk.Sketch` (kernels estimated from ``s`` random output
-            projections, for models with hundreds or more outputs; the same projections
-            at every measurement, so that drift compares like with like). With a sketch,
-            each row carries ``ntk_sketch_rel_se``, the largest relative standard error
-            ``||SE||_F / ||K||_F`` of the kernels it measured.
-        scalar_every: write the scalars passed to :meth:`step` to TensorBoard every this
-            many steps (and at every measurement); an event costs ~50 us.
-        tb_figures: also log the quantities' figures (kernel spectrum, decomposition).
         measure_mode: ``"eval"`` (default: measurements see the model in eval mode: no
             dropout of any kind, BatchNorm on running statistics) or ``"as_is"`` (its own
             modes); see :class:`~lazymeter.scaled.ScaledModel`.
-        regime_thresholds: of the lazy/rich read-out logged as TensorBoard text.
         distributed: for ``LazyMeter(DistributedDataParallel(model))`` and a model sharded
             with ``fully_shard``: ``"auto"`` (= ``"rank0"``: rank 0 measures, the row is
             broadcast), ``"shard"`` (each rank computes its rows of the kernels) or None
@@ -127,64 +106,42 @@ class LazyMeter(ScaledModel):
             and the same snapshot (under ``fully_shard``, sharded as the model); only rank 0
             writes files. Under ``fully_shard`` the measuring ranks gather the full model
             for the duration of a measurement (:mod:`lazymeter.fsdp`; docs: Distributed).
+
+    The keywords of lazymeter 0.1 (``test_probe``, ``max_probe``, ``ntk_method``,
+    ``writer``, ``centering``, ...) still work for one release, with a
+    ``DeprecationWarning`` naming the new spelling (:mod:`lazymeter.deprecations`).
+    ``regime_thresholds`` (of the lazy/rich read-out logged as text and drawn by
+    :meth:`plot`) is an attribute: set ``meter.regime_thresholds = RegimeThresholds(...)``.
     """
 
+    @accepts_legacy_arguments
     def __init__(
         self,
         model: nn.Module,
         alpha: float = 1.0,
-        center: bool = True,
-        probe: Probe | None = None,
-        test_probe: Probe | None = None,
-        schedule: ScheduleSpec = 100,
-        log_dir: str | os.PathLike[str] | None = None,
         *,
+        probe: ProbeSet | Probe | None = None,
         quantities: Sequence[Q.Quantity] | None = None,
-        writer: Any = None,
+        schedule: ScheduleSpec = 100,
+        ntk: NTKOptions | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
         sinks: Sequence[Sink] | None = None,
+        center: bool = True,
         output_fn: Callable[[Any], Any] | None = None,
-        max_probe: int | ProbeSize = 64,
-        max_baseline: int = 2048,
-        features: Sequence[str] | None = None,
-        metrics: Mapping[str, Q.MetricFn] | None = None,
-        ntk_method: str = "auto",
-        ntk_chunk_size: int | None = None,
-        ntk_outputs: Any = "all",
-        centering: str = "double",
-        estimator: str | None = None,
-        spectrum_k: int = 5,
-        ridge: float = 0.0,
-        seed: int = 0,
-        scalar_every: int = 10,
-        linearized: bool = False,
-        tb_figures: bool = False,
-        regime_thresholds: RegimeThresholds | None = None,
-        memory_budget: int | str | None = None,
-        distributed: str | None = "auto",
         measure_mode: str = "eval",
-        tensorboard: bool = True,
+        distributed: str | None = "auto",
     ) -> None:
         super().__init__(model, alpha, center, output_fn, measure_mode)
-        if not isinstance(max_probe, ProbeSize):
-            int_at_least(max_probe, "max_probe", 3)
-        int_at_least(max_baseline, "max_baseline", 3)
-        self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
-        if features and probe is None:
-            raise ValueError("features: needs a probe to compute activations on")
-        self.ntk_kwargs = {"method": ntk_method, "chunk_size": ntk_chunk_size}
-        self.ntk_kwargs["memory_budget"] = memory_budget
-        self.ntk_kwargs["outputs"] = check_outputs(ntk_outputs)
+        if ntk is None:
+            ntk = NTKOptions()
+        if not isinstance(ntk, NTKOptions):
+            raise TypeError(f"ntk: expected lazymeter.NTKOptions, got {type(ntk).__name__}")
+        self.ntk = ntk
         self._sketch_se: list[float] = []
         self.schedule = make_schedule(schedule)
-        self.tb_figures = bool(tb_figures)
-        self.regime_thresholds = regime_thresholds or RegimeThresholds()
+        self.regime_thresholds = RegimeThresholds()
         if quantities is None:
-            quantities = Q.default(
-                centering=centering, estimator=estimator, spectrum_k=spectrum_k, ridge=ridge,
-                features=features or (),
-                max_baseline=max_baseline, metrics=metrics, linearized=linearized,
-                output_fn=output_fn,
-            )  # fmt: skip
+            quantities = Q.default()
         self.quantities: list[Q.Quantity] = [Q.own_copy(q) for q in quantities]
         # By position, not id(): a deep copy or an unpickled meter keeps them (ids change).
         self._schedules = [q.make_schedule() for q in self.quantities]
@@ -204,11 +161,11 @@ class LazyMeter(ScaledModel):
         for name in ("probe_x", "probe_y", "test_x", "test_y", "K0", "K0_test"):
             self.register_buffer(name, None)
         self._num_classes: int | None = None
-        self._init_probes(probe, test_probe, max_probe, max_baseline, seed)
+        self._init_probes(ProbeSet.of(probe))
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         if self._dist is not None and not self._dist.main:
-            self.log_dir, writer, sinks = None, None, None  # one writer per run: rank 0
-        self._log = RunLog(self.log_dir, writer, tensorboard, sinks)
+            self.log_dir, sinks = None, None  # one writer per run: rank 0
+        self._log = RunLog(self.log_dir, sinks)
         estimators = {
             q.name: q.describe() for q in self.quantities if callable(getattr(q, "describe", None))
         }
@@ -226,36 +183,31 @@ class LazyMeter(ScaledModel):
         )
 
     # ------------------------------------------------------------------ construction
-    def _init_probes(
-        self, probe: Any, test_probe: Any, max_probe: int, max_baseline: int, seed: int
-    ) -> None:
-        self._seed = seed
+    def _init_probes(self, probes: ProbeSet | None) -> None:
+        """The probes, prepared in one place (:func:`~lazymeter.probes.prepare_probes`),
+        then the initial kernels and every quantity's setup."""
+        self._seed = 0 if probes is None else probes.seed
         dtype = next(p.dtype for p in self.net.parameters() if p.requires_grad)
-        self.probe_choice: dict[str, Any] | None = None
-        if isinstance(max_probe, ProbeSize):
-            max_probe = self._choose_probe_size(max_probe, probe, max_baseline, seed, dtype)
-        probe, test, full, full_test, num_classes = prepare(
-            probe, test_probe, self._device(), max_probe, seed, max(max_probe, max_baseline), dtype
-        )
-        if probe is None:  # parameter quantities only
+        keep = max((q.probe_points() for q in self.quantities), default=0)
+        need = max(((q.min_points(), q.name) for q in self.quantities if q.needs), default=(3, ""))
+        ready = prepare_probes(
+            probes, device=self._device(), dtype=dtype, keep=keep, need=need,
+            pilot=self._pilot_kernel, dist=self._dist,
+        )  # fmt: skip
+        self.probe_choice: dict[str, Any] | None = ready.choice
+        if ready.train is None:  # parameter quantities only
             self.quantities = [q for q in self.quantities if not q.needs]
             self._schedules = [q.make_schedule() for q in self.quantities]
             return
-        if self._dist is not None:  # rank 0's data everywhere (a rank's own: other metrics)
-            cut = lambda p, i: subsample(p, max_baseline, seed + i)  # noqa: E731
-            shared = share_probes(self._dist, (probe, test, num_classes), (full, full_test), cut)
-            probe, test, num_classes, full, full_test = shared
-        self._check_probe_sizes({"probe": probe, "test_probe": test})
-        self.probe_x, self.probe_y = probe
-        if test is not None:
-            self.test_x, self.test_y = test
-        self._num_classes = num_classes
-        check_label_variance({"probe": probe, "test_probe": test}, num_classes)
+        self.probe_x, self.probe_y = ready.train
+        if ready.test is not None:
+            self.test_x, self.test_y = ready.test
+        self._num_classes = ready.num_classes
         with self.full_model(keep=self._computes):
             self._n_out = self._main_first(lambda: self.check_outputs(self.probe_x))
             if self._computes:
                 with self.measuring():
-                    self._setup({"train": full, "test": full_test})
+                    self._setup(ready.full)
         if self._dist is not None and self._dist.strategy == "rank0":
             self._receive_reference()
         if self.K0 is not None and not bool((self.K0 != 0).any()):
@@ -265,52 +217,14 @@ class LazyMeter(ScaledModel):
                 "sign() or other zero-gradient op inside forward?)"
             )
 
-    def _check_probe_sizes(self, probes: Mapping[str, Probe | None]) -> None:
-        """A probe with fewer points than a quantity needs for a number (unbiased alignment
-        and CKA with their error bars: 5) would give NaN at every measurement: an error now."""
-        need, who = max(
-            ((q.min_points(), q.name) for q in self.quantities if q.needs), default=(0, "")
-        )
-        for name, p in probes.items():
-            if p is None:
-                continue
-            n = int(p[0].shape[0])
-            if n < need:
-                raise ValueError(
-                    f"{name}: has {n} points (after max_probe) but {who!r} needs at least "
-                    f"{need} for a value with its error bar; pass at least {need} points, or "
-                    "quantities with estimator='biased' (3 points)"
-                )
-
-    def _choose_probe_size(
-        self, spec: ProbeSize, probe: Any, max_baseline: int, seed: int, dtype: torch.dtype
-    ) -> int:
-        """Measure the pilot (kernel time and alignment error at initialisation) and pick the
-        probe size (:class:`~lazymeter.ProbeSize`)."""
-        if self._dist is not None:
-            raise ValueError(
-                "max_probe: ProbeSize is not supported with a distributed meter (every rank "
-                "must use the same probe size); pass an int"
-            )
-        limit = max(spec.max_points, max_baseline)
-        pilot, _, full, _, num_classes = prepare(
-            probe, None, self._device(), spec.pilot, seed, limit, dtype
-        )
-        if pilot is None:
-            raise ValueError("max_probe: ProbeSize needs a probe=(x, y) to measure on")
-        x, y = pilot
+    def _pilot_kernel(self, x: Tensor) -> tuple[Tensor, float]:
+        """``(K, seconds)`` of ``x`` for :class:`~lazymeter.ProbeSize`; the first call also
+        routes and plans, so the second is timed."""
         with self.measuring():
-            self._ntk(x)  # the first call also routes and plans: not timed
+            self._ntk(x)
             t0 = time.perf_counter()
             K = self._ntk(x)
-            seconds = time.perf_counter() - t0
-        try:
-            se = alignment_estimate(K, targets(y, num_classes), "double", "unbiased").stderr
-        except ValueError:
-            se = math.nan
-        size, why = spec.choose(se, seconds, int(full[0].shape[0]))
-        self.probe_choice = {"max_probe": size, "why": why, "pilot": spec.pilot}
-        return size
+            return K, time.perf_counter() - t0
 
     def _setup(self, full: dict[str, Probe | None]) -> None:
         """``K_0`` of each probe, then every quantity's ``setup`` (init-time references)."""
@@ -364,19 +278,16 @@ class LazyMeter(ScaledModel):
 
     # ------------------------------------------------------------------ measurements
     def _ntk(self, x: Tensor, x2: Tensor | None = None) -> Tensor:
-        net, kw = self.net, {"output_fn": self.output_fn, **self.ntk_kwargs}
-        kw["measure_mode"] = self.measure_mode
-        sharded = self._dist is not None and self._dist.strategy == "shard"
-        if isinstance(kw["outputs"], Sketch) and not sharded:
-            kw.pop("outputs")
-            found = sketched_ntk(net, x, x2, sketch=self.ntk_kwargs["outputs"], **kw)
-            self._sketch_se.append(found.rel_se)
-            return found.kernel
-        if not sharded:
-            return empirical_ntk(net, x, x2, **kw)
+        net, kw = self.net, {"output_fn": self.output_fn, "measure_mode": self.measure_mode}
+        if self._dist is None or self._dist.strategy != "shard":
+            K, rel_se = self.ntk.kernel(net, x, x2, **kw)
+            if rel_se is not None:
+                self._sketch_se.append(rel_se)
+            return K
         like = next(p for p in net.parameters() if p.requires_grad)
         like = like.new_empty(0, dtype=kernel_dtype(like.dtype))
-        return sharded_ntk(self._dist, lambda a, b: empirical_ntk(net, a, b, **kw), x, x2, like)
+        kernel = lambda a, b: self.ntk.kernel(net, a, b, **kw)[0]  # noqa: E731
+        return sharded_ntk(self._dist, kernel, x, x2, like)
 
     def _check_outputs_unchanged(self) -> None:
         n_out = FunctionalModel(self.net, self.output_fn).num_outputs((self.probe_x,))
@@ -471,7 +382,7 @@ class LazyMeter(ScaledModel):
                     row.update(dict.fromkeys(keys, math.nan))
                     failures.append((q.name, e))
         failures += ctx.soft_failures
-        if isinstance(self.ntk_kwargs["outputs"], Sketch):
+        if self.ntk.sketched:
             row["ntk_sketch_rel_se"] = max(self._sketch_se, default=math.nan)
 
     def _write(self, row: dict[str, float], ctx: Q.MeasureContext, due: Sequence[Any]) -> None:
@@ -480,7 +391,7 @@ class LazyMeter(ScaledModel):
 
         def figures() -> dict[str, Any]:
             out: dict[str, Any] = {}
-            for q in due if self.tb_figures else ():
+            for q in due if self._log.tb.figures else ():
                 try:
                     out.update(q.figures(ctx, row))
                 except Exception:  # noqa: BLE001 - a figure is a courtesy (no matplotlib?)
@@ -532,9 +443,22 @@ class LazyMeter(ScaledModel):
                 if i in own or (due and self._schedules[i] is None)
             ]
             return self._measure(mine)  # + the scalars
-        if step % self.scalar_every == 0:
-            self._log.write_scalars(values, step)
+        self._log.write_scalars(values, step)  # to the sinks whose scalar_every is due
         return None
+
+    @property
+    def scalar_every(self) -> int:
+        """The most often :meth:`step`'s scalars reach a sink, in steps (TensorBoard's
+        ``TensorBoardSink(scalar_every=...)``, 10 by default); :meth:`wants_scalars` says
+        whether a given step's do."""
+        cadences = [getattr(s, "scalar_every", SCALAR_EVERY) for s in self._log.sinks]
+        return min([self._log.tb.scalar_every, *cadences])
+
+    def wants_scalars(self, step: int) -> bool:
+        """Whether the scalars passed to :meth:`step` at ``step`` are recorded anywhere (a
+        measurement is due, or a sink's ``scalar_every`` divides ``step``): compute
+        expensive scalars only then."""
+        return self.will_measure(step) or self._log.wants_scalars(step)
 
     def will_measure(self, step: int | None = None) -> bool:
         """Whether :meth:`step` at ``step`` (default: the next one) will measure; use it to
@@ -558,9 +482,7 @@ class LazyMeter(ScaledModel):
         TensorBoard text tab. The memory budget and block sizes: :attr:`ntk_plan`."""
         if self._sharded and self._engine_info is not None:
             return dict(self._engine_info)  # found on the gathered model at construction
-        outputs = self.ntk_kwargs["outputs"]
-        info: dict[str, Any] = {"method": self.ntk_kwargs["method"], "engine": None}
-        info["outputs"] = outputs.describe() if isinstance(outputs, Sketch) else outputs
+        info: dict[str, Any] = {**self.ntk.describe(), "engine": None}
         if self.probe_x is None:
             return info
         kw = {"output_fn": self.output_fn}
@@ -568,9 +490,8 @@ class LazyMeter(ScaledModel):
             with self.measuring():  # in the mode measurements see
                 info["engine"] = info["method"]
                 if info["method"] == "auto":
-                    budget = self.ntk_kwargs["memory_budget"]
                     info["engine"] = select_method(
-                        self.net, self.probe_x, memory_budget=budget, **kw
+                        self.net, self.probe_x, memory_budget=self.ntk.memory_budget, **kw
                     )
                 if info["engine"] == "structured":
                     info["coverage"] = coverage(self.net, self.probe_x, **kw)
@@ -585,15 +506,15 @@ class LazyMeter(ScaledModel):
         memory it is: read at each kernel, so it follows the device), ``chunk_size`` and
         ``blocks`` (:func:`lazymeter.ntk.kernel_plan`; with a ``Sketch``, the budget only).
         Not in ``meta.json``: it depends on the memory free at the moment, not the numbers."""
-        budget = self.ntk_kwargs["memory_budget"]
+        budget = self.ntk.memory_budget
         size, source = resolve_budget(budget, self._device())
         engine = self.ntk_engine["engine"]
-        if self.probe_x is None or engine is None or isinstance(self.ntk_kwargs["outputs"], Sketch):
+        if self.probe_x is None or engine is None or self.ntk.sketched:
             return {"memory_budget": size, "budget_source": source}
         with self.measuring():
             found = kernel_plan(
                 self.net, self.probe_x, method=engine, memory_budget=budget,
-                chunk_size=self.ntk_kwargs["chunk_size"], output_fn=self.output_fn,
+                chunk_size=self.ntk.chunk_size, output_fn=self.output_fn,
             )  # fmt: skip
         return {k: v for k, v in found.items() if k != "engine"}
 
@@ -605,11 +526,15 @@ class LazyMeter(ScaledModel):
 
     @property
     def linearized(self) -> nn.Module:
-        """The linearised shadow model (requires ``LazyMeter(..., linearized=True)``)."""
+        """The linearised shadow model (requires a :class:`~lazymeter.quantities.LinearizedShadow`
+        quantity, e.g. ``quantities=lm.quantities.default(linearized=True)``)."""
         for q in self.quantities:
             if isinstance(q, Q.LinearizedShadow) and q.shadow is not None:
                 return q.shadow
-        raise RuntimeError("linearized: construct the meter with linearized=True")
+        raise RuntimeError(
+            "linearized: construct the meter with a LinearizedShadow quantity "
+            "(quantities=lazymeter.quantities.default(linearized=True))"
+        )
 
     def _apply(self, fn: Any, recurse: bool = True) -> LazyMeter:
         super()._apply(fn, recurse)
@@ -801,7 +726,7 @@ class LazyMeter(ScaledModel):
                 "same way in the new process"
             )
         state = super().__getstate__()
-        state["_log"] = RunLog(None, tensorboard=False)
+        state["_log"] = RunLog(None)
         state["log_dir"] = None
         return state
 

@@ -1,14 +1,20 @@
-"""Probe sets: validation, the seeded subset a meter measures on, regression targets."""
+"""Probe sets: what a meter measures on (:class:`ProbeSet`), prepared, sized, shared and
+checked in one place (:func:`prepare_probes`); the seeded subsets; regression targets."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .distributed import Dist, share_probes
+from .metrics import alignment_estimate
+from .validation import int_at_least
 
 Probe = tuple[Tensor, Tensor]
 
@@ -143,7 +149,7 @@ def targets(y: Tensor, num_classes: int | None = None) -> Tensor:
 
 @dataclass(frozen=True)
 class ProbeSize:
-    """Let the meter choose its probe size (``LazyMeter(max_probe=ProbeSize(...))``), once,
+    """Let the meter choose its probe size (``ProbeSet(..., max_points=ProbeSize(...))``), once,
     at construction, from a pilot measurement on ``pilot`` points of the train probe.
 
     The unbiased alignment's standard error falls as ``1/sqrt(P)`` (the leading term of a
@@ -236,4 +242,158 @@ def check_label_variance(probes: dict[str, Probe | None], num_classes: int | Non
                 f"{name}: the labels y have zero variance over the {len(t)} probe "
                 "points, so kernel-target alignment is undefined; use a probe whose "
                 "labels differ (for classes, several classes)"
+            )
+
+
+class ProbeSet:
+    """The points a meter measures on: ``LazyMeter(..., probe=ProbeSet((x, y), test=...))``.
+
+    Args:
+        train: ``(x, y)`` training points: tensors or numpy arrays, a ``DataLoader``, or a
+            list of ``(x, y)`` batches (the first points are read without touching the
+            user's iterators or RNG; :func:`collect`). ``y``: integer class labels
+            (one-hot targets) or regression targets ``[P]`` / ``[P, C]``.
+        test: held-out points, in the same forms (the lazy baseline's test loss and the
+            test-probe kernels need them).
+        max_points: kernels use at most this many points of each probe (a fixed seeded
+            subset; a measurement costs ``O(max_points^2 * n_params)``), or a
+            :class:`ProbeSize` that chooses it from a target standard error or a time budget
+            (``meter.probe_choice`` says what it chose and why).
+        seed: of that subset (the test subset uses ``seed + 1``).
+
+    A plain ``probe=(x, y)`` is ``ProbeSet((x, y))``.
+    """
+
+    def __init__(
+        self,
+        train: Any,
+        test: Any = None,
+        *,
+        max_points: int | ProbeSize = 64,
+        seed: int = 0,
+    ) -> None:
+        if train is None and test is not None:
+            raise ValueError(
+                "test_probe: test points need training points too (pass probe=(x, y), or "
+                "ProbeSet((x, y), test=...))"
+            )
+        if not isinstance(max_points, ProbeSize):
+            int_at_least(max_points, "max_points", 3)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r}")
+        self.train, self.test, self.max_points, self.seed = train, test, max_points, seed
+
+    @classmethod
+    def of(cls, probe: Any) -> ProbeSet | None:
+        """``probe=`` as a :class:`ProbeSet` (a plain ``(x, y)`` becomes its train points)."""
+        return probe if probe is None or isinstance(probe, ProbeSet) else cls(probe)
+
+    def __repr__(self) -> str:
+        test = "None" if self.test is None else "..."
+        return f"ProbeSet(train=..., test={test}, max_points={self.max_points!r}, seed={self.seed})"
+
+
+@dataclass
+class PreparedProbes:
+    """A meter's probes, ready to measure on (:func:`prepare_probes`).
+
+    ``train``/``test``: the measurement subsets (at most ``max_points`` each; ``test`` None
+    without test points); ``full``: ``{"train": ..., "test": ...}`` the whole probes (up to
+    what setup reads: :meth:`Quantity.probe_points`), where this process runs setup;
+    ``num_classes``: for integer labels (else None); ``choice``: what a
+    :class:`ProbeSize` chose and why (else None)."""
+
+    train: Probe | None = None
+    test: Probe | None = None
+    full: dict[str, Probe | None] = field(default_factory=dict)
+    num_classes: int | None = None
+    choice: dict[str, Any] | None = None
+
+
+def prepare_probes(
+    probes: ProbeSet | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    keep: int,
+    need: tuple[int, str] = (3, ""),
+    pilot: Callable[[Tensor], tuple[Tensor, float]] | None = None,
+    dist: Dist | None = None,
+) -> PreparedProbes:
+    """Prepare, size, share and check a meter's probes, in that order, before anything is
+    measured.
+
+    1. Read and validate the points (:func:`collect`, :func:`as_probe`): at most ``keep``
+       of each probe (the most any quantity reads at setup) on ``device``, floating arrays
+       in ``dtype``.
+    2. Size: ``probes.max_points``, or what a :class:`ProbeSize` chooses from ``pilot(x)``
+       (``(K, seconds)``: the kernel of ``x`` and how long it took).
+    3. Share (``dist``): rank 0's points on every rank
+       (:func:`lazymeter.distributed.share_probes`).
+    4. Check: each probe has ``need[0]`` points (what quantity ``need[1]`` needs for a
+       value) and labels that vary.
+    """
+    if probes is None:
+        return PreparedProbes()
+    choice = None
+    max_points = probes.max_points
+    if isinstance(max_points, ProbeSize):
+        max_points, choice = _choose_size(probes, max_points, device, dtype, keep, pilot, dist)
+    limit = max(max_points, keep)
+    train, test, full, full_test, num_classes = prepare(
+        probes.train, probes.test, device, max_points, probes.seed, limit, dtype
+    )
+    if dist is not None:  # rank 0's data everywhere (a rank's own: other metrics)
+        cut = lambda p, i: subsample(p, keep, probes.seed + i)  # noqa: E731
+        shared = share_probes(dist, (train, test, num_classes), (full, full_test), cut)
+        train, test, num_classes, full, full_test = shared
+    named = {"probe": train, "test_probe": test}
+    check_sizes(named, *need)
+    check_label_variance(named, num_classes)
+    return PreparedProbes(train, test, {"train": full, "test": full_test}, num_classes, choice)
+
+
+def _choose_size(
+    probes: ProbeSet,
+    spec: ProbeSize,
+    device: torch.device,
+    dtype: torch.dtype,
+    keep: int,
+    pilot: Callable[[Tensor], tuple[Tensor, float]] | None,
+    dist: Dist | None,
+) -> tuple[int, dict[str, Any]]:
+    """The probe size a :class:`ProbeSize` chooses from a pilot kernel (kernel time and
+    alignment error at initialisation), and the record of why."""
+    if dist is not None:
+        raise ValueError(
+            "max_points: ProbeSize is not supported with a distributed meter (every rank "
+            "must use the same probe size); pass an int"
+        )
+    if pilot is None:
+        raise ValueError("max_points: ProbeSize needs a model to measure a pilot kernel on")
+    limit = max(spec.max_points, keep)
+    small, _, full, _, num_classes = prepare(
+        probes.train, None, device, spec.pilot, probes.seed, limit, dtype
+    )
+    if small is None:
+        raise ValueError("max_points: ProbeSize needs a probe=(x, y) to measure on")
+    K, seconds = pilot(small[0])
+    try:
+        se = alignment_estimate(K, targets(small[1], num_classes), "double", "unbiased").stderr
+    except ValueError:
+        se = math.nan
+    size, why = spec.choose(se, seconds, int(full[0].shape[0]))
+    return size, {"max_probe": size, "why": why, "pilot": spec.pilot}
+
+
+def check_sizes(probes: dict[str, Probe | None], need: int, who: str) -> None:
+    """A probe with fewer points than a quantity needs for a number (unbiased alignment and
+    CKA with their error bars: 5) would give NaN at every measurement: an error now."""
+    for name, p in probes.items():
+        n = 0 if p is None else int(p[0].shape[0])
+        if p is not None and n < need:
+            raise ValueError(
+                f"{name}: has {n} points (after max_points) but {who!r} needs at least "
+                f"{need} for a value with its error bar; pass at least {need} points, or "
+                "quantities with estimator='biased' (3 points)"
             )

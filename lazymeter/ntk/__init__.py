@@ -34,6 +34,7 @@ from .forms import Dense, Outer
 from .functional import FunctionalModel
 from .groups import parameter_groups
 from .ops import OP_RULES as OP_RULES, register_op_rule
+from .options import NTKOptions
 from .registry import DECLINES as DECLINES, RULES as RULES, register_rule, unregister_rule
 from .routing import coverage
 from .sketch import Sketch, SketchedKernel, sketched_ntk
@@ -45,6 +46,7 @@ from .structured import StructuredEngine as StructuredEngine
 #: ``kernel_plan``.
 __all__ = [
     "MEMORY_BUDGET_ENV",
+    "NTKOptions",
     "Dense",
     "Engine",
     "Explanation",

@@ -35,7 +35,7 @@ class Quantity:
       columns.
     * :meth:`state_dict` / :meth:`load_state_dict`: what it keeps, saved in the meter's
       checkpoints (default: nothing).
-    * :meth:`figures`: matplotlib figures for TensorBoard (``tb_figures=True``).
+    * :meth:`figures`: matplotlib figures for TensorBoard (``TensorBoardSink(figures=True)``).
     * Class attributes ``tags`` (``{key or key prefix ending in "_" or "/": tag}``, under
       ``lazymeter/``), ``charts`` (TensorBoard custom-scalar charts: ``{title: [keys]}``)
       and ``doc`` (``{key: meaning}``, the docs' metric table) are registered when the
@@ -79,8 +79,15 @@ class Quantity:
         return None
 
     def figures(self, ctx: MeasureContext, row: Mapping[str, float]) -> dict[str, Figure]:
-        """``{tag: matplotlib Figure}`` to log at a measurement (``tb_figures=True``)."""
+        """``{tag: matplotlib Figure}`` to log at a measurement
+        (``TensorBoardSink(figures=True)``)."""
         return {}
+
+    def probe_points(self) -> int:
+        """Points of the whole probe this quantity reads at setup (``ctx.probe(split,
+        max_points)``): the meter keeps up to the largest any quantity asks for. 0 (the
+        default): only the measurement probe."""
+        return 0
 
     def min_points(self) -> int:
         """Fewest probe points this quantity can give a number on (checked against each

@@ -9,6 +9,7 @@ import torch
 
 from ..baselines import kernel_regression
 from ..probes import targets
+from ..validation import int_at_least
 from .base import Quantity
 from .context import MeasureContext
 
@@ -39,8 +40,11 @@ class LazyBaseline(Quantity):
     }
 
     def __init__(self, max_points: int = 2048, ridge: float = 0.0) -> None:
-        self.max_points, self.ridge = max_points, ridge
+        self.max_points, self.ridge = int_at_least(max_points, "max_points", 3), ridge
         self.results: dict[str, float] = {}
+
+    def probe_points(self) -> int:
+        return self.max_points
 
     def setup(self, ctx: MeasureContext) -> None:
         if not ctx.has("test"):

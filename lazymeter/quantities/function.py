@@ -24,7 +24,8 @@ class FunctionQuantity(Quantity):
     A failing call keeps the columns it returned last time (as NaN). Keys
     starting with ``decomp_`` (a test-loss decomposition such as
     :class:`~lazymeter.QuadraticDecomposition`) are logged under
-    ``lazymeter/decomposition/`` and, with ``tb_figures=True``, drawn as a bar chart."""
+    ``lazymeter/decomposition/`` and, with ``TensorBoardSink(figures=True)``, drawn as a bar
+    chart."""
 
     name = ""  # set per instance
     tags = {"decomp_": "decomposition/"}

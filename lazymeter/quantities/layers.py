@@ -40,8 +40,8 @@ class LayerKernels(Quantity):
       shares sum to 1).
 
     Keys are grouped per layer in TensorBoard (``lazymeter/layer/<l>/...``); with
-    ``tb_figures=True`` a figure of every layer's drift and CKA over the steps measured so
-    far (:func:`lazymeter.layer_plots.plot_layer_curves`, which also draws them from
+    ``TensorBoardSink(figures=True)`` a figure of every layer's drift and CKA over the steps
+    measured so far (:func:`lazymeter.layer_plots.plot_layer_curves`, which also draws them from
     ``meter.history``).
 
     Cost per measurement: one per-layer kernel of the probe (the structured, Jacobian and

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class Spectrum(Quantity):
     """``spectrum_trace``, ``spectrum_effective_rank`` and ``spectrum_eig_1..k`` of the
     train-probe NTK ``K_t`` (see :func:`lazymeter.kernel_spectrum`); with
-    ``tb_figures=True`` a figure of the eigenvalues of ``K_t`` against ``K_0``.
+    ``TensorBoardSink(figures=True)`` a figure of the eigenvalues of ``K_t`` against ``K_0``.
 
     Args:
         k: how many top eigenvalues to record.

@@ -22,7 +22,8 @@ class Sink(Protocol):
     Optional hooks, called only when the sink defines them:
 
     * ``write_scalars(values, step)``: the scalars passed to ``step()`` at steps without a
-      measurement, every ``scalar_every`` steps (at a measurement they are in the row).
+      measurement, every ``scalar_every`` steps (the sink's attribute of that name, 10 when
+      it has none; at a measurement they are in the row).
     * ``write_meta(meta)``: once, at construction: what the numbers depend on (the NTK
       engine, modes, estimators; nested dicts, as in ``log_dir/meta.json``).
     * ``write_text(tag, text, step)``: the lazy/rich read-out with every row
@@ -47,14 +48,14 @@ class Sink(Protocol):
 
 
 def check_writer(writer: Any) -> None:
-    """``writer=`` takes a TensorBoard ``SummaryWriter`` or any object with its
+    """``TensorBoardSink(writer=...)`` takes a TensorBoard ``SummaryWriter`` or any object with its
     ``add_scalar(tag, value, step)`` (``add_text``, ``flush``, ``add_custom_scalars``,
     ``add_image`` and ``add_hparams`` are used when present); a :class:`Sink` or anything
     else is a ``TypeError`` naming what to pass instead."""
     if writer is None or callable(getattr(writer, "add_scalar", None)):
         return
     hint = (
-        "; it is a lazymeter Sink: pass it as sinks=[...]"
+        "; it is a lazymeter Sink: pass it in the meter's sinks=[...]"
         if callable(getattr(writer, "write_row", None))
         else ""
     )
@@ -75,7 +76,7 @@ def check_sinks(sinks: Iterable[Any] | None) -> list[Any]:
         missing = [m for m in ("write_row", "close") if not callable(getattr(sink, m, None))]
         if missing:
             hint = (
-                " (a SummaryWriter goes in writer=)"
+                " (wrap a SummaryWriter: TensorBoardSink(writer=w))"
                 if callable(getattr(sink, "add_scalar", None))
                 else ""
             )

@@ -8,37 +8,43 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .jsonl import JsonlSink, check_writable, fresh_history
-from .protocol import check_sinks, check_writer
+from .protocol import check_sinks
 from .tensorboard import TensorBoardSink
+
+#: How often the scalars passed to ``meter.step`` reach a sink that does not say
+#: (its ``scalar_every`` attribute), in steps.
+SCALAR_EVERY = 10
 
 
 class RunLog:
     """One run's sinks: ``log_dir/history.jsonl`` (a fresh file; an earlier run's is moved
-    aside), TensorBoard (in ``log_dir``, or the given ``writer``) and the user's ``sinks``
-    (:class:`Sink`). Any of them may be absent."""
+    aside), TensorBoard (the :class:`TensorBoardSink` among ``sinks``, else one in
+    ``log_dir`` with its defaults) and the user's other ``sinks`` (:class:`Sink`). Any of
+    them may be absent."""
 
-    def __init__(
-        self,
-        log_dir: str | None,
-        writer: Any = None,
-        tensorboard: bool = True,
-        sinks: Iterable[Any] | None = None,
-    ) -> None:
-        check_writer(writer)
-        self.sinks = check_sinks(sinks)
+    def __init__(self, log_dir: str | None, sinks: Iterable[Any] | None = None) -> None:
+        sinks = check_sinks(sinks)
+        boards = [s for s in sinks if isinstance(s, TensorBoardSink)]
+        if len(boards) > 1:
+            raise ValueError(
+                f"sinks: has {len(boards)} TensorBoardSinks; pass one (its options apply to "
+                "the run's event files)"
+            )
+        self.sinks = [s for s in sinks if not isinstance(s, TensorBoardSink)]
         self.jsonl: JsonlSink | None = None
         if log_dir is not None:
             check_writable(log_dir)
             self.jsonl = JsonlSink(fresh_history(log_dir))
-        self.tb = TensorBoardSink(log_dir if tensorboard else None, writer)
+        self.tb = boards[0] if boards else TensorBoardSink()
+        self.tb.default_dir(log_dir)
         self._meta_text: str | None = None
         self._failed: set[int] = set()  # id() of the user's sinks already warned about
 
-    def _each(self, method: str, *args: Any) -> None:
-        """Call ``method`` on every user sink that has it. A sink that raises is warned
-        about once (it may be a tracker's server gone away) and called again next time:
-        measurements are kept in ``meter.history`` whatever a sink does."""
-        for sink in self.sinks:
+    def _each(self, method: str, *args: Any, only: Any = None) -> None:
+        """Call ``method`` on every user sink that has it (or on ``only``). A sink that
+        raises is warned about once (it may be a tracker's server gone away) and called
+        again next time: measurements are kept in ``meter.history`` whatever a sink does."""
+        for sink in self.sinks if only is None else [only]:
             fn = getattr(sink, method, None)
             if not callable(fn):
                 continue
@@ -96,10 +102,24 @@ class RunLog:
             self._each("write_text", tag, text, step)
         return error
 
+    @staticmethod
+    def _due(sink: Any, step: int) -> bool:
+        return step % getattr(sink, "scalar_every", SCALAR_EVERY) == 0
+
+    def wants_scalars(self, step: int) -> bool:
+        """Whether :meth:`write_scalars` at ``step`` reaches any sink."""
+        return (self.tb.enabled and self._due(self.tb, step)) or any(
+            self._due(s, step) for s in self.sinks
+        )
+
     def write_scalars(self, values: dict[str, float], step: int) -> None:
-        """The user's scalars at a step without a measurement (every ``scalar_every``)."""
-        self.tb.write_scalars(values, step)
-        self._each("write_scalars", values, step)
+        """The user's scalars at a step without a measurement, to each sink whose
+        ``scalar_every`` divides ``step`` (:data:`SCALAR_EVERY` when it has none)."""
+        if self._due(self.tb, step):
+            self.tb.write_scalars(values, step)
+        for sink in self.sinks:
+            if self._due(sink, step):
+                self._each("write_scalars", values, step, only=sink)
 
     def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Hyperparameters with the run's final metrics: TensorBoard and the user's sinks."""

@@ -7,23 +7,61 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+from ..validation import int_at_least
+from .protocol import check_writer
 from .tags import custom_scalars, tag_for
 
 
 class TensorBoardSink:
-    """Scalars to a ``SummaryWriter`` (``torch.utils.tensorboard``), created lazily.
+    """Scalars, text and figures to a ``SummaryWriter`` (``torch.utils.tensorboard``),
+    created lazily; the meter's TensorBoard options live here.
 
-    Pass ``writer`` to reuse the user's own writer (it is then not closed here).
+    ``LazyMeter(log_dir=d)`` writes TensorBoard event files to ``d`` with the defaults below;
+    to change them pass one in ``sinks=[TensorBoardSink(...)]`` (it then writes to the
+    meter's ``log_dir`` unless it has a ``log_dir`` or ``writer`` of its own).
+
+    Args:
+        log_dir: directory of the event files (default: the meter's ``log_dir``).
+        writer: the user's own ``SummaryWriter`` (or any object with its
+            ``add_scalar(tag, value, step)``; ``add_text``, ``flush``,
+            ``add_custom_scalars``, ``add_image``, ``add_hparams`` are used when present),
+            left open at ``close()``.
+        scalar_every: write the scalars passed to ``meter.step`` every this many steps (and
+            at every measurement); an event costs ~50 us.
+        figures: also log the quantities' figures (kernel spectrum, decomposition) at each
+            measurement; needs matplotlib.
+        enabled: False writes no event files even with a ``log_dir`` (``history.jsonl``
+            is still written there).
+
     Without the ``tensorboard`` package this sink disables itself with one warning.
     """
 
-    def __init__(self, log_dir: str | None = None, writer: Any = None) -> None:
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        writer: Any = None,
+        *,
+        scalar_every: int = 10,
+        figures: bool = False,
+        enabled: bool = True,
+    ) -> None:
+        check_writer(writer)
         self.log_dir = log_dir
         self._writer = writer
         self._owned = writer is None
         self._purge_step: int | None = None
         self._layout_done = False
-        self.enabled = writer is not None or log_dir is not None
+        self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
+        self.figures = bool(figures)
+        self._on = bool(enabled)
+        self.enabled = self._on and (writer is not None or log_dir is not None)
+
+    def default_dir(self, log_dir: str | None) -> None:
+        """Write to the meter's ``log_dir`` when this sink was given neither its own
+        directory nor a writer."""
+        if self._on and self.log_dir is None and self._writer is None and log_dir is not None:
+            self.log_dir = log_dir
+            self.enabled = True
 
     def purge_after(self, step: int) -> None:
         """Drop events after ``step`` from an earlier run (resume from a checkpoint)."""
@@ -115,7 +153,8 @@ class TensorBoardSink:
         self.write(row, step, flush=True)
 
     def write_scalars(self, values: dict[str, float], step: int) -> None:
-        """:class:`Sink` ``write_scalars``: the user's scalars between measurements."""
+        """:class:`Sink` ``write_scalars``: the user's scalars between measurements (the
+        meter calls it every ``scalar_every`` steps)."""
         self.write(values, step)
 
     def flush(self) -> None:
