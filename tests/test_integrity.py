@@ -70,11 +70,10 @@ def public_calls(model, x1, x2, output_fn, tmp_path):
         state["meter"] = lm.LazyMeter(
             model,
             alpha=3.0,
-            probe=(px, y),
-            test_probe=(tx, y2),
+            probe=lm.ProbeSet((px, y), test=(tx, y2)),
             schedule=1,
             log_dir=tmp_path / "run",
-            linearized=True,
+            quantities=lm.quantities.default(linearized=True, **kw),
             **kw,
         )
 

@@ -76,7 +76,7 @@ def test_kernel_dtype_rules_and_bad_dtype():
 def test_meter_on_a_half_precision_model_measures_in_float32(dtype):
     model, x = model_and_inputs(dtype)
     y = torch.sin(x.float().sum(1, keepdim=True)).to(dtype)
-    meter = lm.LazyMeter(model, alpha=2.0, probe=(x, y), test_probe=(x, y), schedule=1)
+    meter = lm.LazyMeter(model, alpha=2.0, probe=lm.ProbeSet((x, y), test=(x, y)), schedule=1)
     assert meter.K0.dtype == torch.float32
     opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.1))
     for _ in range(3):
@@ -99,7 +99,7 @@ def test_meter_on_a_half_precision_model_measures_in_float32(dtype):
 def test_meter_moves_cpu_probes_to_a_cuda_model_once():
     model, x = model_and_inputs(torch.float32)
     y = x.sum(1, keepdim=True)
-    meter = lm.LazyMeter(model.cuda(), probe=(x, y), test_probe=(x, y))
+    meter = lm.LazyMeter(model.cuda(), probe=lm.ProbeSet((x, y), test=(x, y)))
     assert meter.probe_x.device.type == "cuda" and meter.K0.device.type == "cuda"
     assert math.isfinite(meter.measure()["ntk_drift"])
 

@@ -24,9 +24,10 @@ logged ``loss``, ``eval_loss`` and ``trainer.predict`` logits are thus all those
 predicts the last label, ``output.logits[:, -2]`` (``[P, vocab]``; ``logits[:, t]`` predicts
 token ``t + 1``), against the probe's last labels, ``labels[:, -1]`` (the answer token of a
 grokking-style sequence ``a b = c``); sequence-level (2-D) logits and 1-D labels are used as
-they are. Pass ``output_fn`` (and matching probe labels) to measure something else, and
-``ntk_outputs=lazymeter.ntk.Sketch(s)`` for a real vocabulary (one backward pass per output
-otherwise).
+they are. Pass ``output_fn`` (and matching probe labels) to measure something else,
+``probe=lazymeter.ProbeSet((ids, labels), test=(ids_t, labels_t), max_points=...)`` for
+held-out points, and ``ntk=lazymeter.NTKOptions(outputs=lazymeter.ntk.Sketch(s))`` for a
+real vocabulary (one backward pass per output otherwise).
 
 **Steps, logs, files.** The meter's step is the Trainer's ``state.global_step``: the row at
 step ``k`` is measured after ``k`` optimiser steps (step 0: at ``on_train_begin``, before any),
@@ -79,6 +80,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
 
 from ..meter import LazyMeter
 from ..ntk.functional import call_with, replayed_rng, rng_state
+from ..probes import ProbeSet
 from ..scaled import scaled_lr
 from ..sinks import tag_for
 
@@ -163,6 +165,19 @@ def as_probe(probe: Any) -> tuple[Tensor, Tensor] | None:
     x = torch.as_tensor(x)
     y = x if y is None else torch.as_tensor(y)
     return x, (y[:, -1] if y.dim() == 2 else y)
+
+
+def as_probes(probe: Any) -> ProbeSet | tuple[Tensor, Tensor] | None:
+    """:func:`as_probe` of ``probe``, or of a :class:`~lazymeter.ProbeSet`'s train and test
+    points (its ``max_points`` and ``seed`` kept)."""
+    if isinstance(probe, ProbeSet):
+        return ProbeSet(
+            as_probe(probe.train),
+            test=as_probe(probe.test),
+            max_points=probe.max_points,
+            seed=probe.seed,
+        )
+    return as_probe(probe)
 
 
 class ScaledTrainerModel(nn.Module):
@@ -278,8 +293,10 @@ class LazyMeterCallback(TrainerCallback):
     Args:
         alpha: output scale, as for LazyMeter. Set the learning rate with :meth:`scaled_lr`.
         probe: training points to measure on: ``(input_ids [P, T], labels)``, a batch dict or
-            a list of examples (:func:`as_probe`); moved to the model's device.
-        test_probe: held-out points, likewise.
+            a list of examples (:func:`as_probe`), or a :class:`~lazymeter.ProbeSet` of
+            those (with held-out points, how many, seed); moved to the model's device.
+        test_probe: lazymeter 0.1's spelling of ``ProbeSet(..., test=...)``: still passed on
+            to the meter, which warns (:mod:`lazymeter.deprecations`).
         schedule: when to measure, in Trainer steps (``state.global_step``).
         center: subtract the initial model's logits.
         output_fn: what the meter measures from the model's output (default
@@ -289,7 +306,7 @@ class LazyMeterCallback(TrainerCallback):
             ``sum / num_items_in_batch`` when that is not None.
         log_dir: where ``history.jsonl`` and TensorBoard files go (default
             ``args.output_dir``).
-        **meter_kwargs: any other LazyMeter keyword (``max_probe``, ``ntk_outputs``, ...).
+        **meter_kwargs: any other LazyMeter keyword (``quantities``, ``ntk``, ``sinks``, ...).
     """
 
     def __init__(
@@ -314,7 +331,7 @@ class LazyMeterCallback(TrainerCallback):
         # Only global rank zero steps the meter, so it must not wait for the other ranks.
         self.kwargs.setdefault("distributed", None)
         self.alpha = float(alpha)
-        self.probe, self.test_probe = as_probe(probe), as_probe(test_probe)
+        self.probe, self.test_probe = as_probes(probe), as_probe(test_probe)
         self.log_dir = log_dir
         self.loss_fn: LossFn = loss_fn or causal_lm_loss
         self.meter: LazyMeter | None = None
@@ -350,21 +367,35 @@ class LazyMeterCallback(TrainerCallback):
         main = state.is_world_process_zero
         device = next(self.model.parameters()).device
         if main:
+            kwargs = dict(self.kwargs)
+            if self.test_probe is not None:  # 0.1's spelling: the meter warns
+                kwargs["test_probe"] = self._to(self.test_probe, device)
             self.meter = LazyMeter(
                 self.model.model,
                 probe=self._to(self.probe, device),
-                test_probe=self._to(self.test_probe, device),
                 log_dir=self.log_dir if self.log_dir is not None else args.output_dir,
-                **self.kwargs,
+                **kwargs,
             )
         else:  # other ranks only compute f0 for their own batches: no probe, no files
             k = self.kwargs
             self.meter = LazyMeter(
-                self.model.model, k["alpha"], k["center"], quantities=[], distributed=None
+                self.model.model,
+                k["alpha"],
+                center=k["center"],
+                quantities=[],
+                distributed=None,
             )
 
     @staticmethod
-    def _to(probe: tuple[Tensor, Tensor] | None, device: torch.device) -> Any:
+    def _to(probe: Any, device: torch.device) -> Any:
+        """``probe`` (``(x, y)``, a :class:`ProbeSet` of them, or None) on ``device``."""
+        if isinstance(probe, ProbeSet):
+            return ProbeSet(
+                LazyMeterCallback._to(probe.train, device),
+                test=LazyMeterCallback._to(probe.test, device),
+                max_points=probe.max_points,
+                seed=probe.seed,
+            )
         return None if probe is None else tuple(t.to(device) for t in probe)
 
     def on_train_begin(
@@ -394,7 +425,7 @@ class LazyMeterCallback(TrainerCallback):
             return
         scalars = {}
         # float() waits for the device: only at steps where the loss is recorded.
-        if losses and (meter.will_measure(step) or step % meter.scalar_every == 0):
+        if losses and meter.wants_scalars(step):
             scalars["train_loss"] = self._step_loss(losses, args)
         self._log(state, meter.step(step=step, **scalars))
 

@@ -9,6 +9,7 @@
             return ((out - y) ** 2).mean()
 
     trainer = L.Trainer(callbacks=[LazyMeterCallback(alpha=10, probe=(x, y), schedule="log")])
+    # held-out points too: probe=lazymeter.ProbeSet((x, y), test=(xt, yt), max_points=128)
 
 The callback builds a :class:`~lazymeter.LazyMeter` around the LightningModule when fitting
 starts (on the module's device), exposes it as ``pl_module.lazymeter``, steps it after every
@@ -33,8 +34,10 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
         "lazymeter.integrations.lightning needs Lightning: pip install lightning"
     ) from e
 
+from ..deprecations import BOARD
 from ..meter import LazyMeter
-from ..sinks import tag_for
+from ..probes import ProbeSet
+from ..sinks import TensorBoardSink, tag_for
 
 
 class LazyMeterCallback(pl.Callback):
@@ -42,19 +45,25 @@ class LazyMeterCallback(pl.Callback):
 
     Args:
         alpha: output scale, as for LazyMeter.
-        probe: ``(x, y)`` training points to measure on (moved to the module's device).
-        test_probe: ``(x, y)`` held-out points.
+        probe: the points to measure on, as for LazyMeter: ``(x, y)`` training points or a
+            :class:`~lazymeter.ProbeSet` (with held-out points, how many, seed); tensors are
+            moved to the module's device.
+        test_probe: lazymeter 0.1's spelling of ``ProbeSet(..., test=(x, y))``: still
+            passed on to the meter, which warns (:mod:`lazymeter.deprecations`).
         schedule: when to measure, in optimiser steps (``trainer.global_step``).
         center: subtract the initial module's output.
         output_fn: reduces the module's output to a Tensor.
         attribute: name under which the meter is set on the LightningModule.
-        **meter_kwargs: any other LazyMeter keyword (``max_probe``, ``features``, ...).
+        **meter_kwargs: any other LazyMeter keyword (``quantities``, ``ntk``, ``sinks``, ...).
+            Without a ``log_dir``, ``history.jsonl`` goes to the trainer's log directory and
+            no TensorBoard event files are written (the trainer's loggers have the scalars)
+            unless ``sinks`` holds a :class:`~lazymeter.TensorBoardSink`.
     """
 
     def __init__(
         self,
         alpha: float = 1.0,
-        probe: tuple[torch.Tensor, torch.Tensor] | None = None,
+        probe: ProbeSet | tuple[torch.Tensor, torch.Tensor] | None = None,
         test_probe: tuple[torch.Tensor, torch.Tensor] | None = None,
         schedule: Any = "log",
         center: bool = True,
@@ -74,7 +83,19 @@ class LazyMeterCallback(pl.Callback):
 
     @staticmethod
     def _to(probe: Any, device: torch.device) -> Any:
-        return None if probe is None else tuple(t.to(device) for t in probe)
+        """``probe`` with its ``(x, y)`` tensors on ``device`` (a :class:`ProbeSet`'s train
+        and test points too); other sources (a DataLoader, batches) as they are."""
+        if isinstance(probe, ProbeSet):
+            return ProbeSet(
+                LazyMeterCallback._to(probe.train, device),
+                test=LazyMeterCallback._to(probe.test, device),
+                max_points=probe.max_points,
+                seed=probe.seed,
+            )
+        if isinstance(probe, (tuple, list)) and len(probe) == 2:
+            if all(isinstance(t, torch.Tensor) for t in probe):
+                return tuple(t.to(device) for t in probe)
+        return probe
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Before configure_optimizers, which may ask the meter for scaled_lr.
@@ -86,14 +107,17 @@ class LazyMeterCallback(pl.Callback):
                 # history.jsonl beside the logger's files (so `lazymeter report DIR` works on
                 # the run); TensorBoard scalars go through the trainer's loggers instead.
                 kwargs["log_dir"] = trainer.log_dir or trainer.default_root_dir
-                kwargs.setdefault("tensorboard", False)
+                sinks = list(kwargs.get("sinks") or [])
+                if any(k in kwargs for k in BOARD):  # 0.1's keywords: the meter translates
+                    kwargs.setdefault("tensorboard", False)
+                elif not any(isinstance(s, TensorBoardSink) for s in sinks):
+                    kwargs["sinks"] = [TensorBoardSink(enabled=False), *sinks]
             elif not trainer.is_global_zero:
                 kwargs["log_dir"] = None  # one writer per run
+            if self.test_probe is not None:  # 0.1's spelling: the meter warns
+                kwargs["test_probe"] = self._to(self.test_probe, pl_module.device)
             self.meter = LazyMeter(
-                pl_module,
-                probe=self._to(self.probe, pl_module.device),
-                test_probe=self._to(self.test_probe, pl_module.device),
-                **kwargs,
+                pl_module, probe=self._to(self.probe, pl_module.device), **kwargs
             )
         # Not registered as a submodule: the meter holds the module, not the other way round.
         object.__setattr__(pl_module, self.attribute, self.meter)

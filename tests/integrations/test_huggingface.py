@@ -8,6 +8,8 @@ import shutil
 import pytest
 import torch
 
+import lazymeter as lm
+
 transformers = pytest.importorskip("transformers", reason="transformers is an optional dependency")
 pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
 
@@ -53,9 +55,8 @@ class Tokens(torch.utils.data.Dataset):
 
 def callback():
     train, test = Tokens(8, seed=1).ids, Tokens(8, seed=2).ids
-    return LazyMeterCallback(
-        alpha=ALPHA, probe=(train, train), test_probe=(test, test), schedule=2, max_probe=8
-    )
+    probe = lm.ProbeSet((train, train), test=(test, test), max_points=8)
+    return LazyMeterCallback(alpha=ALPHA, probe=probe, schedule=2)
 
 
 def trainer(out, model, cb, max_steps=6):
@@ -183,3 +184,18 @@ def test_causal_lm_loss_is_the_models_own_loss():
     n = int((labels[:, 1:] != -100).sum())
     summed = causal_lm_loss(out.logits, labels, num_items_in_batch=2 * n)
     assert float(summed) == pytest.approx(float(out.loss) / 2, rel=1e-6)
+
+
+def test_lazymeter_0_1_keywords_pass_through_to_the_meter_with_its_warning(tmp_path):
+    from types import SimpleNamespace
+
+    train, test = Tokens(8, seed=1).ids, Tokens(8, seed=2).ids
+    cb = LazyMeterCallback(alpha=ALPHA, probe=(train, train), test_probe=(test, test), max_probe=5)
+    model = cb.wrap(gpt2())
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    state = SimpleNamespace(is_world_process_zero=True)
+    with pytest.warns(lm.LazymeterDeprecationWarning, match="test_probe"):
+        cb.on_init_end(args, state, None, model=model)
+    assert cb.meter.probe_x.shape[0] == 5 and cb.meter.test_x.shape[0] == 5
+    assert set(cb.meter.test_y.tolist()) <= set(test[:, -1].tolist())  # the last labels
+    cb.meter.close()

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+import lazymeter as lm
+
 L = pytest.importorskip("lightning.pytorch", reason="Lightning is an optional dependency")
 
 from lazymeter.integrations.lightning import LazyMeterCallback  # noqa: E402
@@ -33,6 +35,10 @@ def data(n=32, seed=0):
     return x, torch.sin(x.sum(1))
 
 
+def probes():
+    return lm.ProbeSet(data(), test=data(seed=1))
+
+
 def loader():
     x, y = data()
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
@@ -54,7 +60,7 @@ def trainer(tmp_path, max_steps, callback):
 
 def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     torch.manual_seed(0)
-    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    cb = LazyMeterCallback(alpha=2.0, probe=probes(), schedule=5)
     model = Net()
     trainer(tmp_path, 12, cb).fit(model, loader())
     steps = [r["step"] for r in cb.meter.history]
@@ -73,11 +79,11 @@ def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     # Resume: train 7 steps, checkpoint, continue in a new Trainer with a new callback.
     ckpt = tmp_path / "mid.ckpt"
     torch.manual_seed(0)
-    first_cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    first_cb = LazyMeterCallback(alpha=2.0, probe=probes(), schedule=5)
     first = trainer(tmp_path / "first", 7, first_cb)
     first.fit(Net(), loader())
     first.save_checkpoint(ckpt)
-    resumed_cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    resumed_cb = LazyMeterCallback(alpha=2.0, probe=probes(), schedule=5)
     trainer(tmp_path / "resume", 12, resumed_cb).fit(Net(), loader(), ckpt_path=ckpt)
     assert [r["step"] for r in resumed_cb.meter.history] == [0, 5, 10]  # restored + continued
     assert resumed_cb.meter.history[0] == first_cb.meter.history[0]
@@ -97,7 +103,7 @@ def test_callback_leaves_an_aliased_module_training_every_parameter(tmp_path):
     torch.manual_seed(0)
     model = AliasedNet()
     before = [(n, p, p.detach().clone()) for n, p in model.named_parameters(remove_duplicate=False)]
-    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=2)
+    cb = LazyMeterCallback(alpha=2.0, probe=probes(), schedule=2)
     trainer(tmp_path, 6, cb).fit(model, loader())
     assert len(cb.meter.history) >= 3  # measured several times while training
     after = list(model.named_parameters(remove_duplicate=False))
@@ -118,7 +124,7 @@ def test_rows_carry_the_step_self_log_uses_and_a_run_without_log_dir_can_be_repo
     from lazymeter.cli import main
 
     torch.manual_seed(0)
-    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), schedule=5)
+    cb = LazyMeterCallback(alpha=2.0, probe=probes(), schedule=5)
     trainer(tmp_path, 12, cb).fit(SelfLogging(), loader())
     run_dir = tmp_path / "logs" / "version_0"
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
@@ -133,3 +139,15 @@ def test_rows_carry_the_step_self_log_uses_and_a_run_without_log_dir_can_be_repo
     assert (run_dir / "history.jsonl").exists()  # no log_dir given: the logger's directory
     assert not list(run_dir.glob("events.out.tfevents*"))  # scalars went through the loggers
     assert main(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0
+
+
+def test_lazymeter_0_1_keywords_pass_through_to_the_meter_with_its_warning(tmp_path):
+    from types import SimpleNamespace
+
+    cb = LazyMeterCallback(alpha=2.0, probe=data(), test_probe=data(seed=1), max_probe=8)
+    fake = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=None)
+    with pytest.warns(lm.LazymeterDeprecationWarning, match="test_probe"):
+        cb.setup(fake, Net(), "fit")
+    assert cb.meter.probe_x.shape[0] == 8 and cb.meter.test_x.shape[0] == 8
+    assert not cb.meter._log.tb.enabled  # the trainer's loggers have the scalars
+    cb.meter.close()

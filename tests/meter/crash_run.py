@@ -46,12 +46,11 @@ def build(out_dir: str):
     meter = lm.LazyMeter(
         model,
         alpha=2.0,
-        probe=(x, y),
-        test_probe=(xt, yt),
+        probe=lm.ProbeSet((x, y), test=(xt, yt)),
         schedule=EVERY,
         log_dir=out_dir,
+        sinks=[lm.TensorBoardSink(scalar_every=1)],
         output_fn=lambda out: out.squeeze(-1),
-        scalar_every=1,
     )
     opt = HeavyBall(meter.parameters(), lr=meter.scaled_lr(0.1), momentum=0.9)
     return model, meter, opt, (x, y, xt, yt)

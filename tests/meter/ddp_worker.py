@@ -36,7 +36,7 @@ def run(rank: int, world: int, root: str) -> None:
 
 
 def body(rank: int, world: int, root: str, out: dict) -> None:
-    import lazymeter.meter as meter_module
+    import lazymeter.ntk.options as meter_module
 
     kernel_rows: list[int] = []  # rows of every kernel this rank computed
     ntk = meter_module.empirical_ntk
@@ -52,13 +52,11 @@ def body(rank: int, world: int, root: str, out: dict) -> None:
         meter = lm.LazyMeter(
             DDP(model),
             alpha=S.ALPHA,
-            probe=probe,
-            test_probe=test_probe,
+            probe=lm.ProbeSet(probe, test=test_probe),
             schedule=S.EVERY,
             log_dir=os.path.join(root, strategy),
             distributed=strategy,
-            features=["1"],
-            metrics={"flaky": S.flaky(rank)},
+            quantities=lm.quantities.default(features=["1"], metrics={"flaky": S.flaky(rank)}),
         )
         kernel_rows.clear()
         S.train(meter, data(), slice(rank, None, world), meter)

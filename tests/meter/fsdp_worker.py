@@ -92,12 +92,11 @@ def make_meter(kind: str, strategy: str, rank: int, log_dir: str | None) -> lm.L
     return lm.LazyMeter(
         shard(make_model(kind), kind),
         alpha=S.ALPHA,
-        probe=probe,
-        test_probe=test_probe,
+        probe=lm.ProbeSet(probe, test=test_probe),
         schedule=S.EVERY,
         log_dir=log_dir,
         distributed=strategy,
-        metrics={"flaky": S.flaky(rank)},
+        quantities=lm.quantities.default(metrics={"flaky": S.flaky(rank)}),
     )
 
 

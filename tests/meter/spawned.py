@@ -18,7 +18,7 @@ import gc
 import math
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import torch
@@ -107,14 +107,16 @@ def train(model: nn.Module, data: Data, share: slice, meter: lm.LazyMeter | None
             meter.step(train_loss=loss.item(), test_loss=test)
 
 
-def reference(model: nn.Module, data: Data, **meter_kwargs) -> lm.LazyMeter:
+def reference(model: nn.Module, data: Data, features: Sequence[str] = ()) -> lm.LazyMeter:
     """The same run in one process, unwrapped: rank 0's probes, full-batch GD, and rank 0's
-    share of the loss as ``train_loss`` (the scalar the distributed history keeps)."""
+    share of the loss as ``train_loss`` (the scalar the distributed history keeps);
+    ``features``: layers whose feature CKA is measured too."""
     X, Y, XT, YT = data
     probe, test_probe = rank_probes(data, 0)
+    quantities = lm.quantities.default(features=features, metrics={"flaky": flaky(0)})
     meter = lm.LazyMeter(
-        model, alpha=ALPHA, probe=probe, test_probe=test_probe, schedule=EVERY,
-        metrics={"flaky": flaky(0)}, **meter_kwargs,
+        model, alpha=ALPHA, probe=lm.ProbeSet(probe, test=test_probe), schedule=EVERY,
+        quantities=quantities,
     )  # fmt: skip
     opt = torch.optim.SGD(meter.parameters(), lr=LR / ALPHA**2)
     for _ in range(STEPS):

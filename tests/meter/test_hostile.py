@@ -56,7 +56,7 @@ def test_probe_too_small_for_centring_is_rejected_at_construction(n):
     with pytest.raises(ValueError, match="probe: needs at least 3 samples"):
         lm.LazyMeter(mlp(), probe=(x[:n], y[:n]))
     with pytest.raises(ValueError, match="test_probe: needs at least 3 samples"):
-        lm.LazyMeter(mlp(), probe=(x, y), test_probe=(x[:n], y[:n]))
+        lm.LazyMeter(mlp(), probe=lm.ProbeSet((x, y), test=(x[:n], y[:n])))
 
 
 @pytest.mark.parametrize("n", [3, 4])
@@ -66,9 +66,10 @@ def test_probe_too_small_for_the_unbiased_estimators_is_rejected_at_construction
     with pytest.raises(ValueError, match=f"probe: has {n} points .* needs at least 5"):
         lm.LazyMeter(mlp(), probe=(x[:n], y[:n]))
     with pytest.raises(ValueError, match=f"test_probe: has {n} points .* needs at least 5"):
-        lm.LazyMeter(mlp(), probe=(x, y), test_probe=(x[:n], y[:n]))
+        lm.LazyMeter(mlp(), probe=lm.ProbeSet((x, y), test=(x[:n], y[:n])))
     # the biased estimators give a value (and an error bar) on 3 points
-    row = lm.LazyMeter(mlp(), probe=(x[:n], y[:n]), estimator="biased").measure()
+    biased = lm.quantities.default(estimator="biased")
+    row = lm.LazyMeter(mlp(), probe=(x[:n], y[:n]), quantities=biased).measure()
     assert math.isfinite(row["alignment_train"]) and math.isfinite(row["ntk_cka"])
 
 
@@ -232,7 +233,7 @@ def test_singular_k0_falls_back_to_a_pseudo_inverse_with_a_warning():
     y = torch.cat([y, y])
     xt, yt = data(seed=2)
     with pytest.warns(RuntimeWarning, match="singular|pseudo"):
-        meter = lm.LazyMeter(mlp(), probe=(x, y), test_probe=(xt, yt))
+        meter = lm.LazyMeter(mlp(), probe=lm.ProbeSet((x, y), test=(xt, yt)))
     assert math.isfinite(meter.baseline["k0_test_mse"])
     row = meter.measure()
     assert math.isfinite(row["ntk_drift"]) and math.isfinite(row["alignment_train"])
@@ -241,7 +242,8 @@ def test_singular_k0_falls_back_to_a_pseudo_inverse_with_a_warning():
 def test_dropout_in_train_mode_is_switched_off_while_measuring():
     x, y = data()
     model = mlp(0, nn.Dropout(0.5))
-    meter = lm.LazyMeter(model, probe=(x, y), schedule=1, features=["1"])
+    features = lm.quantities.default(features=["1"])
+    meter = lm.LazyMeter(model, probe=(x, y), schedule=1, quantities=features)
     gd(meter, x, y, 3)
     assert model.training and model[2].training  # restored after every measurement
     a, b = meter.measure(), meter.measure()

@@ -43,8 +43,7 @@ def make_meter(log_dir=None, schedule=1, **kwargs):
     meter = lm.LazyMeter(
         model,
         alpha=2.0,
-        probe=(x, y),
-        test_probe=(xt, yt),
+        probe=lm.ProbeSet((x, y), test=(xt, yt)),
         schedule=schedule,
         log_dir=log_dir,
         output_fn=lambda out: out.squeeze(-1),
@@ -52,6 +51,11 @@ def make_meter(log_dir=None, schedule=1, **kwargs):
     )
     opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.5))
     return meter, opt, (x, y, xt, yt)
+
+
+def metrics(**fns):
+    """The default quantities and the metric functions ``fns``."""
+    return lm.quantities.default(metrics=fns)
 
 
 def train_step(meter, opt, data, *, step=None, **extra):
@@ -275,7 +279,7 @@ def load_scalars(path):
 
 
 def test_tensorboard_events_hold_the_measurements_and_per_step_losses(tmp_path):
-    meter, opt, data = make_meter(tmp_path, schedule=4, scalar_every=1)
+    meter, opt, data = make_meter(tmp_path, schedule=4, sinks=[lm.TensorBoardSink(scalar_every=1)])
     losses = [train_step(meter, opt, data)[0]["train_loss"] for _ in range(10)]
     meter.close()
     acc = load_scalars(tmp_path)
@@ -303,7 +307,7 @@ def test_tensorboard_events_hold_the_measurements_and_per_step_losses(tmp_path):
 
 
 def test_scalars_are_decimated_by_scalar_every_but_kept_at_measurements(tmp_path):
-    meter, opt, data = make_meter(tmp_path, schedule=4, scalar_every=3)
+    meter, opt, data = make_meter(tmp_path, schedule=4, sinks=[lm.TensorBoardSink(scalar_every=3)])
     for _ in range(10):
         train_step(meter, opt, data)
     meter.close()
@@ -315,7 +319,8 @@ def test_user_supplied_writer_receives_the_scalars(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path / "user"))
-    meter, opt, data = make_meter(writer=writer, schedule=2, scalar_every=1)
+    board = lm.TensorBoardSink(writer=writer, scalar_every=1)
+    meter, opt, data = make_meter(schedule=2, sinks=[board])
     for _ in range(5):
         train_step(meter, opt, data)
     meter.close()
@@ -366,11 +371,20 @@ def test_missing_tensorboard_warns_once_and_jsonl_is_still_written(tmp_path, mon
 
 
 # ---------------------------------------------------------------------------- bad input
-def _build(**kwargs):
-    model = make_model()
+_DATA = object()
+
+
+def _build(probe=_DATA, test=_DATA, max_points=64, q=None, **kwargs):
+    """A meter on ``ProbeSet(probe, test=test, max_points=...)`` (default: make_data()'s
+    points) measuring ``lm.quantities.default(**q)``."""
     x, y, xt, yt = make_data()
-    args = {"probe": (x, y), "test_probe": (xt, yt), **kwargs}
-    return lm.LazyMeter(model, **args)
+    probes = lm.ProbeSet(
+        (x, y) if probe is _DATA else probe,
+        test=(xt, yt) if test is _DATA else test,
+        max_points=max_points,
+    )
+    quantities = None if q is None else lm.quantities.default(**q)
+    return lm.LazyMeter(make_model(), probe=probes, quantities=quantities, **kwargs)
 
 
 X, Y, XT, YT = make_data()
@@ -385,16 +399,16 @@ X, Y, XT, YT = make_data()
         ({"alpha": math.inf}, ValueError, "alpha"),
         ({"alpha": "10"}, TypeError, "alpha"),
         ({"alpha": True}, TypeError, "alpha"),
-        ({"probe": (X[:5], Y[:4]), "test_probe": None}, ValueError, "probe"),
-        ({"probe": (X[:1], Y[:1]), "test_probe": None}, ValueError, "probe"),
-        ({"probe": X, "test_probe": None}, TypeError, "probe"),
-        ({"test_probe": (XT[:3], YT[:2])}, ValueError, "test_probe"),
+        ({"probe": (X[:5], Y[:4]), "test": None}, ValueError, "probe"),
+        ({"probe": (X[:1], Y[:1]), "test": None}, ValueError, "probe"),
+        ({"probe": X, "test": None}, TypeError, "probe"),
+        ({"test": (XT[:3], YT[:2])}, ValueError, "test_probe"),
         ({"probe": (X.to("meta"), Y.to("meta"))}, ValueError, r"probe.*meta device"),
-        ({"test_probe": (XT.to("meta"), YT.to("meta"))}, ValueError, r"test_probe.*meta device"),
+        ({"test": (XT.to("meta"), YT.to("meta"))}, ValueError, r"test_probe.*meta device"),
         ({"probe": None}, ValueError, "test_probe"),
-        ({"features": ["0", "nope"]}, ValueError, "features"),
-        ({"max_probe": 1}, ValueError, "max_probe"),
-        ({"max_baseline": 1}, ValueError, "max_baseline"),
+        ({"q": {"features": ["0", "nope"]}}, ValueError, "features"),
+        ({"max_points": 1}, ValueError, "max_points"),
+        ({"q": {"max_baseline": 1}}, ValueError, "max_points"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -525,7 +539,7 @@ def test_raising_user_metric_warns_once_and_training_continues():
         calls.append(1)
         return {"first_weight": float(model[0].weight[0, 0])}
 
-    meter, opt, data = make_meter(schedule=1, metrics={"bad": _bad_metric, "good": good})
+    meter, opt, data = make_meter(schedule=1, quantities=metrics(bad=_bad_metric, good=good))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         for s in range(4):
@@ -549,7 +563,7 @@ def test_raising_user_metric_is_recorded_as_nan_in_history(tmp_path):
         return {"flaky_value": 1.0}
 
     meter, opt, data = make_meter(
-        tmp_path, schedule=1, metrics={"bad": _bad_metric, "flaky": flaky}
+        tmp_path, schedule=1, quantities=metrics(bad=_bad_metric, flaky=flaky)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

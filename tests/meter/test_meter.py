@@ -30,6 +30,11 @@ def regression_data(P=12, Q=10, D=4, seed=1):
     return x, f(x), xt, f(xt)
 
 
+def features(*layers):
+    """The default quantities and the feature CKA of ``layers``."""
+    return lm.quantities.default(features=layers)
+
+
 def train(meter, x, y, steps, lr=0.1, xt=None, yt=None):
     opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(lr))
     for _ in range(steps):
@@ -167,7 +172,11 @@ def test_measurement_matches_independent_kernels_and_formulas(estimator):
     model0 = copy.deepcopy(model)
     x, y, xt, yt = regression_data()
     meter = lm.LazyMeter(
-        model, alpha=1.0, probe=(x, y), test_probe=(xt, yt), schedule=1000, estimator=estimator
+        model,
+        alpha=1.0,
+        probe=lm.ProbeSet((x, y), test=(xt, yt)),
+        schedule=1000,
+        quantities=lm.quantities.default(estimator=estimator),
     )
     train(meter, x, y, 30, lr=0.5)
     row = meter.measure()
@@ -201,7 +210,7 @@ def test_lazy_baseline_is_k0_kernel_regression_on_the_full_probes():
     model = mlp()
     model0 = copy.deepcopy(model)
     x, y, xt, yt = regression_data(P=12, Q=10)
-    meter = lm.LazyMeter(model, alpha=1.0, probe=(x, y), test_probe=(xt, yt), max_probe=5)
+    meter = lm.LazyMeter(model, alpha=1.0, probe=lm.ProbeSet((x, y), test=(xt, yt), max_points=5))
     assert meter.probe_x.shape[0] == 5  # measurements subsample; the baseline does not
     K0, K0t = naive_ntk(model0, x), naive_ntk(model0, xt, x)
     pred = K0t @ torch.linalg.solve(K0, y)
@@ -215,7 +224,7 @@ def test_very_lazy_network_converges_to_the_k0_baseline():
     x, xt = torch.randn(P, D, generator=g).double(), torch.randn(20, D, generator=g).double()
     y, yt = torch.tanh(x[:, 0] * 2), torch.tanh(xt[:, 0] * 2)
     model = mlp(D=D, width=64)
-    meter = lm.LazyMeter(model, alpha=1000.0, probe=(x, y), test_probe=(xt, yt))
+    meter = lm.LazyMeter(model, alpha=1000.0, probe=lm.ProbeSet((x, y), test=(xt, yt)))
     lam = lm.kernel_spectrum(meter.K0, k=1)["eig_1"]
     train(meter, x, y, 1500, lr=0.9 * P / lam)
     with torch.no_grad():
@@ -228,9 +237,9 @@ def test_very_lazy_network_converges_to_the_k0_baseline():
 
 def test_probe_subsample_is_deterministic_and_bounded():
     x, y, _, _ = regression_data(P=40)
-    a = lm.LazyMeter(mlp(), probe=(x, y), max_probe=10)
-    b = lm.LazyMeter(mlp(), probe=(x, y), max_probe=10)
-    c = lm.LazyMeter(mlp(), probe=(x, y), max_probe=10, seed=5)
+    a = lm.LazyMeter(mlp(), probe=lm.ProbeSet((x, y), max_points=10))
+    b = lm.LazyMeter(mlp(), probe=lm.ProbeSet((x, y), max_points=10))
+    c = lm.LazyMeter(mlp(), probe=lm.ProbeSet((x, y), max_points=10, seed=5))
     assert a.probe_x.shape == (10, 4)
     assert torch.equal(a.probe_x, b.probe_x) and not torch.equal(a.probe_x, c.probe_x)
     rows = [int(torch.nonzero((x == r).all(1))[0]) for r in a.probe_x]
@@ -242,7 +251,7 @@ def test_integer_labels_are_one_hot_for_alignment_and_baseline():
     x, xt = torch.randn(20, 4).double(), torch.randn(10, 4).double()
     y, yt = (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), (xt[:, 0] > 0).long()
     model = mlp(out=3)
-    meter = lm.LazyMeter(model, probe=(x, y), test_probe=(xt, yt))
+    meter = lm.LazyMeter(model, probe=lm.ProbeSet((x, y), test=(xt, yt)))
     Y = torch.nn.functional.one_hot(y, 3).double()
     K0 = naive_ntk(model, x)
     row = meter.measure()
@@ -254,7 +263,7 @@ def test_feature_cka_starts_at_one_and_tracks_the_layer():
     model = mlp(width=32)
     model0 = copy.deepcopy(model)
     x, y, _, _ = regression_data(P=20)
-    meter = lm.LazyMeter(model, alpha=0.5, probe=(x, y), features=["1"], schedule=1000)
+    meter = lm.LazyMeter(model, alpha=0.5, probe=(x, y), quantities=features("1"), schedule=1000)
     assert meter.measure()["feature_cka/1"] == pytest.approx(1.0)
     train(meter, x, y, 200, lr=0.05)
     expected = lm.linear_cka(torch.tanh(model[0](x)), torch.tanh(model0[0](x)))
@@ -264,7 +273,8 @@ def test_feature_cka_starts_at_one_and_tracks_the_layer():
 
 def test_extra_metrics_are_logged_each_measurement():
     model = mlp()
-    meter = lm.LazyMeter(model, metrics={"norms": lambda m: {"w0": m[0].weight.norm()}})
+    norms = {"norms": lambda m: {"w0": m[0].weight.norm()}}
+    meter = lm.LazyMeter(model, quantities=lm.quantities.default(metrics=norms))
     assert meter.measure()["w0"] == pytest.approx(float(model[0].weight.detach().norm()))
 
 
@@ -277,9 +287,8 @@ def _dropout_run(measure: bool):
     x, y, xt, yt = regression_data()
     meter = lm.LazyMeter(
         model,
-        probe=(x, y),
-        test_probe=(xt, yt),
-        features=["1"],
+        probe=lm.ProbeSet((x, y), test=(xt, yt)),
+        quantities=features("1"),
         schedule=1 if measure else (lambda s: False),
     )
     train(meter, x, y, 25)
@@ -298,7 +307,7 @@ def test_measuring_leaves_training_bit_identical():
 def test_measuring_keeps_gradients_mode_and_rng():
     model = mlp()
     x, y, _, _ = regression_data()
-    meter = lm.LazyMeter(model, probe=(x, y), features=["0"])
+    meter = lm.LazyMeter(model, probe=(x, y), quantities=features("0"))
     ((meter(x).squeeze(-1) - y) ** 2).mean().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.eval()
@@ -313,7 +322,7 @@ def test_batchnorm_statistics_are_untouched_by_measurements():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double()
     x, y, _, _ = regression_data()
-    meter = lm.LazyMeter(model.eval(), probe=(x, y), features=["1"], measure_mode="as_is")
+    meter = lm.LazyMeter(model.eval(), probe=(x, y), quantities=features("1"), measure_mode="as_is")
     model.train()
     before = copy.deepcopy(model.state_dict())
     with pytest.warns(RuntimeWarning, match="could not measure ntk"):
@@ -329,7 +338,7 @@ def test_meter_on_a_model_without_an_ntk_warns_and_keeps_going():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double()
     x, y, xt, yt = regression_data()
     with pytest.warns(RuntimeWarning, match="cannot be computed"):
-        meter = lm.LazyMeter(model, probe=(x, y), test_probe=(xt, yt), measure_mode="as_is")
+        meter = lm.LazyMeter(model, probe=lm.ProbeSet((x, y), test=(xt, yt)), measure_mode="as_is")
     train(meter, x, y, 3)
     assert math.isnan(meter.measure()["ntk_drift"])
     assert math.isfinite(meter.history[-1]["param_movement"])
@@ -354,9 +363,9 @@ def test_resumed_run_continues_the_same_curves(tmp_path):
 
 def test_state_dict_round_trip_in_process():
     x, y, xt, yt = regression_data()
-    src = lm.LazyMeter(mlp(seed=0), alpha=2.0, probe=(x, y), test_probe=(xt, yt), schedule=3)
+    src = lm.LazyMeter(mlp(seed=0), alpha=2.0, probe=lm.ProbeSet((x, y), test=(xt, yt)), schedule=3)
     train(src, x, y, 10)
-    dst = lm.LazyMeter(mlp(seed=7), alpha=2.0, probe=(x, y), test_probe=(xt, yt), schedule=3)
+    dst = lm.LazyMeter(mlp(seed=7), alpha=2.0, probe=lm.ProbeSet((x, y), test=(xt, yt)), schedule=3)
     dst.load_state_dict(src.state_dict())
     assert dst.history == src.history and dst.last_step == src.last_step
     assert torch.equal(dst.K0, src.K0) and dst.baseline == src.baseline

@@ -28,7 +28,7 @@ PANELS = ["loss", "NTK: drift and CKA to init", "alignment", "parameter movement
 
 
 # ---------------------------------------------------------------------------- helpers
-def regression_run(steps: int = 12, log_dir=None, schedule="log", **kwargs):
+def regression_run(steps: int = 12, log_dir=None, schedule="log", sinks=(), **kwargs):
     """A short full-batch GD run on regression targets; returns the meter."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, 1)).double()
@@ -36,8 +36,9 @@ def regression_run(steps: int = 12, log_dir=None, schedule="log", **kwargs):
     x, xt = (torch.randn(n, D, generator=g, dtype=torch.float64) for n in (P, PT))
     y, yt = torch.sin(x.sum(1)), torch.sin(xt.sum(1))
     meter = lm.LazyMeter(
-        model, alpha=2.0, probe=(x, y), test_probe=(xt, yt), schedule=schedule,
-        log_dir=log_dir, tensorboard=False, output_fn=lambda out: out.squeeze(-1), **kwargs,
+        model, alpha=2.0, probe=lm.ProbeSet((x, y), test=(xt, yt)), schedule=schedule,
+        log_dir=log_dir, sinks=[lm.TensorBoardSink(enabled=False), *sinks],
+        output_fn=lambda out: out.squeeze(-1), **kwargs,
     )  # fmt: skip
     opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.5))
     for _ in range(steps):
@@ -58,7 +59,7 @@ def classification_run(steps: int = 6):
     g = torch.Generator().manual_seed(2)
     x, xt = (torch.randn(n, D, generator=g, dtype=torch.float64) for n in (P, PT))
     y, yt = (v[:, 0].ge(0).long() + v[:, 1].ge(0).long() for v in (x, xt))
-    meter = lm.LazyMeter(model, probe=(x, y), test_probe=(xt, yt), schedule=1)
+    meter = lm.LazyMeter(model, probe=lm.ProbeSet((x, y), test=(xt, yt)), schedule=1)
     opt = torch.optim.SGD(meter.parameters(), lr=0.5)
     for _ in range(steps):
         loss = nn.functional.cross_entropy(meter(x), y)

@@ -44,8 +44,8 @@ def test_meter_measures_on_the_chosen_size_and_reaches_the_target(tmp_path):
     x, y = _data()
     target = 0.03
     meter = lm.LazyMeter(
-        _net(), probe=(x, y), max_probe=lm.ProbeSize(target_se=target, pilot=32),
-        log_dir=tmp_path, tensorboard=False,
+        _net(), probe=lm.ProbeSet((x, y), max_points=lm.ProbeSize(target_se=target, pilot=32)),
+        log_dir=tmp_path, sinks=[lm.TensorBoardSink(enabled=False)],
     )  # fmt: skip
     P = meter.probe_x.shape[0]
     assert P == meter.probe_choice["max_probe"] and 32 <= P <= 600
@@ -64,5 +64,5 @@ def test_bad_probe_size_specifications_raise():
         lm.ProbeSize(target_se=-1.0)
     with pytest.raises(ValueError, match="pilot"):
         lm.ProbeSize(pilot=2)
-    with pytest.raises(ValueError, match="needs a probe"):
-        lm.LazyMeter(_net(), max_probe=lm.ProbeSize())
+    with pytest.raises(ValueError, match=r"ProbeSize needs a probe=\(x, y\)"):
+        lm.LazyMeter(_net(), probe=lm.ProbeSet(None, max_points=lm.ProbeSize()))

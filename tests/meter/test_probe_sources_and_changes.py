@@ -32,10 +32,15 @@ def test_a_dataloader_probe_is_its_datasets_first_points_without_touching_rng_or
     first = next(it)
     model = mlp()
     rng = torch.get_rng_state()
-    a = lm.LazyMeter(model, probe=loader, test_probe=loader, max_probe=16, max_baseline=30)
+    baseline = lm.quantities.default(max_baseline=30)
+    a = lm.LazyMeter(
+        model, probe=lm.ProbeSet(loader, test=loader, max_points=16), quantities=baseline
+    )
     assert torch.equal(rng, torch.get_rng_state())
-    b = lm.LazyMeter(mlp(), probe=(x[:30], y[:30]), test_probe=(x[:30], y[:30]),
-                     max_probe=16, max_baseline=30)  # fmt: skip
+    first30 = (x[:30], y[:30])
+    b = lm.LazyMeter(
+        mlp(), probe=lm.ProbeSet(first30, test=first30, max_points=16), quantities=baseline
+    )
     assert torch.equal(a.probe_x, b.probe_x) and torch.equal(a.K0, b.K0)
     assert a.baseline == b.baseline
     assert len(list(it)) == len(loader) - 1 and first[0].shape[0] == 7  # iterator untouched

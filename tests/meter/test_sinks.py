@@ -1,5 +1,6 @@
-"""The sink protocol (``LazyMeter(..., sinks=[...])``), what ``writer=`` accepts, and the
-MLflow and W&B sinks, each against the real library writing locally and read back."""
+"""The sink protocol (``LazyMeter(..., sinks=[...])``), what ``TensorBoardSink(writer=...)``
+accepts, and the MLflow and W&B sinks, each against the real library writing locally and
+read back."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ def make_meter(log_dir=None, schedule=2, **kwargs):
     meter = lm.LazyMeter(
         model,
         alpha=2.0,
-        probe=(x, torch.sin(x.sum(1))),
-        test_probe=(xt, torch.sin(xt.sum(1))),
+        probe=lm.ProbeSet((x, torch.sin(x.sum(1))), test=(xt, torch.sin(xt.sum(1)))),
         schedule=schedule,
         log_dir=log_dir,
         output_fn=lambda out: out.squeeze(-1),
@@ -99,7 +99,8 @@ def test_jsonl_tensorboard_and_a_two_method_class_are_sinks(tmp_path):
 
 def test_a_sink_receives_each_measurement_row_at_its_step_and_the_scalars_between():
     rec = Recorder()
-    meter, x, y = make_meter(schedule=2, scalar_every=1, sinks=[rec])
+    rec.scalar_every = 1  # the scalars at every step (a sink without it: every 10)
+    meter, x, y = make_meter(schedule=2, sinks=[rec])
     train(meter, x, y, steps=5)
     meter.close(hparams={"lr": 0.5})
     rows = rec.of("row")
@@ -151,7 +152,7 @@ def test_a_sink_with_only_write_row_and_close_gets_the_rows():
             self.closed = True
 
     sink = Minimal()
-    meter, x, y = make_meter(schedule=2, scalar_every=1, sinks=[sink])
+    meter, x, y = make_meter(schedule=2, sinks=[sink])
     train(meter, x, y, steps=5)
     meter.state_dict()
     meter.close(hparams={"lr": 1})
@@ -193,7 +194,7 @@ def test_sinks_that_lack_write_row_or_close_are_rejected_naming_the_position(tmp
 
 # ---------------------------------------------------------------------------- writer=
 class ScalarWriter:
-    """Only add_scalar: the least writer= accepts."""
+    """Only add_scalar: the least TensorBoardSink(writer=...) accepts."""
 
     def __init__(self):
         self.scalars = []
@@ -204,7 +205,7 @@ class ScalarWriter:
 
 def test_a_writer_with_only_add_scalar_gets_the_scalars_and_survives_hparams():
     writer = ScalarWriter()
-    meter, x, y = make_meter(schedule=2, writer=writer, tb_figures=True)
+    meter, x, y = make_meter(schedule=2, sinks=[TensorBoardSink(writer=writer, figures=True)])
     train(meter, x, y, steps=3)
     meter.close(hparams={"lr": 0.5})
     drift = [(s, v) for t, v, s in writer.scalars if t == "lazymeter/ntk/drift"]
@@ -226,7 +227,7 @@ class DuckWriter:
 
 def test_a_writer_with_only_add_scalar_and_add_text_gets_scalars_and_texts():
     writer = DuckWriter()
-    meter, x, y = make_meter(schedule=2, scalar_every=1, writer=writer)
+    meter, x, y = make_meter(schedule=2, sinks=[TensorBoardSink(writer=writer, scalar_every=1)])
     train(meter, x, y, steps=3)
     meter.state_dict()  # flushes: a writer without flush() must not break it
     meter.close()
@@ -238,9 +239,9 @@ def test_a_writer_with_only_add_scalar_and_add_text_gets_scalars_and_texts():
 
 def test_a_writer_without_add_scalar_is_rejected_and_a_sink_is_pointed_to_sinks():
     with pytest.raises(TypeError, match="writer: expected a TensorBoard SummaryWriter"):
-        make_meter(writer="runs/a")
-    with pytest.raises(TypeError, match=r"pass it as sinks=\[\.\.\.\]"):
-        make_meter(writer=Recorder())
+        TensorBoardSink(writer="runs/a")
+    with pytest.raises(TypeError, match=r"a lazymeter Sink: pass it in the meter's sinks=\["):
+        TensorBoardSink(writer=Recorder())
 
 
 # ---------------------------------------------------------------------------- MLflow
@@ -262,7 +263,8 @@ def test_mlflow_sink_logs_each_row_as_metrics_at_its_step_and_meta_as_tags(mlflo
     from lazymeter.integrations.mlflow import MlflowSink
 
     sink = MlflowSink(tracking_uri=mlflow_store, experiment="lazymeter-test", run_name="a")
-    meter, x, y = make_meter(schedule=2, scalar_every=1, sinks=[sink])
+    sink.scalar_every = 1
+    meter, x, y = make_meter(schedule=2, sinks=[sink])
     assert sink.run_id is None  # nothing started before the first measurement
     train(meter, x, y, steps=5)
     meter.close(hparams={"lr": 0.5, "width": 8})
@@ -380,7 +382,8 @@ def offline_wandb(tmp_path, monkeypatch):
 def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, offline_wandb):
     wandb, make_sink = offline_wandb
     sink = make_sink("lazymeter-test")
-    meter, x, y = make_meter(schedule=2, scalar_every=1, sinks=[sink])
+    sink.scalar_every = 1
+    meter, x, y = make_meter(schedule=2, sinks=[sink])
     train(meter, x, y, steps=5)
     meter.close(hparams={"lr": 0.5})
     assert wandb.run is None  # the sink started the run, so it finished it

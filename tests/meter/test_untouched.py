@@ -26,7 +26,7 @@ def test_a_buffer_the_forward_updates_changes_only_by_the_users_own_forwards(tmp
     """Was: a counter buffer went 5 -> 12 through construction, measure() and step()."""
     x, y = data()
     model = counted()
-    meter = lm.LazyMeter(model, probe=(x, y), test_probe=data(8, 1), schedule=1)
+    meter = lm.LazyMeter(model, probe=lm.ProbeSet((x, y), test=data(8, 1)), schedule=1)
     meter.measure()
     meter.step(train_loss=1.0)
     lm.empirical_ntk(model, x)

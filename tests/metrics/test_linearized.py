@@ -9,6 +9,9 @@ from torch import nn
 
 import lazymeter as lm
 
+#: The default quantities with the linearised shadow model.
+SHADOW = lm.quantities.default(linearized=True)
+
 
 def mlp(seed=0, D=4, out=1):
     torch.manual_seed(seed)
@@ -65,13 +68,13 @@ def test_gradient_descent_on_the_shadow_converges_to_k0_kernel_regression():
 
 def test_meter_offers_the_shadow_outside_its_parameters_and_saves_it():
     model = mlp()
-    meter = lm.LazyMeter(model, alpha=2.0, linearized=True)
+    meter = lm.LazyMeter(model, alpha=2.0, quantities=SHADOW)
     assert {id(p) for p in meter.parameters()} == {id(p) for p in model.parameters()}
     x = torch.randn(4, 4, dtype=torch.float64)
     opt = torch.optim.SGD(meter.linearized.parameters(), lr=0.1)
     ((meter.linearized(x) - 1) ** 2).mean().backward()
     opt.step()
-    other = lm.LazyMeter(mlp(seed=1), alpha=2.0, linearized=True)
+    other = lm.LazyMeter(mlp(seed=1), alpha=2.0, quantities=SHADOW)
     other.load_state_dict(meter.state_dict())
     torch.testing.assert_close(other.linearized(x), meter.linearized(x))
     meter.float()

@@ -35,7 +35,7 @@ def test_own_points_measure_the_paper_definition_on_a_seeded_subset_of_the_whole
     net0 = copy.deepcopy(net)
     paper = Alignment("rows", "biased", points=100, prefix="alignment_paper", splits=("test",))
     meter = lm.LazyMeter(
-        net, probe=probe, test_probe=test, max_probe=16, quantities=[Alignment(), paper]
+        net, probe=lm.ProbeSet(probe, test=test, max_points=16), quantities=[Alignment(), paper]
     )
     _move(net)
     row = meter.measure()
@@ -55,7 +55,7 @@ def test_own_points_measure_the_paper_definition_on_a_seeded_subset_of_the_whole
 def test_default_alignment_is_unbiased_with_its_errors_and_paired_rise():
     net, probe, test = _setup()
     net0 = copy.deepcopy(net)
-    meter = lm.LazyMeter(net, probe=probe, test_probe=test, max_probe=40)
+    meter = lm.LazyMeter(net, probe=lm.ProbeSet(probe, test=test, max_points=40))
     _move(net)
     row = meter.measure()
     x, y = meter.probe_x, meter.probe_y
@@ -73,7 +73,7 @@ def test_own_points_initial_kernel_survives_a_resume():
     net, probe, test = _setup()
     net0 = copy.deepcopy(net)
     make = lambda n: lm.LazyMeter(  # noqa: E731
-        n, probe=probe, test_probe=test, max_probe=16,
+        n, probe=lm.ProbeSet(probe, test=test, max_points=16),
         quantities=[Alignment(points=100, prefix="alignment_full", splits=("test",))],
     )  # fmt: skip
     meter = make(net)

@@ -125,8 +125,8 @@ def test_state_saved_with_other_quantities_is_rejected():
 def test_default_list_is_copied_per_meter():
     x, y = regression()
     xt, yt = regression(1)
-    first = lm.LazyMeter(mlp(0), probe=(x, y), test_probe=(xt, yt), quantities=Q.DEFAULT)
-    second = lm.LazyMeter(mlp(1), probe=(x, y), test_probe=(xt, yt), quantities=Q.DEFAULT)
+    first = lm.LazyMeter(mlp(0), probe=lm.ProbeSet((x, y), test=(xt, yt)), quantities=Q.DEFAULT)
+    second = lm.LazyMeter(mlp(1), probe=lm.ProbeSet((x, y), test=(xt, yt)), quantities=Q.DEFAULT)
     assert all(a is not b for a, b in zip(first.quantities, second.quantities, strict=True))
     assert first.baseline["k0_test_mse"] != second.baseline["k0_test_mse"]
     assert not Q.DEFAULT[4].results  # the shared list itself kept no state
@@ -139,14 +139,29 @@ def test_economy_preset_measures_fewer_keys_than_the_default():
     assert set(eco) < set(full) and "ntk_drift" in eco and "spectrum_trace" not in eco
 
 
-def test_shorthand_keywords_build_the_same_quantities_as_default():
-    x, y = regression()
-    a = lm.LazyMeter(mlp(), probe=(x, y), centering="rows", spectrum_k=2, features=["0"])
-    same = Q.default(centering="rows", spectrum_k=2, features=["0"])
-    b = lm.LazyMeter(mlp(), probe=(x, y), quantities=same)
+def _same_rows(a, b):
     ra, rb = a.measure(), b.measure()
     assert ra.keys() == rb.keys()
     assert all(ra[k] == rb[k] or (math.isnan(ra[k]) and math.isnan(rb[k])) for k in ra)
+
+
+def test_default_builds_the_quantities_its_options_configure():
+    x, y = regression()
+    # No quantities: the default set.
+    _same_rows(
+        lm.LazyMeter(mlp(), probe=(x, y)),
+        lm.LazyMeter(mlp(), probe=(x, y), quantities=Q.default()),
+    )
+    # default()'s options, each on the quantity it configures (biased with rows centring).
+    own = [
+        Q.ParameterMovement(), Q.KernelDrift("biased"), Q.Alignment("rows", "biased"),
+        Q.Spectrum(2), Q.LazyBaseline(), Q.FeatureCKA(["0"]),
+    ]  # fmt: skip
+    same = Q.default(centering="rows", spectrum_k=2, features=["0"])
+    _same_rows(
+        lm.LazyMeter(mlp(), probe=(x, y), quantities=same),
+        lm.LazyMeter(mlp(), probe=(x, y), quantities=own),
+    )
 
 
 def test_a_failing_quantity_records_nan_for_its_keys_and_warns_once():
