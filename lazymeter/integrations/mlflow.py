@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..sinks import tag_for
+from ..validation import int_at_least
 
 # MLflow's own limits: metrics, and params or tags, per log_batch call; characters of a
 # name; characters of a param value (tags take 8000).
@@ -52,7 +53,7 @@ class MlflowSink:
     changed: no ``set_tracking_uri``, no ``start_run``).
 
     * Each row's values (and the scalars passed to ``step()`` every ``scalar_every``
-      steps) are metrics at the meter's step, named like the TensorBoard tags
+      steps, 10 by default) are metrics at the meter's step, named like the TensorBoard tags
       (``ntk_drift -> lazymeter/ntk/drift``; ``name=`` changes that), in one
       ``log_batch`` call per row. NaN (a value that could not be computed) is logged as NaN.
     * The run's meta (NTK engine, modes, estimators) becomes tags ``lazymeter.<key>``; the
@@ -83,7 +84,9 @@ class MlflowSink:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         name: Callable[[str], str] = tag_for,
+        scalar_every: int = 10,
     ) -> None:
+        self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
         try:
             import mlflow  # noqa: F401 - fail here, not at the first measurement
         except ImportError:

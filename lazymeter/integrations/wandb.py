@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..sinks import tag_for
+from ..validation import int_at_least
 
 #: The meter's step, logged with every row: the x-axis of every ``lazymeter/*`` chart.
 STEP_KEY = "lazymeter/step"
@@ -23,7 +24,7 @@ class WandbSink:
     """Measurements to a W&B run.
 
     * Each row's values (and the scalars passed to ``step()`` every ``scalar_every``
-      steps) go in one ``run.log`` call, named like the TensorBoard tags
+      steps, 10 by default) go in one ``run.log`` call, named like the TensorBoard tags
       (``ntk_drift -> lazymeter/ntk/drift``), with the meter's step as
       ``lazymeter/step``, which is declared (``define_metric``) the step metric of
       ``lazymeter/*``. The rows are logged without ``step=``, so they never collide with
@@ -44,7 +45,8 @@ class WandbSink:
     starting one per restart; a given or current run is the user's and is kept.
     """
 
-    def __init__(self, run: Any = None, **init_kwargs: Any) -> None:
+    def __init__(self, run: Any = None, *, scalar_every: int = 10, **init_kwargs: Any) -> None:
+        self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
         try:
             import wandb  # noqa: F401 - fail here, not at the first measurement
         except ImportError:

@@ -262,8 +262,9 @@ def test_mlflow_sink_logs_each_row_as_metrics_at_its_step_and_meta_as_tags(mlflo
 
     from lazymeter.integrations.mlflow import MlflowSink
 
-    sink = MlflowSink(tracking_uri=mlflow_store, experiment="lazymeter-test", run_name="a")
-    sink.scalar_every = 1
+    sink = MlflowSink(
+        tracking_uri=mlflow_store, experiment="lazymeter-test", run_name="a", scalar_every=1
+    )
     meter, x, y = make_meter(schedule=2, sinks=[sink])
     assert sink.run_id is None  # nothing started before the first measurement
     train(meter, x, y, steps=5)
@@ -373,16 +374,18 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     settings = wandb.Settings(console="off", x_disable_stats=True, save_code=False)
 
-    def sink(project):
-        return WandbSink(mode="offline", dir=str(tmp_path), project=project, settings=settings)
+    def sink(project, scalar_every=10):
+        return WandbSink(
+            mode="offline", dir=str(tmp_path), project=project, settings=settings,
+            scalar_every=scalar_every,
+        )  # fmt: skip
 
     return wandb, sink
 
 
 def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, offline_wandb):
     wandb, make_sink = offline_wandb
-    sink = make_sink("lazymeter-test")
-    sink.scalar_every = 1
+    sink = make_sink("lazymeter-test", scalar_every=1)
     meter, x, y = make_meter(schedule=2, sinks=[sink])
     train(meter, x, y, steps=5)
     meter.close(hparams={"lr": 0.5})
