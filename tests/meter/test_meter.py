@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from architectures import naive_ntk
+from helpers import fit as train
 from torch import nn
 
 import lazymeter as lm
@@ -33,21 +34,6 @@ def regression_data(P=12, Q=10, D=4, seed=1):
 def features(*layers):
     """The default quantities and the feature CKA of ``layers``."""
     return lm.quantities.default(features=layers)
-
-
-def train(meter, x, y, steps, lr=0.1, xt=None, yt=None):
-    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(lr))
-    for _ in range(steps):
-        loss = ((meter(x).squeeze(-1) - y) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        scalars = {"train_loss": loss.item()}
-        if xt is not None:
-            with torch.no_grad():
-                scalars["test_loss"] = ((meter(xt).squeeze(-1) - yt) ** 2).mean().item()
-        meter.step(**scalars)
-    return loss.item()
 
 
 # --- wrapping -------------------------------------------------------------------------------

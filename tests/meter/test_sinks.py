@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import fit as train
 from torch import nn
 
 import lazymeter as lm
@@ -36,16 +37,6 @@ def make_meter(log_dir=None, schedule=2, **kwargs):
         **kwargs,
     )
     return meter, x, torch.sin(x.sum(1))
-
-
-def train(meter, x, y, steps=5):
-    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.5))
-    for _ in range(steps):
-        loss = ((meter(x) - y) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        meter.step(train_loss=loss.item())
 
 
 class Recorder:
@@ -101,7 +92,7 @@ def test_a_sink_receives_each_measurement_row_at_its_step_and_the_scalars_betwee
     rec = Recorder()
     rec.scalar_every = 1  # the scalars at every step (a sink without it: every 10)
     meter, x, y = make_meter(schedule=2, sinks=[rec])
-    train(meter, x, y, steps=5)
+    train(meter, x, y, steps=5, lr=0.5)
     meter.close(hparams={"lr": 0.5})
     rows = rec.of("row")
     assert [r[1] for r in rows] == meter.history  # the very rows of the history
@@ -120,11 +111,11 @@ def test_a_sink_receives_each_measurement_row_at_its_step_and_the_scalars_betwee
 def test_a_closed_meter_writes_no_more_to_its_sinks():
     rec = Recorder()
     meter, x, y = make_meter(schedule=1, sinks=[rec])
-    train(meter, x, y, steps=2)
+    train(meter, x, y, steps=2, lr=0.5)
     meter.close()
     meter.close()
     n = len(rec.calls)
-    train(meter, x, y, steps=2)  # the meter goes on in memory
+    train(meter, x, y, steps=2, lr=0.5)  # the meter goes on in memory
     assert len(meter.history) == 4
     assert len(rec.calls) == n and len(rec.of("close")) == 1
 
@@ -132,10 +123,10 @@ def test_a_closed_meter_writes_no_more_to_its_sinks():
 def test_a_sink_is_flushed_for_a_checkpoint_and_rewound_on_loading_one():
     rec = Recorder()
     meter, x, y = make_meter(schedule=1, sinks=[rec])
-    train(meter, x, y, steps=3)
+    train(meter, x, y, steps=3, lr=0.5)
     state = meter.state_dict()
     assert rec.of("flush")
-    train(meter, x, y, steps=2)
+    train(meter, x, y, steps=2, lr=0.5)
     meter.load_state_dict(state)
     assert rec.of("rewind") == [("rewind", 3, 2)]
 
@@ -153,7 +144,7 @@ def test_a_sink_with_only_write_row_and_close_gets_the_rows():
 
     sink = Minimal()
     meter, x, y = make_meter(schedule=2, sinks=[sink])
-    train(meter, x, y, steps=5)
+    train(meter, x, y, steps=5, lr=0.5)
     meter.state_dict()
     meter.close(hparams={"lr": 1})
     assert sink.rows == [0, 2, 4] and sink.closed
@@ -171,7 +162,7 @@ def test_a_failing_sink_warns_once_and_training_and_the_other_sinks_go_on(tmp_pa
     meter, x, y = make_meter(tmp_path, schedule=1, sinks=[Broken(), rec])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(meter, x, y, steps=4)
+        train(meter, x, y, steps=4, lr=0.5)
     mine = [w for w in caught if "Broken.write_row" in str(w.message)]
     assert len(mine) == 1 and "tracking server unreachable" in str(mine[0].message)
     assert len(rec.of("row")) == 4 and len(meter.history) == 4
@@ -206,7 +197,7 @@ class ScalarWriter:
 def test_a_writer_with_only_add_scalar_gets_the_scalars_and_survives_hparams():
     writer = ScalarWriter()
     meter, x, y = make_meter(schedule=2, sinks=[TensorBoardSink(writer=writer, figures=True)])
-    train(meter, x, y, steps=3)
+    train(meter, x, y, steps=3, lr=0.5)
     meter.close(hparams={"lr": 0.5})
     drift = [(s, v) for t, v, s in writer.scalars if t == "lazymeter/ntk/drift"]
     assert drift == [(r["step"], r["ntk_drift"]) for r in meter.history]
@@ -228,7 +219,7 @@ class DuckWriter:
 def test_a_writer_with_only_add_scalar_and_add_text_gets_scalars_and_texts():
     writer = DuckWriter()
     meter, x, y = make_meter(schedule=2, sinks=[TensorBoardSink(writer=writer, scalar_every=1)])
-    train(meter, x, y, steps=3)
+    train(meter, x, y, steps=3, lr=0.5)
     meter.state_dict()  # flushes: a writer without flush() must not break it
     meter.close()
     drift = [(s, v) for t, v, s in writer.scalars if t == "lazymeter/ntk/drift"]
@@ -267,7 +258,7 @@ def test_mlflow_sink_logs_each_row_as_metrics_at_its_step_and_meta_as_tags(mlflo
     )
     meter, x, y = make_meter(schedule=2, sinks=[sink])
     assert sink.run_id is None  # nothing started before the first measurement
-    train(meter, x, y, steps=5)
+    train(meter, x, y, steps=5, lr=0.5)
     meter.close(hparams={"lr": 0.5, "width": 8})
 
     client = MlflowClient(tracking_uri=mlflow_store)
@@ -296,7 +287,7 @@ def test_mlflow_sink_logs_into_the_active_run_and_leaves_it_open(mlflow_store):
 
     with mlflow.start_run() as active:
         meter, x, y = make_meter(schedule=1, sinks=[MlflowSink()])
-        train(meter, x, y, steps=3)
+        train(meter, x, y, steps=3, lr=0.5)
         meter.close()
         assert mlflow.active_run() is not None
         run = MlflowClient().get_run(active.info.run_id)
@@ -332,11 +323,11 @@ def test_a_resumed_meter_continues_the_mlflow_run_and_ends_it_finished(mlflow_st
 
     kw = {"tracking_uri": mlflow_store, "experiment": "resume"}
     meter, x, y = make_meter(schedule=1, sinks=[MlflowSink(**kw)])
-    train(meter, x, y, steps=3)
+    train(meter, x, y, steps=3, lr=0.5)
     sd = meter.state_dict()  # then the process dies: no close()
     resumed, x, y = make_meter(schedule=1, sinks=[MlflowSink(**kw)])
     resumed.load_state_dict(sd)
-    train(resumed, x, y, steps=2)
+    train(resumed, x, y, steps=2, lr=0.5)
     resumed.close()
     client = MlflowClient(tracking_uri=mlflow_store)
     exp = client.get_experiment_by_name("resume")
@@ -387,7 +378,7 @@ def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, offline
     wandb, make_sink = offline_wandb
     sink = make_sink("lazymeter-test", scalar_every=1)
     meter, x, y = make_meter(schedule=2, sinks=[sink])
-    train(meter, x, y, steps=5)
+    train(meter, x, y, steps=5, lr=0.5)
     meter.close(hparams={"lr": 0.5})
     assert wandb.run is None  # the sink started the run, so it finished it
 
@@ -423,13 +414,13 @@ def test_a_resumed_meter_continues_the_wandb_run(tmp_path, offline_wandb):
     wandb, make_sink = offline_wandb
     first = make_sink("resume")
     meter, x, y = make_meter(schedule=1, sinks=[first])
-    train(meter, x, y, steps=2)
+    train(meter, x, y, steps=2, lr=0.5)
     sd = meter.state_dict()
     run_id = first.run.id
     first.close()  # what a crash leaves: a run to continue (offline: its files)
     resumed, x, y = make_meter(schedule=1, sinks=[make_sink("resume")])
     resumed.load_state_dict(sd)
-    train(resumed, x, y, steps=2)
+    train(resumed, x, y, steps=2, lr=0.5)
     resumed.close()
     assert wandb.run is None
     dirs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import fit
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -28,16 +29,6 @@ def _setup(seed=0, n=12):
 def _meter(model, x, y, **kw):
     qs = [lm.quantities.KernelDrift(), kw.pop("q", LayerKernels())]
     return lm.LazyMeter(model, alpha=1.0, probe=(x, y), schedule=1, quantities=qs, **kw)
-
-
-def _train(meter, model, x, y, steps=4, params=None, lr=2.0):
-    opt = torch.optim.SGD(params or model.parameters(), lr=meter.scaled_lr(lr))
-    for _ in range(steps):
-        loss = ((meter(x) - y) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        meter.step(train_loss=loss.item())
 
 
 def group_kernel(model, x, names):
@@ -62,7 +53,7 @@ def test_per_layer_numbers_equal_those_of_naive_group_kernels():
     model, x, y = _setup(1)
     init = copy.deepcopy(model)
     meter = _meter(model, x, y, q=LayerKernels(estimator="biased"))
-    _train(meter, model, x, y)
+    fit(meter, x, y, 4, lr=2.0)
     row = meter.history[-1]
     groups = {"0": ["0.weight", "0.bias"], "2": ["2.weight", "2.bias"]}
     Ks = {g: group_kernel(model, x, names) for g, names in groups.items()}
@@ -88,7 +79,7 @@ def test_a_readout_whose_inputs_do_not_move_keeps_its_kernel_while_the_hidden_la
     # the readout weights) moves.
     model, x, y = _setup(2)
     meter = _meter(model, x, y)
-    _train(meter, model, x, y, params=model[2].parameters())
+    fit(meter, x, y, 4, lr=2.0, params=model[2].parameters())
     row = meter.history[-1]
     assert row["layer/2/ntk_drift"] == pytest.approx(0.0, abs=1e-12)
     assert row["layer/0/ntk_drift"] > 1e-3
@@ -115,7 +106,7 @@ def test_the_figure_draws_one_line_per_layer_for_drift_and_cka():
     pytest.importorskip("matplotlib")
     model, x, y = _setup()
     meter = _meter(model, x, y)
-    _train(meter, model, x, y, steps=3)
+    fit(meter, x, y, 3, lr=2.0)
     (q,) = [q for q in meter.quantities if isinstance(q, LayerKernels)]
     figs = q.figures(None, meter.history[-1])  # type: ignore[arg-type]
     (fig,) = figs.values()
@@ -137,7 +128,7 @@ def test_plotting_rows_without_layer_keys_says_which_quantity_writes_them():
 def test_a_resumed_meter_measures_drift_from_the_original_initial_kernels():
     model, x, y = _setup(3)
     meter = _meter(model, x, y)
-    _train(meter, model, x, y, steps=3)
+    fit(meter, x, y, 3, lr=2.0)
     state = meter.state_dict()
     expected = meter.measure()
     resumed = _meter(copy.deepcopy(model), x, y)  # built at the trained weights

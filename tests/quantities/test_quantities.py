@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from helpers import fit as train
 from torch import nn
 
 import lazymeter as lm
@@ -64,24 +65,13 @@ class CountingProbeLoss(lm.Quantity):
         self.calls, self.initial = state["calls"], state["initial"]
 
 
-def train(meter, x, y, steps, lr=0.2):
-    opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(lr))
-    start = 0 if meter.last_step is None else meter.last_step + 1
-    for t in range(start, start + steps):
-        opt.zero_grad()
-        loss = ((meter(x) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-        meter.step(t, train_loss=loss.item())
-
-
 def test_a_user_quantity_sees_the_kernels_the_meter_measures():
     x, y = regression()
     model = mlp()
     meter = lm.LazyMeter(model, alpha=2.0, probe=(x, y), schedule=2,
                          quantities=[*Q.DEFAULT, KernelTrace()])  # fmt: skip
     K0 = lm.empirical_ntk(model, x)
-    train(meter, x, y, 5)
+    train(meter, x, y, 5, lr=0.2)
     row = meter.history[-1]
     K = lm.empirical_ntk(model, x)  # independent computation on the trained model
     assert row["k_trace"] == pytest.approx(float(K.trace()), rel=1e-10)
@@ -94,7 +84,7 @@ def test_a_quantity_with_its_own_schedule_and_state_resumes(tmp_path):
     x, y = regression()
     meter = lm.LazyMeter(mlp(), probe=(x, y), schedule=4,
                          quantities=[Q.ParameterMovement(), CountingProbeLoss()])  # fmt: skip
-    train(meter, x, y, 7)
+    train(meter, x, y, 7, lr=0.2)
     steps = {r["step"]: r for r in meter.history}
     assert sorted(steps) == [0, 3, 4, 6]  # its own (every 3) and the meter's (every 4)
     assert "probe_mse" not in steps[4] and "param_movement" not in steps[3]
@@ -109,7 +99,7 @@ def test_a_quantity_with_its_own_schedule_and_state_resumes(tmp_path):
                            quantities=[Q.ParameterMovement(), CountingProbeLoss()])  # fmt: skip
     resumed.load_state_dict(saved)
     assert resumed.quantities[1].calls == 3
-    train(resumed, x, y, 3)  # steps 7, 8, 9
+    train(resumed, x, y, 3, lr=0.2)  # steps 7, 8, 9
     assert [r["step"] for r in resumed.history][-2:] == [8, 9]
     assert resumed.history[-1]["calls"] == 4
 
