@@ -1,6 +1,6 @@
 """Kernel-target alignment against the probe size: biased (paper) vs unbiased estimator.
 
-Trains the paper's Figure-1 network (``lazymeter.tasks.polynomial``: D=100, P=550 train
+Trains the paper's Figure-1 network (``examples/paper/polynomial.py``: D=100, P=550 train
 points, N=500, alpha=1, eps=0.02, centred output, full-batch GD at ``lr = 20 N / alpha^2``
 for 5000 steps = the paper's 100k epochs at ``lr = N / alpha^2``; seed 0, float32), keeps
 the network at initialisation and at the end (after grokking), then draws fresh probe sets
@@ -35,12 +35,17 @@ import copy
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
 
 import lazymeter as lm
-from lazymeter.tasks.polynomial import PolynomialConfig, QuadraticNet, make_data
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper.polynomial import PolynomialConfig, QuadraticNet, make_data  # noqa: E402
 
 SIZES = (32, 64, 128, 256, 550, 1000, 2000, 4000)
 QUICK_SIZES = (32, 128, 550, 2000)

@@ -18,6 +18,7 @@ fail or a kernel disagrees with the CPU reference.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -26,8 +27,12 @@ import time
 import torch
 
 import lazymeter as lm
-from lazymeter.tasks import mnist, polynomial
-from lazymeter.tasks.transformer import Transformer
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper import mnist, polynomial  # noqa: E402
+from paper.transformer import Transformer  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

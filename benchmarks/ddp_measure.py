@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -29,7 +30,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import lazymeter as lm
-from lazymeter.tasks import mnist, polynomial
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper import mnist, polynomial  # noqa: E402
 
 
 def case(name: str, n: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:

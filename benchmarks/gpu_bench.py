@@ -79,12 +79,12 @@ from torch.func import functional_call, jacrev, vmap
 
 import lazymeter as lm
 from lazymeter.ntk.sketch import projections
-from lazymeter.tasks import mnist, polynomial
-from lazymeter.tasks.transformer import RawTransformer, Transformer
 from lazymeter.threads import torch_threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ntk_cases import cnn as cnn_model  # noqa: E402  (benchmarks/ is not a package)
+from paper import mnist, polynomial  # noqa: E402  (ntk_cases put examples/ on the path)
+from paper.transformer import RawTransformer, Transformer  # noqa: E402
 
 TOL = 1e-3  # float32 kernels against float64 (relative to the kernel's largest entry)
 FUNC_FRACTION = 0.6  # the torch.func baseline runs when its Jacobian fits this much free memory

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
 
 import lazymeter as lm
-from lazymeter.tasks import polynomial
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper import polynomial  # noqa: E402
 
 D, N, P, P_TEST, EPS = 100, 500, 550, 1000, 0.02
 

@@ -22,6 +22,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))  # the zoo's transformer: the paper's
 
 from zoo import FULLY_RULED, ZOO  # noqa: E402
 

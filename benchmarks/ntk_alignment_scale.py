@@ -45,7 +45,11 @@ import torch
 from memory import reset_peak, status_kib
 
 import lazymeter as lm
-from lazymeter.tasks.polynomial import QuadraticNet, make_data
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper.polynomial import QuadraticNet, make_data  # noqa: E402
 
 print = functools.partial(print, flush=True)  # noqa: A001  (progress shows when piped)
 

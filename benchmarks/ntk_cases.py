@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lazymeter.tasks.polynomial import QuadraticNet
-from lazymeter.tasks.transformer import RawTransformer, Transformer
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper.polynomial import QuadraticNet  # noqa: E402
+from paper.transformer import RawTransformer, Transformer  # noqa: E402
 
 
 @dataclass

@@ -14,6 +14,7 @@ Run: ``python benchmarks/ntk_methods.py`` (about a minute on 2 cores).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,11 @@ from torch.func import functional_call, jacrev, vmap
 
 import lazymeter as lm
 from lazymeter.ntk import DEFAULT_MEMORY_BUDGET, ENGINES
-from lazymeter.tasks import polynomial
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper import polynomial  # noqa: E402
 
 
 def QuadraticNet() -> nn.Module:

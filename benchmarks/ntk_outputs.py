@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import sys
 import time
 
 import torch
@@ -28,7 +30,11 @@ from torch import nn
 import lazymeter as lm
 from lazymeter.ntk import FunctionalModel, Sketch, sketched_ntk
 from lazymeter.ntk.plan import plan_chunk
-from lazymeter.tasks.transformer import RawTransformer, Transformer
+
+# The paper's tasks are examples (package `paper` in examples/), not part of the library.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+from paper.transformer import RawTransformer, Transformer  # noqa: E402
 
 print = functools.partial(print, flush=True)  # noqa: A001  (progress shows when piped)
 

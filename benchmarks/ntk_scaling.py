@@ -2,7 +2,7 @@
 
 Cells (each in a fresh process, so that its peak memory is its own):
 
-* MNIST MLP 784-200-200-10 (``lazymeter.tasks.mnist.make_mlp``, 10 outputs traced) on random
+* MNIST MLP 784-200-200-10 (``examples/paper/mnist.py``'s ``make_mlp``, 10 outputs traced) on random
   ``[P, 784]`` inputs, P = 256 ... 4096, with the ``structured`` and ``jacobian`` engines;
 * the paper's one-layer transformer (d_model 128, 4 heads, d_mlp 512, vocab 114, 113
   last-position logits traced) on ``[a, b, =]`` token sequences, P = 256 ... 1024 with
@@ -66,8 +66,9 @@ class Cell:
 
 def build(model: str, P: int, width: int, tiny: bool, seed: int = 0):
     """``(model, inputs, output_fn)`` of a cell."""
-    from lazymeter.tasks.mnist import make_mlp
-    from lazymeter.tasks.transformer import Transformer
+    sys.path.insert(0, os.path.join(ROOT, "examples"))  # the paper's tasks are examples
+    from paper.mnist import make_mlp
+    from paper.transformer import Transformer
 
     g = torch.Generator().manual_seed(seed)
     if model == "mlp":
@@ -331,7 +332,7 @@ def docs_section(cells: list[Cell], ex: dict, a: argparse.Namespace, meta: dict)
         f"torch {torch.__version__} (CPU build), float32, `torch.set_num_threads({a.threads})`, "
         f"memory budget {budget / 2**20:.0f} MiB"
         + (" (the default)" if a.budget is None else f" (`--budget {a.budget}`)")
-        + ". Models: the MNIST MLP 784-200-200-10 of `lazymeter.tasks.mnist` (10 outputs, "
+        + ". Models: the MNIST MLP 784-200-200-10 of `examples/paper/mnist.py` (10 outputs, "
         "traced) on random inputs, and the paper's one-layer transformer (d_model 128, 4 heads, "
         "d_mlp 512, 113 last-position logits, traced) on `[a, b, =]` sequences; the width sweep "
         f"is the MLP 784-W-W-10 at P = {meta['width_P']}. Each cell runs in a fresh process; "

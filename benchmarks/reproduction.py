@@ -28,9 +28,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "examples"))  # the paper's tasks are examples
 
-from lazymeter.tasks.harness import preset, run  # noqa: E402
-from lazymeter.tasks.results import (  # noqa: E402
+from paper.harness import preset, run  # noqa: E402
+from paper.results import (  # noqa: E402
     comes_later,
     is_finite,
     never_is_inf,

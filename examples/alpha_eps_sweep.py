@@ -11,7 +11,7 @@ start instead). Each grid run stops once both losses have crossed, or once it ha
 without the test loss crossing (train loss at 1e-6 x its start, or a test-loss plateau);
 hatched grey cells never grokked.
 
-Defaults (``lazymeter.tasks.phase_diagram.PhaseDiagramConfig``): D=50, P=300 (curves 225),
+Defaults (``paper.phase_diagram.PhaseDiagramConfig``): D=50, P=300 (curves 225),
 P_test=500, N=200; grid alpha in {0.5, 1, 2, 4} x eps in {0.02, 0.05, 0.1, 0.2, 0.3} at
 ``lr = 10 N / alpha^2`` for at most 20k steps (200k lr-equivalent epochs); curves at
 ``lr = 2.5 N / alpha^2`` for 4k steps (10k lr-equivalent epochs; the authors run
@@ -46,10 +46,10 @@ every run's summary), OUT/figure.png and each run's files in OUT/<run name>/.
 
     python examples/alpha_eps_sweep.py --out runs/alpha_eps_sweep --workers 2
 
-Every option: ``--help`` (the same as ``lazymeter run alpha_eps``).
+Every option: ``--help`` (the same as ``python -m examples.paper run alpha_eps``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

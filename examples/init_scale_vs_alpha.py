@@ -38,11 +38,11 @@ identical at equal sigma^2 alpha, histories included. (2.5 min wall on 2 shared 
 
 Writes OUT/summary.json (every run's numbers, the collapse statistics), OUT/figure.png and per
 run OUT/<net>_sigma<s>_alpha<a>/ (history.jsonl, TensorBoard events, summary.json). Every
-option: ``--help`` (the same as ``lazymeter run init_scale``); ``--workers 2`` runs the grid
-in two processes.
+option: ``--help`` (the same as ``python -m examples.paper run init_scale``); ``--workers 2``
+runs the grid in two processes.
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

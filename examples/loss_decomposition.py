@@ -42,10 +42,10 @@ TensorBoard events, OUT/summary.json and OUT/figure.png.
 
     python examples/loss_decomposition.py --out runs/fig4
 
-Every option: ``--help`` (the same as ``lazymeter run decomposition``).
+Every option: ``--help`` (the same as ``python -m examples.paper run decomposition``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,11 +35,11 @@ OUT/figure.png.
 
     python examples/mnist.py --out runs/mnist
 
-Every option: ``--help`` (the same as ``lazymeter run mnist``); one alpha alone:
-``lazymeter run mnist_run --alphas 0.5``.
+Every option: ``--help`` (the same as ``python -m examples.paper run mnist``); one alpha alone:
+``python -m examples.paper run mnist_run --alphas 0.5``.
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -8,7 +8,7 @@ scale ``s`` twice and divide the train loss by ``s^2`` at ``lr = 100 / s^2``: th
 output scale is ``alpha = s^2`` (the default ``--convention paper``; ``--convention alpha``
 makes ``s`` the alpha itself). LazyMeter applies alpha (``center=False``: the model is
 uncentred), so each run also logs NTK drift, kernel-target alignment and parameter
-movement (see ``lazymeter/tasks/modular_mlp.py``).
+movement (see ``examples/paper/modular_mlp.py``).
 
 Panels: (a) train/test accuracy against the (log) step with the weight norm on a twin axis;
 (b) train/test loss with the test loss of kernel regression with the initial NTK (the lazy
@@ -48,10 +48,10 @@ OUT/figure.png. ``--scales ''`` runs only the main scale, into OUT itself.
 
     python examples/modular_arithmetic.py --out runs/modular_arithmetic --workers 2
 
-Every option: ``--help`` (the same as ``lazymeter run modular_mlp``).
+Every option: ``--help`` (the same as ``python -m examples.paper run modular_mlp``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,7 +2,7 @@
 
 Inputs are pure noise, ``x ~ N(0, I_D)``; the labels on all 2P points (train and test
 together) are the k-th eigenvector, in descending eigenvalue order, of the centred initial
-NTK (``lazymeter.tasks.eigenlabels.eigenvector_labels``). The network,
+NTK (``paper.eigenlabels.eigenvector_labels``). The network,
 ``f(x) = alpha * mean_i phi(w_i . x / sqrt(D))`` with ``phi(h) = h + eps/2 h^2``, trains on
 the first P points (centred MSE, full-batch GD, with its linearisation alongside) and is
 tested on the other P. One run per k (``OUT/k<k>/``: history.jsonl, TensorBoard events),
@@ -34,10 +34,10 @@ machine).
 
     python examples/ntk_eigenvector_labels.py --out runs/fig5 --threads 1
 
-Every option: ``--help`` (the same as ``lazymeter run eigenlabels``).
+Every option: ``--help`` (the same as ``python -m examples.paper run eigenlabels``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

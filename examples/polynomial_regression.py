@@ -15,10 +15,10 @@ initialisation and about 0.003 at the end.
 
     python examples/polynomial_regression.py --out runs/fig1
 
-Every option: ``--help`` (the same as ``lazymeter run polynomial``).
+Every option: ``--help`` (the same as ``python -m examples.paper run polynomial``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

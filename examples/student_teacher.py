@@ -5,10 +5,11 @@ The authors' setting (after Omnigrok's code): a fixed random teacher, a tanh net
 ``x ~ N(0, I_5)``; a student of the same form starts from a LARGE initialisation (every
 weight and bias of its default init times ``--init-scale 2``) and learns 100 training points
 with full-batch AdamW (weight decay 0.05), no output rescaling (``--alpha 1``, uncentred; the
-paper's alpha also works here: ``lazymeter sweep student_teacher --alpha 0.25,0.5,1,3``). The
-"accuracy" of this regression task (Liu et al., Omnigrok) is the fraction of samples whose
-squared error (mean over the 5 outputs) is below a threshold tau; here tau in {1e-4, 5e-4,
-5e-3, 0.01, 0.1}, absolute, as in the authors' notebook.
+paper's alpha also works here:
+``python -m examples.paper sweep student_teacher --alpha 0.25,0.5,1,3``). The "accuracy" of
+this regression task (Liu et al., Omnigrok) is the fraction of samples whose squared error
+(mean over the 5 outputs) is below a threshold tau; here tau in {1e-4, 5e-4, 5e-3, 0.01, 0.1},
+absolute, as in the authors' notebook.
 
 What it shows: the train loss falls fast and the test loss follows smoothly, decades lower
 over thousands of steps while weight decay shrinks the large initial weights. The step at
@@ -35,10 +36,10 @@ OUT/summary.json and OUT/figure.png.
 
     python examples/student_teacher.py --out runs/student_teacher
 
-Every option: ``--help`` (the same as ``lazymeter run student_teacher``).
+Every option: ``--help`` (the same as ``python -m examples.paper run student_teacher``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -34,10 +34,10 @@ OUT/figure.png (accuracy, loss, parameter movement / NTK drift, kernel alignment
 
     python examples/transformer_modular.py --out runs/transformer_modular --workers 2
 
-Every option: ``--help`` (the same as ``lazymeter run transformer_modular``).
+Every option: ``--help`` (the same as ``python -m examples.paper run transformer_modular``).
 """
 
-from lazymeter.cli import run_task
+from paper.cli import run_task  # examples/paper, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:

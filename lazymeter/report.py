@@ -38,7 +38,7 @@ def load_run(path: str) -> Run:
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"report: {path!r} is not a directory; pass run directories written by "
-            "`lazymeter run ... --out DIR` or by LazyMeter(log_dir=DIR)"
+            "LazyMeter(log_dir=DIR) or by `python -m examples.paper run ... --out DIR`"
         )
     hist = os.path.join(path, "history.jsonl")
     if not os.path.isfile(hist):

@@ -25,6 +25,7 @@ import sys
 import pytest
 import torch
 from architectures import naive_ntk
+from paper.polynomial import QuadraticNet
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
@@ -32,7 +33,6 @@ import lazymeter as lm
 from lazymeter.ntk import ENGINES, Sketch, kernel_dtype, parameter_groups, sketched_ntk
 from lazymeter.probes import targets
 from lazymeter.quantities import Alignment, LayerKernels
-from lazymeter.tasks.polynomial import QuadraticNet
 from lazymeter.threads import torch_threads
 
 CUDA = pytest.param(
@@ -343,8 +343,8 @@ def test_meter_with_every_default_quantity_decomposition_and_shadow(device, dtyp
     init = copy.deepcopy(model)
     decomp = lm.QuadraticDecomposition(beta, alpha=alpha, eps=eps)
     meter = lm.LazyMeter(
-        model, alpha=alpha, probe=(x, y), test_probe=(xt, yt), schedule=2,
-        metrics={"decomp": decomp}, linearized=True,
+        model, alpha=alpha, probe=lm.ProbeSet((x, y), test=(xt, yt)), schedule=2,
+        quantities=lm.quantities.default(metrics={"decomp": decomp}, linearized=True),
     )  # fmt: skip
     for t in (meter.probe_x, meter.probe_y, meter.test_x, meter.K0, meter.K0_test):
         assert t.device == device  # the probes moved once, the kernels where the model is
@@ -433,7 +433,7 @@ def test_quantities_follow_the_meter_to_the_device_and_into_a_resumed_meter(devi
         Alignment(points=20, prefix="alignment_own"),
         LayerKernels(),
     ]
-    meter = lm.LazyMeter(model, probe=(x, y), test_probe=(xt, yt), quantities=quantities)
+    meter = lm.LazyMeter(model, probe=lm.ProbeSet((x, y), test=(xt, yt)), quantities=quantities)
     kept = quantity_tensors(meter)
     assert len(kept) >= 8 and {t.dtype for t in kept} >= {torch.float32}
     meter.to(device).double()
@@ -458,8 +458,8 @@ def test_quantities_follow_the_meter_to_the_device_and_into_a_resumed_meter(devi
     model2, _, _ = quadratic_task(torch.float64, device, device)
     quantities2 = [*lm.quantities.default(features=["hidden"]), Alignment(points=20,
                    prefix="alignment_own"), LayerKernels()]  # fmt: skip
-    meter2 = lm.LazyMeter(model2, probe=(xd, yd), test_probe=(xt.to(device).double(),
-                          yt.to(device).double()), quantities=quantities2)  # fmt: skip
+    test2 = (xt.to(device).double(), yt.to(device).double())
+    meter2 = lm.LazyMeter(model2, probe=lm.ProbeSet((xd, yd), test=test2), quantities=quantities2)
     meter2.load_state_dict(state)
     assert all(t.device == device for t in quantity_tensors(meter2))
     again = meter2.measure()
@@ -519,8 +519,8 @@ def test_huggingface_callback_trains_and_measures_on_the_device(device, probes_o
     ids[:, -1] = (ids[:, 0] + ids[:, 1]) % 5
     train, test = ids[:8].to(probe_device(device, probes_on)), ids[8:16]
     data = [{"input_ids": r, "labels": torch.cat([torch.tensor([-100]), r[1:]])} for r in ids]
-    cb = LazyMeterCallback(alpha=2.0, probe=(train, train), test_probe=(test, test), schedule=2,
-                           max_probe=8)  # fmt: skip
+    probe = lm.ProbeSet((train, train), test=(test, test), max_points=8)
+    cb = LazyMeterCallback(alpha=2.0, probe=probe, schedule=2)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
         learning_rate=cb.scaled_lr(1e-2), logging_steps=1, save_strategy="no", report_to=[],

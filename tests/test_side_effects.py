@@ -81,7 +81,9 @@ SUMMARY = {
 def _plot(tmp: str) -> list[str]:
     """The library's figure calls on fake data: ``plots.paper_figure``, ``plots.plot_run``
     and ``report.write_report`` on a one-run directory. Returns the PNG paths."""
-    from lazymeter.plots import paper_figure, plot_run
+    from paper.figures import paper_figure
+
+    from lazymeter.plots import plot_run
     from lazymeter.report import write_report
 
     hist = _history()
@@ -131,6 +133,7 @@ def test_library_figures_use_neither_matplotlib_use_nor_pyplot(tmp_path):
         import matplotlib
         matplotlib.use("svg")  # the user's choice; a library must not switch it
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+        sys.path.insert(0, {os.path.join(ROOT, "examples")!r})  # the paper's figure
         import test_side_effects as t
 
         # Lightning imports pyplot itself (a third-party import, not the library's).
@@ -148,7 +151,8 @@ def test_library_figures_use_neither_matplotlib_use_nor_pyplot(tmp_path):
         x = torch.randn(12, 3, dtype=torch.float64)
         net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
         meter = lm.LazyMeter(net.double(), probe=(x, x.sum(1, keepdim=True)),
-                             log_dir={str(tmp_path / "tb")!r}, tb_figures=True)
+                             log_dir={str(tmp_path / "tb")!r},
+                             sinks=[lm.TensorBoardSink(figures=True)])
         meter.measure()
         meter.close()
         assert "matplotlib.pyplot" not in sys.modules, "the library imported matplotlib.pyplot"
@@ -183,7 +187,7 @@ def test_torch_threads_restores_the_count(two_threads):
 
 def test_a_run_on_fewer_threads_restores_the_count(two_threads, tmp_path):
     pytest.importorskip("matplotlib")  # the polynomial task draws its figure
-    from lazymeter.tasks.harness import preset, run
+    from paper.harness import preset, run
 
     s = run("polynomial", preset("polynomial", "smoke"), str(tmp_path), progress=False, threads=1)
     assert torch.get_num_threads() == two_threads
@@ -192,7 +196,7 @@ def test_a_run_on_fewer_threads_restores_the_count(two_threads, tmp_path):
 
 
 def test_a_worker_job_runs_on_one_thread_even_when_it_fails(two_threads, monkeypatch):
-    from lazymeter.tasks import harness
+    from paper import harness
 
     seen = []
 

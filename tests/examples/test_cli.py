@@ -1,4 +1,5 @@
-"""The `lazymeter` command, run reports and the regime read-out."""
+"""The paper's command line (`python -m examples.paper`), the `lazymeter` command (run
+reports), and the regime read-out."""
 
 import json
 import math
@@ -6,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from example_scripts import EXAMPLES
+from paper.cli import main
 
-from lazymeter.cli import main
+from lazymeter.cli import main as lazymeter_main
 from lazymeter.regime import RegimeThresholds, classify, grokking_onset
 from lazymeter.report import load_run, write_report
 
@@ -44,7 +47,7 @@ def test_run_writes_a_run_directory_and_report_reads_it(tmp_path, capsys):
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["alpha"] == 2.0 and summary["config"]["D"] == 10
-    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert lazymeter_main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep.html").read_text()
     assert "data:image/png;base64," in page and "grokking_onset" in page
     assert (tmp_path / "rep.png").stat().st_size > 10_000
@@ -65,15 +68,45 @@ def test_sweep_runs_the_grid_in_processes_and_reports_overlaid_runs(tmp_path):
     assert "alpha=1.0" in text and "alpha=2.0" in text
 
 
-def test_python_dash_m_is_the_same_command():
+def test_python_dash_m_examples_paper_is_the_command_from_a_checkout_and_the_folder_too(
+    tmp_path,
+):
+    root = EXAMPLES.parent
     done = subprocess.run(
-        [sys.executable, "-m", "lazymeter", "tasks"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "examples.paper", "tasks"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
     )
-    assert "polynomial" in done.stdout
+    assert "polynomial:" in done.stdout and "--lr-scale" in done.stdout
+    done = subprocess.run(  # the folder run as a script, from elsewhere
+        [sys.executable, str(EXAMPLES / "paper"), "run", "polynomial", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert "python -m examples.paper run polynomial" in done.stdout and "--alpha" in done.stdout
+
+
+def test_lazymeter_run_sweep_and_tasks_point_to_the_examples_command(capsys):
+    for argv in (["tasks"], ["run", "polynomial", "--alpha", "2"], ["sweep", "mnist"]):
+        assert lazymeter_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"python -m examples.paper {' '.join(argv)}" in err and "checkout" in err
+    done = subprocess.run(
+        [sys.executable, "-m", "lazymeter", "run", "polynomial"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "python -m examples.paper run polynomial" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "lazymeter", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "report" in done.stdout and "python -m examples.paper" in done.stdout
 
 
 def test_report_errors_name_the_path_and_the_fix(tmp_path, capsys):
-    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert lazymeter_main(["report", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no history.jsonl"):
@@ -147,9 +180,10 @@ def test_grokking_onset_waits_for_a_significant_alignment_rise():
 def test_version_and_run_or_sweep_without_a_task_list_the_tasks(capsys):
     import lazymeter
 
-    with pytest.raises(SystemExit) as e:
-        main(["--version"])
-    assert e.value.code == 0 and lazymeter.__version__ in capsys.readouterr().out
+    for command in (lazymeter_main, main):
+        with pytest.raises(SystemExit) as e:
+            command(["--version"])
+        assert e.value.code == 0 and lazymeter.__version__ in capsys.readouterr().out
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
     assert "polynomial" in out and "alpha_eps" in out and "TASK --help" in out

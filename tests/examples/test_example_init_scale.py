@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 from example_scripts import load_example
+from paper.harness import preset, run
+from paper.init_scale import RUN, TASK, InitScaleConfig, collapse_stats
+from paper.student_teacher import MLP
 
 import lazymeter as lm
-from lazymeter.tasks.harness import preset, run
-from lazymeter.tasks.init_scale import RUN, TASK, InitScaleConfig, collapse_stats
-from lazymeter.tasks.student_teacher import MLP
 
 GROUPS = {0.25: 1, 1.0: 2, 4.0: 2, 16.0: 1}  # smoke grid sigma {.5,1,2} x alpha {1,4}
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from example_scripts import load_example
+from paper import mnist as M
+from paper.harness import run
 
 import lazymeter as lm
-from lazymeter.tasks import mnist as M
-from lazymeter.tasks.harness import run
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:

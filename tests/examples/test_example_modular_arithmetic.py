@@ -7,12 +7,10 @@ import math
 import pytest
 import torch
 from example_scripts import load_example
-
-import lazymeter as lm
-from lazymeter.cli import main
-from lazymeter.tasks.harness import preset
-from lazymeter.tasks.modular import modular_addition
-from lazymeter.tasks.modular_mlp import (
+from paper.cli import main
+from paper.harness import preset
+from paper.modular import modular_addition
+from paper.modular_mlp import (
     RUN,
     TASK,
     ModularMLP,
@@ -21,6 +19,8 @@ from lazymeter.tasks.modular_mlp import (
     runs,
     train,
 )
+
+import lazymeter as lm
 
 # About 2 s of one core per run (p=13: 152 train pairs); see the claim test's numbers. Tiny
 # models: one torch thread (more only add overhead, several x on a busy machine).

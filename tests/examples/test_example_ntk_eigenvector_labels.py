@@ -9,9 +9,7 @@ import pytest
 import torch
 from architectures import naive_ntk
 from example_scripts import load_example as load_script
-
-import lazymeter as lm
-from lazymeter.tasks.eigenlabels import (
+from paper.eigenlabels import (
     RUN,
     TASK,
     EigenLabelsConfig,
@@ -23,8 +21,10 @@ from lazymeter.tasks.eigenlabels import (
     runs,
     train,
 )
-from lazymeter.tasks.harness import preset, run
-from lazymeter.tasks.polynomial import QuadraticNet
+from paper.harness import preset, run
+from paper.polynomial import QuadraticNet
+
+import lazymeter as lm
 
 
 def load_example():

@@ -6,17 +6,17 @@ import math
 import pytest
 import torch
 from example_scripts import load_example
-
-import lazymeter as lm
-from lazymeter.tasks.harness import preset, run
-from lazymeter.tasks.results import first_step_at_or_above
-from lazymeter.tasks.student_teacher import (
+from paper.harness import preset, run
+from paper.results import first_step_at_or_above
+from paper.student_teacher import (
     MLP,
     TASK,
     StudentTeacherConfig,
     make_teacher_data,
     threshold_accuracy,
 )
+
+import lazymeter as lm
 
 TAUS = (1e-4, 5e-4, 5e-3, 1e-2, 1e-1)
 

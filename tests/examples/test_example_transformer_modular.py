@@ -7,10 +7,8 @@ import math
 import pytest
 import torch
 from example_scripts import load_example as load_script
-
-import lazymeter as lm
-from lazymeter.tasks.harness import run
-from lazymeter.tasks.transformer_modular import (
+from paper.harness import run
+from paper.transformer_modular import (
     PAPER_ALPHAS,
     RUN,
     TASK,
@@ -19,6 +17,8 @@ from lazymeter.tasks.transformer_modular import (
     combine,
     train,
 )
+
+import lazymeter as lm
 
 
 @pytest.fixture(autouse=True)

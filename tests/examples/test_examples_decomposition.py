@@ -7,9 +7,8 @@ import os
 
 import pytest
 from example_scripts import load_example
-
-from lazymeter.tasks.decomposition import MC_REL_STD, TASK, DecompositionConfig
-from lazymeter.tasks.harness import run
+from paper.decomposition import MC_REL_STD, TASK, DecompositionConfig
+from paper.harness import run
 
 
 def test_smoke_run_writes_outputs_and_terms_add_up(tmp_path):

@@ -9,9 +9,8 @@ import math
 
 import pytest
 from example_scripts import load_example
-
-from lazymeter.tasks.harness import run
-from lazymeter.tasks.phase_diagram import TASK, PhaseDiagramConfig
+from paper.harness import run
+from paper.phase_diagram import TASK, PhaseDiagramConfig
 
 
 def test_smoke_sweep_writes_the_heat_map_curves_runs_and_figure(tmp_path):

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from example_scripts import EXAMPLES
+from paper import TASKS
+from paper.cli import main, parse_run
+from paper.harness import Setup, Task, field_help, load_task, option, run, run_many
 from torch import nn
-
-from lazymeter.cli import main, parse_run
-from lazymeter.tasks import TASKS
-from lazymeter.tasks.harness import Setup, Task, field_help, load_task, option, run, run_many
 
 
 @dataclass
@@ -149,7 +149,8 @@ def test_flags_start_from_the_chosen_preset():
 def test_experiments_run_without_matplotlib_and_say_there_is_no_figure(tmp_path):
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from lazymeter.cli import main\n"
+        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
+        "from paper.cli import main\n"
         f"raise SystemExit(main(['run', 'polynomial', '--smoke', '--out', r'{tmp_path}',"
         " '--no-progress']))\n"
     )

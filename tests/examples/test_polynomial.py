@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from example_scripts import load_example
+from paper.polynomial import PolynomialConfig, QuadraticNet, make_data, train
 
 import lazymeter as lm
-from lazymeter.tasks.polynomial import PolynomialConfig, QuadraticNet, make_data, train
 
 SMALL = dict(
     D=20, P=110, P_test=500, N=100, eps=0.05, epochs=2000, lr_scale=8.0, per_decade=8,

@@ -20,7 +20,7 @@ def reproduction():
 
 
 def test_every_registered_figure_task_is_on_the_page(reproduction):
-    from lazymeter.tasks import TASKS
+    from paper import TASKS
 
     on_page = {f.task for f in reproduction.FIGURES}
     assert on_page <= set(TASKS)

@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-
-from lazymeter.tasks.results import first_step_at_or_above, write_json
+from paper.results import first_step_at_or_above, write_json
 
 
 def _strict(text: str):
@@ -40,7 +39,7 @@ def test_example_summaries_are_strict_json(tmp_path):
 
 
 def test_crossing_steps_compare_with_never_as_infinitely_late():
-    from lazymeter.tasks.results import comes_later, never_is_inf, step_text
+    from paper.results import comes_later, never_is_inf, step_text
 
     assert never_is_inf(None) == math.inf and never_is_inf(float("nan")) == math.inf
     assert comes_later([10, 10, 40, None]) and comes_later([5, float("nan")])

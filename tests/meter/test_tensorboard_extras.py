@@ -1,10 +1,10 @@
 """TensorBoard niceties: custom-scalars layout, regime text, figures, hparams."""
 
 import torch
+from paper.polynomial import QuadraticNet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lazymeter as lm
-from lazymeter.tasks.polynomial import QuadraticNet
 
 
 def run(tmp_path, **kw):

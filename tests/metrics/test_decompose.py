@@ -5,9 +5,14 @@ import math
 
 import pytest
 import torch
+from paper.polynomial import PolynomialConfig, QuadraticNet, train
 
 import lazymeter as lm
-from lazymeter.tasks.polynomial import PolynomialConfig, QuadraticNet, train
+
+
+def metrics(**fns):
+    """The default quantities and the metric functions ``fns``."""
+    return lm.quantities.default(metrics=fns)
 
 
 def monte_carlo_mse(model, beta, alpha, n=2_000_000, chunk=250_000, seed=0):
@@ -66,9 +71,8 @@ def test_quadratic_decomposition_as_meter_metric():
     g = torch.Generator().manual_seed(0)
     model = QuadraticNet(5, 4, 0.3, generator=g, dtype=torch.float64)
     beta = torch.randn(5, generator=g, dtype=torch.float64)
-    meter = lm.LazyMeter(
-        model, center=False, metrics={"d": lm.QuadraticDecomposition(beta, alpha=1.0, eps=0.3)}
-    )
+    decomp = lm.QuadraticDecomposition(beta, alpha=1.0, eps=0.3)
+    meter = lm.LazyMeter(model, center=False, quantities=metrics(d=decomp))
     row = meter.measure()
     expected = lm.decompose_quadratic(model.W, beta, alpha=1.0, eps=0.3)
     assert {k: row[f"decomp_{k}"] for k in expected} == pytest.approx(expected)
@@ -181,7 +185,7 @@ def test_quadratic_decomposition_on_a_centred_meter_reports_the_centred_loss():
     model = copy.deepcopy(model0)
     # no centring passed: the metric takes the meter's (and its initial weights)
     decomp = lm.QuadraticDecomposition(beta, alpha=alpha, eps=eps)
-    meter = lm.LazyMeter(model, alpha=alpha, center=True, metrics={"d": decomp})
+    meter = lm.LazyMeter(model, alpha=alpha, center=True, quantities=metrics(d=decomp))
     with torch.no_grad():  # "train": the weights move after the meter's construction
         for p, q in zip(model.parameters(), moved.parameters(), strict=True):
             p.copy_(q)
@@ -213,7 +217,7 @@ def test_quadratic_decomposition_refuses_a_centring_it_cannot_honour():
             model,
             alpha=1.0,
             center=True,
-            metrics={"d": lm.QuadraticDecomposition(beta, alpha=1.0, eps=0.3, center=False)},
+            quantities=metrics(d=lm.QuadraticDecomposition(beta, alpha=1.0, eps=0.3, center=False)),
         )
 
 
@@ -221,8 +225,8 @@ def test_quadratic_decomposition_after_a_resume_uses_the_restored_initial_weight
     alpha, eps = 1.3, 0.7
     model0, moved, beta = trained_pair(True, eps=eps)
     model = copy.deepcopy(model0)
-    metric = {"d": lm.QuadraticDecomposition(beta, alpha=alpha, eps=eps)}
-    meter = lm.LazyMeter(model, alpha=alpha, metrics=metric)
+    metric = metrics(d=lm.QuadraticDecomposition(beta, alpha=alpha, eps=eps))
+    meter = lm.LazyMeter(model, alpha=alpha, quantities=metric)
     with torch.no_grad():  # "train"
         for p, q in zip(model.parameters(), moved.parameters(), strict=True):
             p.copy_(q)
@@ -230,8 +234,8 @@ def test_quadratic_decomposition_after_a_resume_uses_the_restored_initial_weight
     # a new process: a freshly initialised network; the checkpoint restores it and the
     # meter's initial weights
     fresh, _, _ = trained_pair(True, seed=11, eps=eps)
-    metric = {"d": lm.QuadraticDecomposition(beta, alpha=alpha, eps=eps)}
-    meter2 = lm.LazyMeter(fresh, alpha=alpha, metrics=metric)
+    metric = metrics(d=lm.QuadraticDecomposition(beta, alpha=alpha, eps=eps))
+    meter2 = lm.LazyMeter(fresh, alpha=alpha, quantities=metric)
     meter2.load_state_dict(state)
     row = meter2.measure()
     expected = lm.decompose_quadratic(

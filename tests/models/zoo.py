@@ -148,7 +148,7 @@ def hf_gpt2(n_layer: int = 2, vocab: int = 50, d: int = 32, heads: int = 2):
 
 def raw_transformer():
     """The grokking transformer with raw parameters in einsums (TransformerLens layout)."""
-    from lazymeter.tasks.transformer import RawTransformer
+    from paper.transformer import RawTransformer
 
     torch.manual_seed(8)
     model = RawTransformer(13, 16, 2, 32, 3, n_classes=13)

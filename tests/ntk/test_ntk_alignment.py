@@ -10,10 +10,11 @@ import textwrap
 
 import pytest
 import torch
+from example_scripts import EXAMPLES
+from paper.polynomial import QuadraticNet, make_data
 from torch import nn
 
 import lazymeter as lm
-from lazymeter.tasks.polynomial import QuadraticNet, make_data
 
 F64 = torch.float64
 
@@ -94,7 +95,8 @@ _MEMORY = textwrap.dedent(
     """
     import json, resource, sys, torch
     import lazymeter as lm
-    from lazymeter.tasks.polynomial import QuadraticNet, make_data
+    sys.path.insert(0, sys.argv[2])  # examples/: the paper's tasks
+    from paper.polynomial import QuadraticNet, make_data
     P = int(sys.argv[1])
     g = torch.Generator().manual_seed(0)
     net = QuadraticNet(100, 500, 0.02, generator=g)  # the paper's net (float32)
@@ -111,7 +113,10 @@ _MEMORY = textwrap.dedent(
 def test_matrix_free_memory_stays_linear_in_the_number_of_points():
     # P = 20000: the dense float32 kernel alone would be 1.5 GiB
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY, "20000"], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _MEMORY, "20000", str(EXAMPLES)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     extra = json.loads(out.stdout.strip().splitlines()[-1])["extra_mib"]
     assert extra < 1024, f"peak memory grew by {extra:.0f} MiB"

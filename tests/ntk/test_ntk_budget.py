@@ -224,9 +224,10 @@ def test_the_plan_lays_features_out_for_the_block_it_picks():
     """Whether a layer is contracted pairwise or materialised depends on the block size,
     and the features' size on that choice: the block planned must fit with its own layout
     (the largest such block), not with a fixed guess that materialises everything."""
+    from paper.transformer import RawTransformer
+
     from lazymeter.ntk.functional import FunctionalModel
     from lazymeter.ntk.plan import _plan, costs, plan
-    from lazymeter.tasks.transformer import RawTransformer
 
     torch.manual_seed(0)
     model = RawTransformer(50, 32, 2, 64, 6, n_classes=50)
@@ -245,8 +246,9 @@ def test_the_plan_lays_features_out_for_the_block_it_picks():
 def test_activation_bytes_count_what_grows_with_the_batch():
     """Copies of the parameters (an einsum's permuted weight) are not per-sample memory:
     the raw-parameter transformer and its module twin save the same bytes per sample."""
+    from paper.transformer import RawTransformer, Transformer
+
     from lazymeter.ntk.functional import FunctionalModel
-    from lazymeter.tasks.transformer import RawTransformer, Transformer
 
     torch.manual_seed(0)
     t = Transformer(30, 32, 2, 64, 3, n_classes=30)

@@ -13,7 +13,7 @@ Model (:class:`MLP`): ``f(x) = L_k(act(... act(L_1 x)))``, linear layers ``L_i``
 ``act = tanh`` (the paper: ``5 -> 100 -> 100 -> 5``), PyTorch's default ``nn.Linear``
 initialisation (weights and biases uniform in ``+-1/sqrt(fan_in)``) times ``init_scale``;
 output ``[B, d_out]``. The squared error of a sample is the mean over its ``d_out`` outputs.
-The init-scale-vs-alpha appendix (:mod:`lazymeter.tasks.init_scale`) uses the same
+The init-scale-vs-alpha appendix (:mod:`paper.init_scale`) uses the same
 :class:`MLP` for its homogeneous ReLU sanity check (no biases, LeCun-normal init).
 """
 

@@ -3,8 +3,8 @@ larger output scale alpha (lazier training) delays or prevents it.
 
 Task: all pairs ``(a, b)`` of ``0..p-1`` as tokens ``[a, b, =]`` (``=`` is token ``p``), label
 ``(a + b) mod p``; a random 40% of the ``p^2`` pairs train, the rest test
-(:func:`lazymeter.tasks.modular.modular_addition`). Model: Nanda et al.'s grokking transformer
-(:class:`lazymeter.tasks.transformer.Transformer`: token + position embeddings, one attention
+(:func:`paper.modular.modular_addition`). Model: Nanda et al.'s grokking transformer
+(:class:`paper.transformer.Transformer`: token + position embeddings, one attention
 block, one ReLU MLP, no LayerNorm, context 3), logits ``[B, p]`` read at the last position.
 Training follows the paper: the loss sees the centred, rescaled logits ``alpha * (f(x) - f0(x))``
 (:class:`lazymeter.LazyMeter` with ``center=True``), cross-entropy computed in float64,
@@ -478,7 +478,7 @@ def train(
     progress: bool = True,
     figure: bool = True,
 ) -> dict[str, Any]:
-    """:func:`lazymeter.tasks.harness.run` of one alpha (:data:`RUN`): the summary, with its
+    """:func:`paper.harness.run` of one alpha (:data:`RUN`): the summary, with its
     ``history`` (one row per measurement: ``step``, ``train_loss``, ``train_acc``,
     ``test_loss``, ``test_acc``, ``lr``, and on the kernel grid ``ntk_drift``,
     ``alignment_*``, ``param_movement``, ...)."""
@@ -493,6 +493,6 @@ def sweep(
     progress: bool = True,
     figure: bool = True,
 ) -> dict[str, Any]:
-    """:func:`lazymeter.tasks.harness.run` of the sweep (:data:`TASK`); ``workers > 1`` needs
-    :data:`RUN` registered in ``lazymeter.tasks.TASKS`` (sub-runs cross processes by name)."""
+    """:func:`paper.harness.run` of the sweep (:data:`TASK`); ``workers > 1`` needs
+    :data:`RUN` registered in ``paper.TASKS`` (sub-runs cross processes by name)."""
     return run(TASK, cfg, out_dir, progress=progress, figure=figure, workers=workers)

@@ -1,6 +1,6 @@
 """Figure 3: laziness (alpha) delays grokking; the (alpha, eps) phase diagram.
 
-Every run is one :mod:`lazymeter.tasks.polynomial` run (registered task ``"polynomial"``,
+Every run is one :mod:`paper.polynomial` run (registered task ``"polynomial"``,
 centred model, no linearised shadow model). Three sets of runs:
 
 * panel (a), the authors' Figure 3a: train and test loss over their initial values for
@@ -12,7 +12,7 @@ centred model, no linearised shadow model). Three sets of runs:
   (``y = (beta . x)^2 / 2``, ``P`` points) at ``lr = lr_scale * N / alpha^2``, each run
   stopped once both losses have crossed ``threshold`` (absolute: ``loss < 0.1``, as the
   authors) or once it has converged without the test loss crossing (see
-  :class:`~lazymeter.tasks.polynomial.PolynomialConfig`, ``stop_early``); the heat map is the
+  :class:`~paper.polynomial.PolynomialConfig`, ``stop_early``); the heat map is the
   delay ``test_step - train_step`` in lr-equivalent epochs (the authors plot
   ``max(0, delay)`` in steps at ``lr = 20 N / alpha^2``, and a run whose test loss never
   crosses as 0; here such a cell is "never").

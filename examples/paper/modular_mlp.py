@@ -25,9 +25,9 @@ both the fit and, more, the generalisation. Controls (paper's appendix): weight 
 not necessary for this delay (the default has none), and momentum or AdamW keep it.
 
 Tasks: :data:`RUN` is one run at ``scale`` (panels a, b, d of Figure 2); :data:`TASK`
-(``lazymeter run modular_mlp``) runs every scale of ``scales`` and ``scale`` (panel c) and
-draws the whole figure; with ``scales=()`` it is the single run (``lazymeter sweep
-modular_mlp --scale 0.5,1 --scales ''``).
+(``python -m examples.paper run modular_mlp``) runs every scale of ``scales`` and ``scale``
+(panel c) and draws the whole figure; with ``scales=()`` it is the single run
+(``python -m examples.paper sweep modular_mlp --scale 0.5,1 --scales ''``).
 """
 
 from __future__ import annotations
@@ -41,15 +41,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..history import series
 from .harness import Setup, SubRun, Task, option, run
 from .modular import modular_addition
-from .results import step_text
+from .results import series, step_text
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 CONVENTIONS = ("paper", "alpha")
 # Sub-runs cross process boundaries (--workers): name the single-run task by "module:ATTR".
-RUN_REF = "lazymeter.tasks.modular_mlp:RUN"
+RUN_REF = f"{__name__}:RUN"
 
 
 class ModularMLP(nn.Module):
@@ -544,7 +543,7 @@ def train(
     figure: bool = True,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`lazymeter.tasks.harness.run` of :data:`RUN` (one run at ``cfg.scale``;
+    """:func:`paper.harness.run` of :data:`RUN` (one run at ``cfg.scale``;
     ``cfg.scales`` is ignored): the summary, with its ``history`` (one row per measurement:
     ``step`` in lr-equivalent steps, ``train_loss``, ``test_loss``, ``train_acc``,
     ``test_acc``, ``weight_norm``, ``param_movement``, ``ntk_drift``, ``alignment_*``, ...)."""

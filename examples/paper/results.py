@@ -1,12 +1,26 @@
-"""What every experiment does with its curves and its summary: read a crossing step off a
-curve, compare and print crossing steps (never = infinitely late), and write strict JSON."""
+"""What every experiment does with its curves and its summary: read a curve out of a run's
+history, read a crossing step off it, compare and print crossing steps (never = infinitely
+late), and write strict JSON."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+
+def series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """``(steps, values)`` of ``key`` over the history rows (``{"step": ..., key: ...}``, as
+    ``meter.history`` holds them) at a positive step with a finite number for it: a curve
+    for a log-x axis."""
+    steps, values = [], []
+    for r in rows:
+        v = r.get(key)
+        if is_finite(v) and r.get("step", 0) > 0:
+            steps.append(r["step"])
+            values.append(v)
+    return steps, values
 
 
 def first_step_at_or_above(

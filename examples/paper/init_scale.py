@@ -11,7 +11,7 @@ biases) ``f(sigma theta_hat) = sigma^2 f(theta_hat)``, so the trained function
 ``alpha (f(theta) - f(theta0)) = (alpha sigma^2) (f(theta_hat) - f(theta_hat0))`` depends on
 the two only through ``alpha sigma^2``, and the relative movement is that of ``theta_hat``:
 the collapse is exact. The paper's polynomial net (``net="polynomial"``,
-:class:`~lazymeter.tasks.polynomial.QuadraticNet`, ``f = mean_i phi(w_i . x)``,
+:class:`~paper.polynomial.QuadraticNet`, ``f = mean_i phi(w_i . x)``,
 ``phi(h) = h + eps/2 h^2``) is *not* homogeneous:
 ``alpha (f(sigma W_hat) - f0) = alpha sigma (lin) + alpha sigma^2 eps/2 (quad)``, where
 ``lin = mean_i (h_i - h0_i)`` and ``quad = mean_i (h_i^2 - h0_i^2)`` with ``h = W_hat x``; the

@@ -1,6 +1,6 @@
 """Figure 4: the test loss of the quadratic net, split into three exact terms.
 
-One :mod:`lazymeter.tasks.polynomial` run (its ``build``), *uncentred* (the decomposition is
+One :mod:`paper.polynomial` run (its ``build``), *uncentred* (the decomposition is
 of ``f`` itself, not of ``f - f0``): data ``x ~ N(0, I/D)``, ``y = (beta . x)^2 / 2``,
 ``f(x) = alpha mean_i phi(w_i . x)``, ``phi(h) = h + eps/2 h^2``. With ``M = W^T W / N`` and
 ``wbar = W^T 1 / N`` the population test MSE is exactly
@@ -83,7 +83,7 @@ def polynomial_config(cfg: DecompositionConfig) -> PolynomialConfig:
 
 
 def build(cfg: DecompositionConfig) -> Setup:
-    """:func:`lazymeter.tasks.polynomial.build` of :func:`polynomial_config`, without the
+    """:func:`paper.polynomial.build` of :func:`polynomial_config`, without the
     K0 baseline (ill-posed at N=2)."""
     import lazymeter as lm
 

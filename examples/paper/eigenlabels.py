@@ -15,7 +15,7 @@ only ``W`` trained (no readouts), ``W`` standard normal, ``alpha = 1``, the cent
 ``mean((f - f0 - y)^2)`` with full-batch GD at ``lr = N / 2`` for 25k epochs, the labels the
 unit-norm eigenvector of ``K0 - mean(K0)`` (the kernel's scalar mean subtracted), ``k`` in
 {1, 5, 70, 75, 100, 150}: :meth:`EigenLabelsConfig.paper`. The network here is
-:class:`lazymeter.tasks.polynomial.QuadraticNet` (``h = W x``) fed ``x / sqrt(D)``: the data
+:class:`paper.polynomial.QuadraticNet` (``h = W x``) fed ``x / sqrt(D)``: the data
 tensors hold ``x / sqrt(D)``, so the function and its NTK are exactly the paper's.
 
 The default differs in two ways that leave the dynamics alone. The labels have unit
@@ -51,10 +51,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..history import series
 from .harness import Setup, SubRun, Task, option, run
 from .polynomial import QuadraticNet
-from .results import first_step_at_or_above, never_is_inf
+from .results import first_step_at_or_above, never_is_inf, series
 
 _NORMALIZE = ("variance", "norm")
 _CENTRING = ("double", "mean")
@@ -78,13 +77,12 @@ def centred_ntk_eigh(
         order, eigenvector ``i`` in column ``i`` (unit norm). With double centring the
         constant vector is an eigenvector with eigenvalue 0, so it comes last.
     """
-    from ..metrics import center_kernel
-    from ..ntk import empirical_ntk
+    import lazymeter as lm
 
     if centring not in _CENTRING:
         raise ValueError(f"centring: expected one of {_CENTRING}, got {centring!r}")
-    K = empirical_ntk(model, x, output_fn=output_fn).to(torch.float64)
-    Kc = center_kernel(K) if centring == "double" else K - K.mean()
+    K = lm.empirical_ntk(model, x, output_fn=output_fn).to(torch.float64)
+    Kc = lm.center_kernel(K) if centring == "double" else K - K.mean()
     evals, evecs = torch.linalg.eigh((Kc + Kc.T) / 2)  # symmetrise away rounding
     return evals.flip(0), evecs.flip(1)
 
@@ -626,7 +624,7 @@ def train(
     figure: bool = True,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """:func:`lazymeter.tasks.harness.run` of this task: the summary, with ``runs`` (one
+    """:func:`paper.harness.run` of this task: the summary, with ``runs`` (one
     summary per ``k``, in the order of ``cfg.ks``, each with its ``history``: ``step`` in
     lr-equivalent epochs, ``train_loss``, ``test_loss``, ``lin_*_loss``, ``lin_gap_*``,
     ``alignment_train``/``alignment_test`` of ``K_t`` with the labels, ``ntk_drift``,

@@ -40,9 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..history import series
 from .harness import Setup, Task, option, run
-from .results import first_step_at_or_above, never_is_inf
+from .results import first_step_at_or_above, never_is_inf, series
 
 # ---------------------------------------------------------------------------------------- IDX
 
@@ -734,7 +733,7 @@ TASK = Task(
 def train(
     cfg: MnistConfig, out_dir: str | None = None, *, progress: bool = True, figure: bool = True
 ) -> dict[str, Any]:
-    """:func:`lazymeter.tasks.harness.run` of the sweep (or of one run, for a
+    """:func:`paper.harness.run` of the sweep (or of one run, for a
     :class:`MnistRunConfig`): the summary, with each run's ``history`` under ``runs``."""
     task = RUN if isinstance(cfg, MnistRunConfig) else TASK
     return run(task, cfg, out_dir, progress=progress, figure=figure)

@@ -4,9 +4,9 @@ does everything else the same way for all of them.
 A task is
 
 * a configuration dataclass whose fields are declared with :func:`option` (a default and a
-  help text, which become ``lazymeter run TASK --help``), with the presets ``paper()`` (the
-  authors' protocol) and ``smoke()`` (a seconds-long run for tests), every field's default
-  being the CPU-sized run; every configuration has ``seed`` and ``device``;
+  help text, which become ``python -m examples.paper run TASK --help``), with the presets
+  ``paper()`` (the authors' protocol) and ``smoke()`` (a seconds-long run for tests), every
+  field's default being the CPU-sized run; every configuration has ``seed`` and ``device``;
 * ``build(cfg) -> Setup``: model, meter arguments, loss, measurement and optimiser of one run;
 * ``summarize(cfg, meter, setup) -> dict``: the run's numbers;
 * optionally ``runs(cfg)``: the sub-runs of a multi-run experiment (a sweep, a grid), each a
@@ -17,8 +17,8 @@ A task is
 The runner (:func:`run`) owns seeding, torch threads, the :class:`lazymeter.LazyMeter`
 construction (``log_dir`` = the run directory), the training loop (:func:`fit`) with its
 progress bar, ``summary.json`` (strict JSON), ``figure.png`` and the TensorBoard events the
-meter writes; the same function backs the example scripts, ``lazymeter run`` and
-``lazymeter sweep``. Experiments need only torch; figures and progress bars use the
+meter writes; the same function backs the example scripts and ``python -m examples.paper
+run`` / ``sweep``. Experiments need only torch; figures and progress bars use the
 ``experiments`` extra (matplotlib, tqdm, scikit-learn) when it is installed.
 """
 
@@ -30,20 +30,36 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..threads import torch_threads
 from .progress import progress_bar
 from .results import write_json
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` torch intra-op threads (None or <= 0: as it is), then restore
+    the count. Small models train fastest on one thread: their ops are too short for
+    intra-op threads to pay off."""
+    before = torch.get_num_threads()
+    if n is not None and n > 0 and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word for it
-    """A configuration field with its help text (shown by ``lazymeter run TASK --help``)."""
+    """A configuration field with its help text (shown by ``python -m examples.paper run TASK
+    --help``)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("option: use a tuple, not a mutable default")
     return field(default=default, metadata={"help": help})
@@ -124,7 +140,7 @@ class Task:
 
 
 def load_task(ref: Task | str) -> Task:
-    """A :class:`Task`, or its registered name (``lazymeter.tasks.TASKS``), or
+    """A :class:`Task`, or its registered name (``paper.TASKS``), or
     ``"module:ATTRIBUTE"``."""
     if isinstance(ref, Task):
         return ref
@@ -349,4 +365,4 @@ def _registered_name(task: Task) -> str:
     for name, ref in TASKS.items():
         if load_task(ref) is task:
             return name
-    raise ValueError(f"task {task.name} is not registered in lazymeter.tasks.TASKS")
+    raise ValueError(f"task {task.name} is not registered in paper.TASKS")

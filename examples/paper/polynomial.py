@@ -385,7 +385,7 @@ def headline(summary: Mapping[str, Any]) -> str:
 
 
 def plot(cfg: PolynomialConfig, summary: Mapping[str, Any], path: str) -> None:
-    from ..plots import paper_figure
+    from .figures import paper_figure
 
     paper_figure(summary["history"], summary, path)
 
@@ -404,7 +404,7 @@ TASK = Task(
 def train(
     cfg: PolynomialConfig, out_dir: str | None = None, *, progress: bool = True, figure: bool = True
 ) -> dict[str, Any]:
-    """:func:`lazymeter.tasks.harness.run` of this task: the summary, with its ``history``
+    """:func:`paper.harness.run` of this task: the summary, with its ``history``
     (one row per measurement: ``step`` in lr-equivalent epochs, ``train_loss``,
     ``test_loss``, ``lin_*``, ``ntk_drift``, ``alignment_*``, ``param_movement``, ...)."""
     return run(TASK, cfg, out_dir, progress=progress, figure=figure)
