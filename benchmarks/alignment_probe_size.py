@@ -65,7 +65,7 @@ def draws_for(P: int, quick: bool) -> int:
 
 
 def train_net(cfg: PolynomialConfig) -> tuple[QuadraticNet, QuadraticNet, torch.Tensor, dict]:
-    """Full-batch GD on the centred MSE of ``alpha (f - f0)``, as ``tasks.polynomial.train``.
+    """Full-batch GD on the centred MSE of ``alpha (f - f0)``, as ``paper.polynomial.train``.
 
     Returns ``(model0, model, beta, info)``: the net at init, the net at the end, the target's
     ``beta`` and the step at which train and test loss first fell below ``cfg.threshold``

@@ -95,7 +95,8 @@ def check_meter(device: torch.device) -> bool:
     g = torch.Generator().manual_seed(1)
     d = polynomial.make_data(100, 64, 64, generator=g)
     model = polynomial.QuadraticNet(100, 500, 0.02, generator=g).to(device)
-    meter = lm.LazyMeter(model, probe=(d.x, d.y), test_probe=(d.x_test, d.y_test))  # CPU probes
+    probe = lm.ProbeSet((d.x, d.y), test=(d.x_test, d.y_test))  # CPU probes
+    meter = lm.LazyMeter(model, probe=probe)
     row = meter.measure()
     print(
         f"meter on {device}: probes moved to {meter.probe_x.device}; ntk_drift {row['ntk_drift']}"

@@ -3,10 +3,10 @@
 Two CPU processes (gloo, one thread each: what one device per rank gives) against
 a single process with one thread (the same per-rank resources) and with all threads.
 Cases: the paper's polynomial net (D=100, N=500; structured engine) and the MNIST
-MLP (784-200-200-10; structured and jacobian engines), probes of ``max_probe``
-points (train and test). Each cell: median over ``--repeats`` calls after a warm-up;
-under DDP, rank 0's time between two barriers (the measurement is a collective, so
-every rank leaves it together).
+MLP (784-200-200-10; structured and jacobian engines), probes of ``--probes``
+(``ProbeSet(max_points=)``) points, train and test. Each cell: median over ``--repeats``
+calls after a warm-up; under DDP, rank 0's time between two barriers (the measurement is
+a collective, so every rank leaves it together).
 
 Also times the meter's construction (K0 and the lazy baseline on ``--baseline``
 points), where sharding has more work to split.
@@ -52,11 +52,9 @@ def build(model: nn.Module, x, y, method: str, P: int, baseline: int, **kw) -> l
     half = x.shape[0] // 2
     return lm.LazyMeter(
         model,
-        probe=(x[:half], y[:half]),
-        test_probe=(x[half:], y[half:]),
-        max_probe=P,
-        max_baseline=baseline,
-        ntk_method=method,
+        probe=lm.ProbeSet((x[:half], y[:half]), test=(x[half:], y[half:]), max_points=P),
+        quantities=lm.quantities.default(max_baseline=baseline),
+        ntk=lm.NTKOptions(method=method),
         schedule=10**9,
         **kw,
     )
@@ -112,8 +110,10 @@ def single(cells: list, repeats: int, baseline: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--probes", default="64,256", help="max_probe values")
-    ap.add_argument("--baseline", type=int, default=256, help="max_baseline (construction)")
+    ap.add_argument("--probes", default="64,256", help="ProbeSet max_points values")
+    ap.add_argument(
+        "--baseline", type=int, default=256, help="the lazy baseline's max_points (construction)"
+    )
     ap.add_argument(
         "--cases", default="polynomial,mnist_mlp", help="also: mnist_mlp_jacobian (slow)"
     )

@@ -88,8 +88,9 @@ def one_layout(layout: str, strategy: str, args, rank: int) -> dict[str, float]:
                 fully_shard(m)
         fully_shard(model)
     meter = lm.LazyMeter(
-        model, probe=probe, test_probe=test, max_probe=args.probe, max_baseline=args.probe,
-        schedule=10**9, distributed=strategy, ntk_method="structured",
+        model, probe=lm.ProbeSet(probe, test=test, max_points=args.probe),
+        quantities=lm.quantities.default(max_baseline=args.probe),
+        schedule=10**9, distributed=strategy, ntk=lm.NTKOptions(method="structured"),
     )  # fmt: skip
     opt = torch.optim.SGD(meter.parameters(), lr=0.01)
 

@@ -529,7 +529,7 @@ def run_meter_row(device: torch.device, tiny: bool, repeats: int) -> None:
     def metered() -> tuple[float, int]:
         model = copy.deepcopy(init)
         meter = lm.LazyMeter(
-            model, alpha=1.0, probe=probe, test_probe=test, schedule="log",
+            model, alpha=1.0, probe=lm.ProbeSet(probe, test=test), schedule="log",
             output_fn=_last_logits,
         )  # fmt: skip
         opt = torch.optim.AdamW(meter.parameters(), lr=meter.scaled_lr(1e-3, "adam"))

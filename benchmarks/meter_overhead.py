@@ -5,10 +5,11 @@ GD on the centred MSE for ``--steps`` steps:
 
 * bare: the loop a researcher would write (``f(x; W0)`` precomputed once);
 * meter: the same loop through ``LazyMeter(schedule=--schedule)`` with train and test probes
-  (default ``max_probe``), scalars logged every step, TensorBoard + JSONL in a temp dir.
+  (``ProbeSet(max_points=--max-probe)``), scalars logged every step, TensorBoard + JSONL in
+  a temp dir.
 
 Prints both times and their ratio (measured in the same run, interleaved, best of
-``--repeats``), then the time of one ``meter.measure()`` for several ``max_probe``.
+``--repeats``), then the time of one ``meter.measure()`` for several probe sizes (``max_points``).
 
 Run: ``python benchmarks/meter_overhead.py [--steps 3000] [--method auto] [--schedule log]``.
 """
@@ -63,12 +64,10 @@ def metered(
     meter = lm.LazyMeter(
         model,
         alpha=1.0,
-        probe=(d.x, d.y),
-        test_probe=(d.x_test, d.y_test),
+        probe=lm.ProbeSet((d.x, d.y), test=(d.x_test, d.y_test), max_points=max_probe),
         schedule=schedule,
         log_dir=log_dir,
-        ntk_method=method,
-        max_probe=max_probe,
+        ntk=lm.NTKOptions(method=method),
     )
     opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(float(N)))
     t0 = time.perf_counter()
@@ -88,14 +87,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--method", default="auto")
-    ap.add_argument("--max-probe", type=int, default=64, help="the meter default")
+    ap.add_argument("--max-probe", type=int, default=64, help="ProbeSet max_points (default 64)")
     ap.add_argument("--schedule", default="log", help="an int k (every k steps) or 'log'")
     args = ap.parse_args()
     schedule = int(args.schedule) if args.schedule.isdigit() else args.schedule
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; paper net D={D} N={N} "
         f"P={P} (+{P_TEST} test), {args.steps} full-batch GD steps, schedule={schedule}, "
-        f"max_probe={args.max_probe}, ntk_method={args.method}"
+        f"max_points={args.max_probe}, ntk method={args.method}"
     )
     bare(50)
     t_bare, t_meter = [], []
@@ -116,15 +115,13 @@ def main() -> None:
         print(f"  through LazyMeter  {tm:7.2f} s  ({n_meas} measurements)")
         print(f"  overhead ratio     {tm / tb:7.3f}  (best/best);  {paired:.3f} (median of pairs)")
 
-        print("\n  one measure() (train + test probe NTKs, metrics, logging) vs max_probe:")
+        print("\n  one measure() (train + test probe NTKs, metrics, logging) vs max_points:")
         model, d = setup()
         for k in (32, 64, 128, 256, 550):
             meter = lm.LazyMeter(
                 copy.deepcopy(model),
-                probe=(d.x, d.y),
-                test_probe=(d.x_test, d.y_test),
-                ntk_method=args.method,
-                max_probe=k,
+                probe=lm.ProbeSet((d.x, d.y), test=(d.x_test, d.y_test), max_points=k),
+                ntk=lm.NTKOptions(method=args.method),
                 log_dir=f"{tmp}/probe{k}",
             )
             meter.measure()
@@ -136,7 +133,7 @@ def main() -> None:
             meter.close()
             ms = sorted(times)[len(times) // 2] * 1e3
             per_step = tb / args.steps * 1e3
-            print(f"    max_probe={k:4d}  {ms:8.1f} ms  = {ms / per_step:6.1f} bare steps")
+            print(f"    max_points={k:4d}  {ms:8.1f} ms  = {ms / per_step:6.1f} bare steps")
 
 
 if __name__ == "__main__":

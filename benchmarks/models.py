@@ -5,7 +5,7 @@ time of building the meter (its first kernels, routes and plans included).
 
 The last rows: HuggingFace GPT-2 on a tiny config (skipped without ``transformers``) and
 the raw-parameter transformer, at the zoo's 12 points and at the meter's default
-``max_probe`` of 64 train and 64 test points.
+probe size (``ProbeSet(max_points=64)``), 64 train and 64 test points.
 
     python benchmarks/models.py
 """
@@ -52,7 +52,8 @@ def main() -> None:
             probes.append((f"{name}, 64 + 64 points", x64, y64, (x64, y64)))
         for label, px, py, test in probes:
             t0 = time.perf_counter()
-            meter = lm.LazyMeter(model, probe=(px, py), test_probe=test, output_fn=output_fn)
+            probe = lm.ProbeSet((px, py), test=test)
+            meter = lm.LazyMeter(model, probe=probe, output_fn=output_fn)
             build = time.perf_counter() - t0
             info = meter.ntk_engine
             meter.measure()

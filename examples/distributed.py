@@ -104,8 +104,8 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     x, y = teacher_data(512, seed=1)
     xt, yt = teacher_data(256, seed=2)
     meter = lm.LazyMeter(
-        model, alpha=args.alpha, probe=(x, y), test_probe=(xt, yt), schedule=args.every,
-        log_dir=args.out, distributed=args.strategy,
+        model, alpha=args.alpha, probe=lm.ProbeSet((x, y), test=(xt, yt)),
+        schedule=args.every, log_dir=args.out, distributed=args.strategy,
     )  # fmt: skip
     mine = slice(rank, None, world)  # this rank's share of the batch
     xb, yb, xt, yt = x[mine].to(device), y[mine].to(device), xt.to(device), yt.to(device)

@@ -1,8 +1,10 @@
 """Test-loss decompositions: the paper's exact one for the quadratic net, and a protocol.
 
 A *decomposition* is any callable ``model -> {name: float}`` whose values add up to
-(or explain) the test loss; pass it to ``LazyMeter(metrics={"name": fn})`` and it is
-logged at every measurement. :class:`QuadraticDecomposition` is the paper's.
+(or explain) the test loss; pass it to
+``LazyMeter(quantities=lazymeter.quantities.default(metrics={"name": fn}))`` (or as a
+``FunctionQuantity("name", fn)``) and it is logged at every measurement.
+:class:`QuadraticDecomposition` is the paper's.
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ class QuadraticDecomposition:
     """:func:`decompose_quadratic` as a LazyMeter metric: ``fn(model)`` reads ``model.W``
     (and ``model.a`` if present) and returns ``decomp_<term>`` keys.
 
-    Passed to ``LazyMeter(metrics={"decomp": QuadraticDecomposition(...)})``, it takes the
-    meter's centring when the meter is built (:meth:`on_meter_setup`): on a centred meter
+    Passed to a meter (``quantities=lazymeter.quantities.default(metrics={"decomp": qd})``
+    with ``qd = QuadraticDecomposition(...)``), it takes the meter's centring when the
+    meter is built (:meth:`on_meter_setup`): on a centred meter
     (the default) the terms are those of the trained model ``alpha * (f(x) - f0(x))``, with
     the meter's initial ``W`` (and ``a``); on an uncentred one those of ``alpha * f(x)``.
     Called on its own (no meter), it is uncentred unless ``center=True`` and ``model0``.

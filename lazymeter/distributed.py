@@ -150,7 +150,7 @@ def share_probes(d: Dist, probes: tuple, full: tuple, subset: Callable[[Any, int
     """Rank 0's probes (and class count) on every rank: ``probes = (probe, test,
     num_classes)``. Under ``"shard"`` every rank also runs the quantities' setup, so the
     whole probes ``full = (full, full_test)`` travel too, cut by ``subset(p, seed_offset)``
-    to what setup uses (the lazy baseline's ``max_baseline`` points); under ``"rank0"``
+    to what setup uses (the lazy baseline's ``max_points``); under ``"rank0"``
     rank 0 alone uses them and they stay where they are."""
     if d.strategy != "shard":
         return (*d.share(probes), *full)

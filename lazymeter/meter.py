@@ -37,7 +37,7 @@ from .ntk import (
 )
 from .ntk.fsdp import is_dtensor
 from .ntk.options import NTKOptions
-from .probes import Probe, ProbeSet, prepare_probes
+from .probes import POOL, Probe, ProbeSet, prepare_probes
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
@@ -189,6 +189,9 @@ class LazyMeter(ScaledModel):
         self._seed = 0 if probes is None else probes.seed
         dtype = next(p.dtype for p in self.net.parameters() if p.requires_grad)
         keep = max((q.probe_points() for q in self.quantities), default=0)
+        fixed = probes is not None and isinstance(probes.max_points, int)
+        keep = max(keep, POOL, probes.max_points if fixed else 0)
+        self._keep = keep
         need = max(((q.min_points(), q.name) for q in self.quantities if q.needs), default=(3, ""))
         ready = prepare_probes(
             probes, device=self._device(), dtype=dtype, keep=keep, need=need,
@@ -242,6 +245,7 @@ class LazyMeter(ScaledModel):
         ctx = self._context(-1, full)
         for q in self.quantities:
             if q.needs != "kernel" or self.K0 is not None:
+                ctx.current = q.name
                 q.setup(ctx)
 
     def _main_first(self, fn: Callable[[], Any]) -> Any:
@@ -313,6 +317,7 @@ class LazyMeter(ScaledModel):
             initial_output=self.initial_output, output=self.measured_output,
             check=self._check_outputs_unchanged,
             full_probes={k: v for k, v in (full or {}).items() if v is not None}, seed=self._seed,
+            kept=getattr(self, "_keep", None),
         )  # fmt: skip
 
     def measure(self) -> dict[str, float]:

@@ -18,6 +18,11 @@ from .validation import int_at_least
 
 Probe = tuple[Tensor, Tensor]
 
+#: A meter reads at most this many points of each probe (more when a quantity's
+#: ``probe_points`` asks for more) and draws its measurement subset from them, so which
+#: points are measured does not depend on which quantities are.
+POOL = 2048
+
 logger = logging.getLogger("lazymeter")
 
 

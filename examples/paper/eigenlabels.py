@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import lazymeter as lm
+
 from .harness import Setup, SubRun, Task, option, run
 from .polynomial import QuadraticNet
 from .results import first_step_at_or_above, never_is_inf, series
@@ -334,11 +336,10 @@ def build(cfg: EigenLabelsRunConfig) -> Setup:
         meter=dict(
             alpha=cfg.resolved_alpha(),
             center=True,
-            probe=(x, yy),
-            test_probe=(xt, yt),
+            # all of them: a 100-point NTK of 200 parameters is cheap
+            probe=lm.ProbeSet((x, yy), test=(xt, yt), max_points=max(3, data.P)),
             schedule=f"log:{cfg.per_decade}",
-            max_probe=max(2, data.P),  # all of them: a 100-point NTK of 200 parameters is cheap
-            linearized=cfg.linearized,
+            quantities=lm.quantities.default(linearized=cfg.linearized),
         ),
         steps=cfg.epochs,
         loss=loss,

@@ -217,7 +217,7 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
                     setup.stopped = setup.stop(step, scalars)
                     if setup.stopped is not None:
                         break
-            elif step % meter.scalar_every == 0:  # only then written: no sync on other steps
+            elif meter.wants_scalars(step):  # only then written: no sync on other steps
                 meter.step(step=step, train_loss=loss.item())
             else:
                 meter.step(step=step)

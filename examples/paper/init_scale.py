@@ -185,10 +185,8 @@ def build_run(cfg: InitScaleRunConfig) -> Setup:
         meter=dict(
             alpha=cfg.alpha,
             center=True,
-            probe=(x, y),
-            test_probe=(xt, yt),
+            probe=lm.ProbeSet((x, y), test=(xt, yt), max_points=cfg.max_probe),
             schedule=f"log:{cfg.per_decade}",
-            max_probe=cfg.max_probe,
         ),
         steps=cfg.steps,
         loss=loss,

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import lazymeter as lm
+
 from .harness import Setup, Task, option, run
 from .results import first_step_at_or_above, never_is_inf, series
 
@@ -504,11 +506,11 @@ def build(cfg: MnistConfig) -> Setup:
         meter=dict(
             alpha=alpha,
             center=cfg.center,
-            probe=(data.x, data.y),
-            test_probe=(data.x_test, data.y_test),
+            probe=lm.ProbeSet(
+                (data.x, data.y), test=(data.x_test, data.y_test), max_points=cfg.max_probe
+            ),
             schedule=f"log:{cfg.per_decade}",
-            max_probe=cfg.max_probe,
-            max_baseline=cfg.max_baseline,
+            quantities=lm.quantities.default(max_baseline=cfg.max_baseline),
         ),
         steps=cfg.steps,
         loss=loss,

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import lazymeter as lm
+
 from .harness import Setup, SubRun, Task, option, run
 from .modular import modular_addition
 from .results import series, step_text
@@ -247,10 +249,9 @@ def build(cfg: ModularMLPConfig) -> Setup:
         meter=dict(
             alpha=cfg.alpha,
             center=False,  # the paper's model is uncentred: meter(x) = alpha * g(x)
-            probe=(x, lab),  # integer labels: the meter one-hot encodes them for its metrics
-            test_probe=(x_test, lab_test),
+            # integer labels: the meter one-hot encodes them for its metrics
+            probe=lm.ProbeSet((x, lab), test=(x_test, lab_test), max_points=cfg.max_probe),
             schedule=f"log:{cfg.per_decade}",
-            max_probe=cfg.max_probe,
         ),
         steps=cfg.steps,
         loss=loss,

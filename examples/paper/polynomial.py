@@ -260,11 +260,11 @@ def build(cfg: PolynomialConfig) -> Setup:
         meter=dict(
             alpha=cfg.alpha,
             center=cfg.center,
-            probe=(data.x, data.y),
-            test_probe=(data.x_test, data.y_test),
+            # the paper's alignment reads its paper_points itself (Alignment(points=...))
+            probe=lm.ProbeSet(
+                (data.x, data.y), test=(data.x_test, data.y_test), max_points=cfg.max_probe
+            ),
             schedule=f"log:{cfg.per_decade}",
-            max_probe=cfg.max_probe,
-            max_baseline=max(2048, cfg.paper_points),
             quantities=quantities,
         ),
         steps=cfg.epochs,

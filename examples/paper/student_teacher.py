@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import lazymeter as lm
+
 from .harness import Setup, Task, option
 from .results import first_step_at_or_above
 
@@ -283,10 +285,10 @@ def build(cfg: StudentTeacherConfig) -> Setup:
         meter=dict(
             alpha=cfg.alpha,
             center=False,  # the plain network, large random initial function included
-            probe=(data.x, data.y),
-            test_probe=(data.x_test, data.y_test),
+            probe=lm.ProbeSet(
+                (data.x, data.y), test=(data.x_test, data.y_test), max_points=cfg.max_probe
+            ),
             schedule=f"log:{cfg.per_decade}",
-            max_probe=cfg.max_probe,
         ),
         steps=cfg.steps,
         loss=loss,

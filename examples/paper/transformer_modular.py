@@ -255,12 +255,9 @@ def build(cfg: TransformerModularConfig) -> Setup:
         meter=dict(
             alpha=cfg.alpha,
             center=cfg.center,
-            probe=(x, y),
-            test_probe=(x_test, y_test),
+            probe=lm.ProbeSet((x, y), test=(x_test, y_test), max_points=cfg.max_probe),
             schedule=lambda s: s in rows or s % cfg.eval_every == 0,
             output_fn=lambda out: out[:, -1],  # the answer is read at the "=" position
-            max_probe=cfg.max_probe,
-            max_baseline=cfg.max_baseline,
             quantities=quantities,
         ),
         steps=cfg.steps,

@@ -1,9 +1,9 @@
 """Built-in diagnostics as :class:`Quantity` objects, and the presets a meter starts from.
 
-``LazyMeter(..., quantities=None)`` measures :func:`default` (built from the meter's
-shorthand keywords); ``quantities=[*lazymeter.quantities.DEFAULT, MyQuantity()]`` adds one
-of yours. Presets, from cheapest to fullest (in the spirit of Cockpit's
-economy/business/full):
+``LazyMeter(..., quantities=None)`` measures :func:`default`; ``quantities=default(...)``
+configures that set (``centering``, ``features``, ``linearized``, ...), and
+``quantities=[*lazymeter.quantities.DEFAULT, MyQuantity()]`` adds one of yours. Presets,
+from cheapest to fullest (in the spirit of Cockpit's economy/business/full):
 
 * :data:`ECONOMY`: parameter movement, kernel drift/CKA and alignment (one kernel per
   probe and measurement);
@@ -54,9 +54,15 @@ def default(
     linearized: bool = False,
     output_fn: Callable[[Any], Any] | None = None,
 ) -> list[Quantity]:
-    """The built-in set configured by the meter's shorthand keywords (what
-    ``LazyMeter(..., quantities=None)`` measures). ``estimator=None``: unbiased with
-    ``centering="double"``, biased with another centering."""
+    """The built-in set, configured (what ``LazyMeter(..., quantities=None)`` measures, with
+    the defaults): pass it as ``LazyMeter(..., quantities=default(centering="rows", ...))``.
+    Each keyword is an option of one quantity (``centering``/``estimator``: :class:`Alignment`
+    and :class:`KernelDrift`; ``spectrum_k``: :class:`Spectrum`; ``max_baseline``/``ridge``:
+    :class:`LazyBaseline`'s ``max_points``/``ridge``; ``features``: :class:`FeatureCKA`;
+    ``metrics``: one :class:`FunctionQuantity` each; ``linearized``:
+    :class:`LinearizedShadow`); lazymeter 0.1 took them as the meter's own keywords.
+    ``estimator=None``: unbiased with ``centering="double"``, biased with another
+    centering."""
     if estimator is None:
         estimator = "unbiased" if centering == "double" else "biased"
     out: list[Quantity] = [

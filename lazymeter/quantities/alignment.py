@@ -110,6 +110,9 @@ class Alignment(Quantity):
             return self.prefix.replace("alignment", "alignment_rise", 1)
         return self.prefix
 
+    def probe_points(self) -> int:
+        return 0 if self.points is None else int(self.points)
+
     def min_points(self) -> int:
         """The estimator's fewest points for a value and its error bar (unbiased: 5); with
         ``points`` the alignment has points of its own."""

@@ -25,7 +25,8 @@ class LazyBaseline(Quantity):
     uncentred, it fits the residual ``y - alpha f0`` and adds ``alpha f0``.
 
     Args:
-        max_points: points of each probe used (a seeded subset; not ``max_probe``).
+        max_points: points of each probe used (a seeded subset, independent of the
+            :class:`~lazymeter.ProbeSet`'s ``max_points``; the meter keeps up to this many).
         ridge: ridge of the kernel regression.
     """
 

@@ -43,6 +43,7 @@ class MeasureContext:
         check: Callable[[], None] = lambda: None,
         full_probes: Mapping[str, Probe] | None = None,
         seed: int = 0,
+        kept: int | None = None,
     ) -> None:
         self.model, self.step, self.alpha, self.center = model, step, alpha, center
         self.num_classes = num_classes
@@ -55,6 +56,7 @@ class MeasureContext:
         self._check = check
         self._full = dict(full_probes or {})
         self._seed = seed
+        self._kept = kept
         self._kernels: dict[str, Tensor] = {}
         self._targets: dict[str, Tensor] = {}
         self._subsets: dict[tuple[str, int], Probe] = {}
@@ -70,9 +72,19 @@ class MeasureContext:
     def probe(self, split: str = "train", max_points: int | None = None) -> Probe:
         """``(x, y)`` of the ``split`` probe. With ``max_points`` (at setup only): a seeded
         subset of at most that many points of the whole probe the user passed, instead of
-        the measurement probe (e.g. the lazy baseline's larger set)."""
+        the measurement probe (e.g. the lazy baseline's larger set). The meter keeps as many
+        points as the quantities declare (:meth:`Quantity.probe_points`); asking for more
+        than that is a ``ValueError``, not a silently smaller set."""
         _check_split(split)
         if max_points is not None and split in self._full:
+            have = int(self._full[split][0].shape[0])
+            if self._kept is not None and max_points > self._kept and have >= self._kept:
+                raise ValueError(
+                    f"{self.current or 'a quantity'}: asks for {max_points} points of the "
+                    f"{split} probe, but the meter kept {self._kept} (the most any quantity "
+                    "declares in probe_points()); return at least that many from its "
+                    "probe_points()"
+                )
             # the same tensors for every quantity that asks, so that their kernels are shared
             key = (split, max_points)
             if key not in self._subsets:

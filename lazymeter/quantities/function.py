@@ -17,10 +17,10 @@ MetricFn = Callable[[nn.Module], Mapping[str, float]]
 
 
 class FunctionQuantity(Quantity):
-    """``fn(model) -> {key: value}`` (the meter's ``metrics={name: fn}``) as a quantity named
-    ``name``. A ``fn`` with an ``on_meter_setup(*, model, center, params0)`` method receives
-    the meter's network, centring and initial parameters at construction and before
-    each measurement.
+    """``fn(model) -> {key: value}`` as a quantity named ``name`` (what
+    ``quantities.default(metrics={name: fn})`` builds). A ``fn`` with an
+    ``on_meter_setup(*, model, center, params0)`` method receives the meter's network,
+    centring and initial parameters at construction and before each measurement.
     A failing call keeps the columns it returned last time (as NaN). Keys
     starting with ``decomp_`` (a test-loss decomposition such as
     :class:`~lazymeter.QuadraticDecomposition`) are logged under

@@ -29,7 +29,7 @@ class KernelDrift(Quantity):
         "ntk_cka": "ntk/cka_to_init",
         "ntk_cka_se": "ntk/cka_to_init_se",
         "test_ntk_drift": "ntk/test_drift",
-        # written by the meter when its kernels are sketched (LazyMeter(ntk_outputs=Sketch))
+        # written by the meter when its kernels are sketched (ntk=NTKOptions(outputs=Sketch(s)))
         "ntk_sketch_rel_se": "ntk/sketch_rel_se",
     }
     charts = {

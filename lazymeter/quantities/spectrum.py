@@ -28,7 +28,7 @@ class Spectrum(Quantity):
     doc = {
         "spectrum_trace": "`tr K_t`",
         "spectrum_effective_rank": "`(tr K_t)^2 / ‖K_t‖_F^2`",
-        "spectrum_eig_1..k": "the `k` largest eigenvalues of `K_t` (`spectrum_k=`)",
+        "spectrum_eig_1..k": "the `k` largest eigenvalues of `K_t` (`Spectrum(k)`)",
     }
 
     def __init__(self, k: int = 5) -> None:

@@ -122,11 +122,12 @@ def test_each_run_rebuilds_the_same_labels_from_its_seed():
     # Sub-runs may run in other processes: the labels come from the seed alone.
     cfg = run_config(EigenLabelsConfig.smoke(), 10)
     a, b = build(cfg), build(cfg)
-    ya, yb = a.meter["probe"][1], b.meter["probe"][1]
-    assert torch.equal(ya, yb) and torch.equal(a.meter["test_probe"][1], b.meter["test_probe"][1])
+    pa, pb = a.meter["probe"], b.meter["probe"]
+    ya, yb = pa.train[1], pb.train[1]
+    assert torch.equal(ya, yb) and torch.equal(pa.test[1], pb.test[1])
     data, model0 = make_setup(cfg)
     y = eigenvector_labels(model0, data.x, 10)
-    torch.testing.assert_close(torch.cat([ya, a.meter["test_probe"][1]]), y)
+    torch.testing.assert_close(torch.cat([ya, pa.test[1]]), y)
     assert a.step_unit == cfg.lr_scale and a.steps == cfg.epochs
     with pytest.raises(ValueError, match="stability edge"):
         build(dataclasses.replace(cfg, lr_scale=1000.0))

@@ -158,6 +158,14 @@ class SetupPoints(lm.Quantity):
         return {"setup_points": float(self.seen)}
 
 
+def test_the_measured_points_do_not_depend_on_which_quantities_are_measured():
+    x, y = data(3000)
+    probe = lm.ProbeSet((x, y), max_points=16)
+    economy = lm.LazyMeter(net(), 2.0, probe=probe, quantities=lm.quantities.ECONOMY)
+    default = lm.LazyMeter(net(), 2.0, probe=probe)
+    assert torch.equal(economy.probe_x, default.probe_x)
+
+
 def test_the_meter_keeps_as_many_probe_points_as_the_largest_quantity_asks_for():
     # 0.1 cut the whole probe at max(max_probe, max_baseline=2048) whatever the
     # LazyBaseline in quantities= asked for: LazyBaseline(max_points=4096) got 2048.
@@ -261,3 +269,28 @@ def test_two_tensorboard_sinks_are_an_error_and_each_sink_keeps_its_own_cadence(
         meter.step(step, loss=1.0)
     assert sink.steps == [3, 6, 9]
     assert math.isfinite(meter.measure()["param_movement"])
+
+
+def test_an_alignment_on_its_own_points_gets_them_all():
+    # Alignment(points=N) reads N points at setup; 0.1 kept max(max_probe, max_baseline).
+    x, y = data(2600)
+    q = lm.quantities.Alignment(points=2500, splits=("train",), prefix="alignment_big")
+    meter = lm.LazyMeter(net(), 2.0, probe=lm.ProbeSet((x, y), max_points=8), quantities=[q])
+    meter.measure()
+    assert meter.quantities[0]._own["train"][0].shape[0] == 2500
+
+
+def test_a_quantity_asking_for_more_points_than_it_declared_is_an_error_not_a_smaller_set():
+    class Undeclared(SetupPoints):
+        def probe_points(self) -> int:
+            return 0
+
+    x, y = data(2300)  # the meter reads 2048 points unless a quantity declares more
+    with pytest.raises(ValueError, match="probe_points"):
+        lm.LazyMeter(
+            net(), 2.0, probe=lm.ProbeSet((x, y), max_points=8), quantities=[Undeclared(2200)]
+        )
+    small = lm.LazyMeter(  # a probe with fewer points than asked for is not cut: no error
+        net(), 2.0, probe=lm.ProbeSet(data(6), max_points=8), quantities=[Undeclared(100)]
+    )
+    assert small.measure()["setup_points"] == 6
