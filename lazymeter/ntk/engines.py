@@ -15,6 +15,7 @@ Shapes: ``K`` is ``[P1, P2]`` when ``trace`` (outputs summed), else
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -53,11 +54,12 @@ class Engine:
     * :meth:`compute` -- the kernel, ``[P1, P2]`` traced or ``[P1, P2, O, O]``.
 
     Optional: :meth:`peak_bytes` (the memory model behind :meth:`plan_chunk`, reported by
-    :func:`~lazymeter.ntk.kernel_plan`) and :meth:`compute_groups` (the per-layer split).
+    :func:`~lazymeter.ntk.kernel_plan`) and a ``groups`` keyword of :meth:`compute` (the
+    per-layer split in one pass; without it the split takes one call per group).
 
     The defaults: always applicable, cost unknown (``inf``: auto takes the engine only
     when nothing with an estimate applies), blocks sized for ``[c, O, n_params]`` Jacobians.
-    Calling an engine calls :meth:`compute`.
+    Calling an engine calls :meth:`compute` (through :func:`engine_kernel`).
     """
 
     #: The method name it is registered under (set by :func:`register_engine`).
@@ -125,57 +127,80 @@ class Engine:
         trace: bool,
         chunk_size: int,
         budget: int,
+        groups: Sequence[Sequence[str]] | None = None,
     ) -> Tensor:
-        """The kernel: ``[P1, P2]`` when ``trace``, else ``[P1, P2, O, O]``."""
+        """The kernel: ``[P1, P2]`` when ``trace``, else ``[P1, P2, O, O]``.
+
+        With ``groups`` (lists of names of ``fm.params``, each parameter in one group) the
+        kernel split by group, ``[G, P1, P2]`` (``[G, P1, P2, O, O]``): ``K_g`` is the
+        kernel over the parameters ``groups[g]`` alone, so ``sum_g K_g = K``. An engine
+        whose ``compute`` takes no ``groups`` is still asked for the split
+        (:func:`engine_kernel`): once per group, on ``fm`` restricted to that group.
+        """
         raise NotImplementedError
 
-    def compute_groups(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        groups: Sequence[Sequence[str]],
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        """The kernel split by parameter group, ``[G, P1, P2]`` (``[G, P1, P2, O, O]``):
-        ``K_g`` is the kernel over the parameters ``groups[g]`` alone (names of
-        ``fm.params``, each in one group), so ``sum_g K_g = K``.
-
-        The default computes each group's kernel with :meth:`compute` on ``fm`` restricted
-        to that group (``G`` calls: each costs about what the whole kernel does for
-        engines whose cost is dominated by forward and backward passes); engines that
-        can keep the split of one pass override it.
-        """
-        return torch.stack(
-            [
-                self.compute(
-                    FunctionalModel(fm.model, fm.output_fn, only=names),
-                    x1,
-                    x2,
-                    n_out=n_out,
-                    trace=trace,
-                    chunk_size=chunk_size,
-                    budget=budget,
-                )
-                for names in groups
-            ]
-        )
-
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        """``engine(fm, x1, x2, *, n_out, trace, chunk_size, budget)``: :meth:`compute`."""
-        return self.compute(*args, **kwargs)
+        """``engine(fm, x1, x2, *, n_out, trace, chunk_size, budget, groups=None)``:
+        :func:`engine_kernel`."""
+        return engine_kernel(self, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def takes_groups(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts a ``groups`` keyword (an engine written before it did not)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "groups" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def engine_kernel(
+    engine: Engine,
+    fm: FunctionalModel,
+    x1: tuple[Tensor, ...],
+    x2: tuple[Tensor, ...] | None,
+    *,
+    groups: Sequence[Sequence[str]] | None = None,
+    **kw: Any,
+) -> Tensor:
+    """``engine.compute(fm, x1, x2, **kw, groups=groups)``, for every engine.
+
+    An engine whose ``compute`` takes no ``groups`` gives the per-group split by one
+    call per group on ``fm`` restricted to the group (``G`` calls: each costs about what
+    the whole kernel does for engines dominated by forward and backward passes); the
+    built-in engines keep the split in one pass. An engine written for the former
+    protocol, with a separate ``compute_groups(fm, x1, x2, *, groups, ...)``, gets that."""
+    legacy = getattr(engine, "compute_groups", None)
+    if groups is not None and legacy is not None and not takes_groups(engine.compute):
+        return legacy(fm, x1, x2, groups=groups, **kw)
+    return grouped_call(engine.compute, fm, x1, x2, groups, kw)
+
+
+def grouped_call(
+    compute: Callable[..., Tensor],
+    fm: FunctionalModel,
+    x1: tuple[Tensor, ...],
+    x2: tuple[Tensor, ...] | None,
+    groups: Sequence[Sequence[str]] | None,
+    kw: dict[str, Any],
+) -> Tensor:
+    """``compute(fm, x1, x2, **kw)``, split by ``groups``: passed on when ``compute``
+    takes them, else one call per group on ``fm`` restricted to it, stacked."""
+    if groups is None:
+        return compute(fm, x1, x2, **kw)
+    if takes_groups(compute):
+        return compute(fm, x1, x2, groups=groups, **kw)
+    only = [FunctionalModel(fm.model, fm.output_fn, only=names) for names in groups]
+    return torch.stack([compute(part, x1, x2, **kw) for part in only])
+
+
 class FunctionEngine(Engine):
     """An engine given as a plain function ``fn(fm, x1, x2, *, n_out, trace, chunk_size,
-    budget) -> K``, with the :class:`Engine` defaults for everything else."""
+    budget[, groups]) -> K``, with the :class:`Engine` defaults for everything else (a
+    function without ``groups`` gives the per-layer split one group at a time)."""
 
     def __init__(self, fn: Callable[..., Tensor], name: str = "") -> None:
         self.fn = fn
@@ -192,9 +217,11 @@ class FunctionEngine(Engine):
         trace: bool,
         chunk_size: int,
         budget: int,
+        groups: Sequence[Sequence[str]] | None = None,
     ) -> Tensor:
-        """``fn(fm, x1, x2, ...)``."""
-        return self.fn(fm, x1, x2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget)
+        """``fn(fm, x1, x2, ...)`` (once per group when ``fn`` takes no ``groups``)."""
+        kw = dict(n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget)
+        return grouped_call(self.fn, fm, x1, x2, groups, kw)
 
 
 #: Method name -> engine; ``empirical_ntk(method=name)`` uses it, ``method="auto"`` chooses
@@ -304,15 +331,69 @@ def refuse_recurrent(fm: FunctionalModel, method: str) -> None:
         raise ValueError(f"method={method!r}: {why}")
 
 
-class JacobianEngine(Engine):
+class ContractionEngine(Engine):
+    """``K = J(x1) J(x2)^T`` block by block, from per-parameter Jacobian blocks
+    ``rows(fm, xs, n_out)`` (one ``[c, O, n_p]`` tensor per parameter of ``fm.params``):
+    the one implementation of ``"jacobian"`` and ``"loop"``, which differ in their rows.
+
+    Memory: two ``[chunk, O, n]`` Jacobian blocks, or all of them when they fit in
+    ``budget`` bytes (the symmetric kernel then computes every Jacobian exactly once).
+    With ``groups``, each parameter's contraction goes to its group's kernel
+    (:func:`~lazymeter.ntk.blocks.contract_groups`): one pass, the cost of the whole.
+    """
+
+    #: ``rows(fm, xs, n_out) -> [J_p [c, O, n_p], ...]`` in ``fm.params`` order.
+    rows: Callable[[FunctionalModel, tuple[Tensor, ...], int], list[Tensor]]
+    #: Whether ``rows`` runs under ``vmap`` (then recurrent layers are refused).
+    vmapped: bool = True
+
+    def compute(
+        self,
+        fm: FunctionalModel,
+        x1: tuple[Tensor, ...],
+        x2: tuple[Tensor, ...] | None,
+        *,
+        n_out: int,
+        trace: bool,
+        chunk_size: int,
+        budget: int,
+        groups: Sequence[Sequence[str]] | None = None,
+    ) -> Tensor:
+        """See the class docstring."""
+        if self.vmapped:
+            refuse_recurrent(fm, self.name)
+        total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
+        rows = lambda xs: self.rows(fm, xs, n_out)  # noqa: E731
+        if groups is None:
+            pair_fn = lambda a, b: contract(a, b, trace)  # noqa: E731
+        else:
+            owners = owners_of(list(fm.params), groups)
+            pair_fn = lambda a, b: contract_groups(a, b, trace, owners, len(groups))  # noqa: E731
+        return blocked_kernel(
+            x1,
+            x2,
+            chunk_size,
+            trace=trace,
+            n_out=n_out,
+            like=next(iter(fm.params.values())),
+            row_fn=rows,
+            col_fn=rows,
+            pair_fn=pair_fn,
+            cache_cols=total <= budget,
+            groups=0 if groups is None else len(groups),
+        )
+
+
+class JacobianEngine(ContractionEngine):
     """Jacobian contraction: ``K = J(x1) J(x2)^T`` block by block.
 
     Cost: ``O (P1 + P2)`` backward passes plus ``P1 P2 O n`` (traced) or
     ``P1 P2 O^2 n`` (untraced) multiply-adds. Memory: two ``[chunk, O, n]``
-    Jacobian blocks, or all of them when they fit in ``budget`` bytes (the
-    symmetric kernel then computes every Jacobian exactly once). Applies to every model
+    Jacobian blocks, or all of them when they fit in ``budget`` bytes. Applies to every model
     ``torch.func.vmap`` can run per sample (not recurrent layers: see ``"loop"``).
     """
+
+    rows = staticmethod(jacobian_rows)
 
     def applicable(self, fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> str | None:
         """Not for recurrent layers (vmap cannot batch their hidden state)."""
@@ -334,53 +415,6 @@ class JacobianEngine(Engine):
         p2 = p1 if n2 is None else n2
         contraction = 2.0 * p1 * p2 * fm.n_params * n_out * (1 if trace else n_out)
         return 3.0 * F * n_out * (p1 + (0 if n2 is None else p2)) + contraction
-
-    def compute(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        """See the class docstring."""
-        refuse_recurrent(fm, "jacobian")
-        return self._compute(fm, x1, x2, None, n_out, trace, chunk_size, budget)
-
-    def compute_groups(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        groups: Sequence[Sequence[str]],
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        """One pass: the per-parameter contractions summed within each group
-        (:func:`~lazymeter.ntk.blocks.contract_groups`); the cost of :meth:`compute`."""
-        refuse_recurrent(fm, "jacobian")
-        return self._compute(fm, x1, x2, groups, n_out, trace, chunk_size, budget)
-
-    def _compute(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        groups: Sequence[Sequence[str]] | None,
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
-        rows = lambda xs: jacobian_rows(fm, xs, n_out)  # noqa: E731
-        return _contracted(fm, x1, x2, rows, groups, n_out, trace, chunk_size, total <= budget)
 
 
 class NTVPEngine(Engine):
@@ -493,7 +527,7 @@ class NTVPEngine(Engine):
             ) from e
 
 
-class LoopEngine(Engine):
+class LoopEngine(ContractionEngine):
     """Per-sample autograd loop: each sample's forward on a batch of one (no ``vmap``),
     then one backward pass per output, ``J[i, o] = d f_o(x_i) / d theta``; contracted as in
     ``"jacobian"``. Exact for every model whose forward runs on one sample, recurrent
@@ -513,53 +547,15 @@ class LoopEngine(Engine):
         """``inf``: the last resort."""
         return math.inf
 
-    def compute(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        """See the class docstring."""
-        return self._compute(fm, x1, x2, None, n_out, trace, chunk_size, budget)
+    vmapped = False
 
-    def compute_groups(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        groups: Sequence[Sequence[str]],
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        """One pass: each parameter's Jacobian contracted into its group's kernel; the
-        cost of :meth:`compute`."""
-        return self._compute(fm, x1, x2, groups, n_out, trace, chunk_size, budget)
-
-    def _compute(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        groups: Sequence[Sequence[str]] | None,
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        total = num_samples(x1 if x2 is None else x2) * n_out * fm.n_params * fm.dtype.itemsize
-        rows = lambda xs: _loop_rows(fm, xs, n_out)  # noqa: E731
-        return _contracted(fm, x1, x2, rows, groups, n_out, trace, chunk_size, total <= budget)
+    @staticmethod
+    def rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
+        """:func:`loop_rows`."""
+        return loop_rows(fm, xs, n_out)
 
 
-def _loop_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
+def loop_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[Tensor]:
     """Per-sample Jacobians of a block by a Python loop of autograd calls, one
     ``[c, O, n_p]`` tensor per parameter (in ``fm.params`` order)."""
     per_param: list[list[Tensor]] = [[] for _ in fm.params]
@@ -583,39 +579,6 @@ def _loop_rows(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[
                     )
                 )
     return [torch.stack(r) for r in per_param]  # [c, O, n_p] per parameter
-
-
-def _contracted(
-    fm: FunctionalModel,
-    x1: tuple[Tensor, ...],
-    x2: tuple[Tensor, ...] | None,
-    rows: Callable[[tuple[Tensor, ...]], list[Tensor]],
-    groups: Sequence[Sequence[str]] | None,
-    n_out: int,
-    trace: bool,
-    chunk_size: int,
-    cache_cols: bool,
-) -> Tensor:
-    """The kernel of per-parameter Jacobian blocks ``rows(xs)`` (in ``fm.params`` order),
-    whole (``groups=None``) or split by group (``[G, ...]``)."""
-    if groups is None:
-        pair_fn = lambda a, b: contract(a, b, trace)  # noqa: E731
-    else:
-        owners = owners_of(list(fm.params), groups)
-        pair_fn = lambda a, b: contract_groups(a, b, trace, owners, len(groups))  # noqa: E731
-    return blocked_kernel(
-        x1,
-        x2,
-        chunk_size,
-        trace=trace,
-        n_out=n_out,
-        like=next(iter(fm.params.values())),
-        row_fn=rows,
-        col_fn=rows,
-        pair_fn=pair_fn,
-        cache_cols=cache_cols,
-        groups=0 if groups is None else len(groups),
-    )
 
 
 #: The generic engines, registered as ``"jacobian"``, ``"ntvp"`` and ``"loop"``.

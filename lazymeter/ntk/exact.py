@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from . import tuning
 from .budget import resolve_budget
 from .cache import CACHE
-from .engines import ENGINES, as_engine, choose_engine, ranked_engines
+from .engines import ENGINES, as_engine, choose_engine, engine_kernel, ranked_engines
 from .functional import (
     FunctionalModel,
     OutputFn,
@@ -393,11 +393,7 @@ def _run(
         chunk_size = _planned_chunk(method, fm, xs1, xs2, n_out, trace, budget)
     # The kernel is a measurement: it must not record into the user's autograd graph.
     with torch.no_grad():
-        if groups is not None:
-            return engine.compute_groups(
-                fm, xs1, xs2, groups=groups, n_out=n_out, trace=trace, chunk_size=chunk_size,
-                budget=budget,
-            )  # fmt: skip
-        return engine.compute(
-            fm, xs1, xs2, n_out=n_out, trace=trace, chunk_size=chunk_size, budget=budget
-        )
+        return engine_kernel(
+            engine, fm, xs1, xs2, n_out=n_out, trace=trace, chunk_size=chunk_size,
+            budget=budget, groups=groups,
+        )  # fmt: skip

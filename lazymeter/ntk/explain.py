@@ -3,9 +3,9 @@
 Modelled on Opacus' ``GradSampleModule.validate``, which names each layer it cannot
 handle and the fix: here every trainable parameter is listed once (aliases under one
 name) with the rule that computes its kernel, or ``generic`` (the Jacobian engine) and
-the reason: no rule for its layer's type, the rule declines the layer's configuration or
-the call, the layer never ran as a module on batched input, the weight is tied between
-layers, or the exactness guard found that the rule does not reproduce autograd.
+the reason: an operation without an operator rule used it (``tanh(W)``), no rule for its
+layer's type, a module rule declines the layer's configuration or the call, or the
+exactness guard found that a rule does not reproduce autograd.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ class ParamRoute:
         ruled: whether rules compute the parameter's kernel (its layer's rule, or
             operator rules; else: the generic engine).
         reason: why the parameter goes to the generic engine (None when ``ruled``).
-        ops: the operations whose operator rules compute it (``("einsum",)``,
-            ``("embedding", "linear")`` for a tied embedding), empty when its layer's rule
-            does or it goes to the generic engine.
+        ops: the operations whose operator rules compute it (``("linear",)`` for an
+            ``nn.Linear``'s weight, ``("einsum",)``, ``("embedding", "linear")`` for a tied
+            embedding), empty when a layer's module rule does (a rule registered with
+            :func:`~lazymeter.ntk.register_rule`) or it goes to the generic engine.
     """
 
     name: str
@@ -53,7 +54,8 @@ class ParamRoute:
 
     @property
     def route(self) -> str:
-        """``"rule <type>"``, ``"ops <op>+<op>"`` or ``"generic"``."""
+        """``"ops <op>+<op>"``, ``"rule <type>"`` (a module rule computes it as a whole)
+        or ``"generic"``."""
         if not self.ruled:
             return "generic"
         return f"ops {'+'.join(self.ops)}" if self.ops else f"rule {self.rule}"
@@ -161,7 +163,7 @@ def _why_generic(model: nn.Module, m: nn.Module, p: Any, slots: dict) -> str:
 def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> Explanation:
     """Each trainable parameter's route through the structured engine on inputs like ``x``.
 
-    Runs the same routing as :func:`~lazymeter.ntk.coverage` (one hooked forward and
+    Runs the same routing as :func:`~lazymeter.ntk.coverage` (one traced forward and
     backward on the first two samples of ``x`` and the exactness guard, remembered per
     model and input shape), so ``explain(model, x).covered == coverage(model, x)``.
 
@@ -216,7 +218,7 @@ def explain(model: nn.Module, x: Any, *, output_fn: OutputFn | None = None) -> E
                 rule=None if rule is None else rule[0].__name__,
                 ruled=name in covered,
                 reason=reason,
-                ops=tuple(found.ops.get(name, ())),
+                ops=tuple(o for o in found.ops.get(name, ()) if not o.startswith("rule ")),
             )
         )
     return Explanation(rows, kernel_plan(model, x, output_fn=output_fn))

@@ -46,7 +46,7 @@ class Outer:
     idx: Tensor | None = None
     din: int = 0
     transpose: bool = False  # parameter stored as [din, dout] (an embedding table)
-    bias: str | None = None  # the layer's bias, foldable into this form as an input of 1s
+    bias: str | None = None  # the bias the operation adds, foldable as an input of 1s
     index: Tensor | None = None  # flat parameter position of each entry of the layout
 
 
@@ -155,8 +155,8 @@ def scatter(form: Form, numel: int) -> Dense:
         total.J.add_(scatter(form.product, numel).J)
         return total
     d = form if isinstance(form, Dense) else materialize(form)
-    if d.index is None:
-        return Dense(d.J)
+    if d.index is None:  # a copy: the caller adds the other uses into it in place
+        return Dense(d.J.clone() if d is form else d.J)
     J = torch.zeros((*d.J.shape[:2], numel), dtype=d.J.dtype, device=d.J.device)
     J.index_add_(2, d.index, d.J)
     return Dense(J)
@@ -245,9 +245,9 @@ def outer_costs(f: Outer, c: int, trace: bool) -> tuple[float, float]:
 
 def fold_bias(f: Outer) -> Outer:
     """Weight and bias as one form: ``y = W h + b = [W, b] [h; 1]``, so the bias costs one
-    more input column instead of a contraction of its own."""
+    more input column instead of a contraction of its own. The kernel of one form does
+    not depend on its layout, so the folded form has none (``index`` dropped)."""
     assert f.h is not None
-    assert f.index is None
     ones = torch.ones((*f.h.shape[:-1], 1), dtype=f.h.dtype, device=f.h.device)
     return Outer(g=f.g, h=torch.cat([f.h, ones], -1), din=f.din + 1)
 

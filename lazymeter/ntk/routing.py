@@ -1,12 +1,14 @@
 """Which parameters the structured engine's rules compute, and the exactness guard.
 
-A trainable parameter takes its layer's rule when (statically) its module's type has a
-rule along the MRO that does not decline the module's configuration and no other module
-holds the parameter (tied weights), and (at run time) the layer ran as a module on
-batched input, the rule did not decline the call, and the exactness guard agreed: the
-rules' prediction of autograd's gradient of a fixed random combination of the outputs
-matches autograd. Everything else goes to the generic Jacobian engine. The run-time
-route is remembered per model and input signature in :data:`lazymeter.ntk.CACHE`.
+A trainable parameter is computed by rules when every use of it in one traced forward
+(:func:`~lazymeter.ntk.ops.capture.capture_ops`) has one: an operator rule for each
+operation that consumes it, or the module rule of a layer that holds it and runs as a
+whole (:mod:`~lazymeter.ntk.ops.modules`), and the exactness guard agrees: the rules'
+prediction of autograd's gradient of a fixed random combination of the outputs matches
+autograd. Everything else goes to the generic Jacobian engine. The run-time route is
+remembered per model and input signature in :data:`lazymeter.ntk.CACHE`. The static
+table (:func:`ruled_params`: layers with a rule) is what :func:`coverage` reports
+without inputs.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from .cache import CACHE
-from .capture import capture
 from .forms import Form, parts, predicted_grad
-from .functional import FunctionalModel, OutputFn, as_inputs, measured, num_samples, slice_inputs
+from .functional import (
+    FunctionalModel,
+    OutputFn,
+    as_inputs,
+    call_with,
+    measured,
+    num_samples,
+    slice_inputs,
+)
 from .ops import OP_RULES
 from .ops.capture import capture_ops
 from .registry import Rule, declined, find_rule
@@ -41,10 +50,11 @@ class Route:
     Attributes:
         covered: sorted names of the parameters whose kernel the rules compute.
         reasons: ``{name: why}`` for the parameters that go to the generic engine
-            (a module rule declined at run time, an operation without a rule used the
-            parameter, the exactness guard, ...).
-        ops: ``{name: [operation, ...]}`` for the covered parameters computed by
-            operator rules (:mod:`lazymeter.ntk.ops`); the others take their layer's rule.
+            (an operation without a rule used the parameter, a module rule declined the
+            call, the exactness guard, ...).
+        ops: ``{name: [operation, ...]}`` for the covered parameters: the operations
+            whose rules compute them (:mod:`lazymeter.ntk.ops`), ``"rule <type>"`` for a
+            layer's module rule.
     """
 
     covered: list[str]
@@ -89,11 +99,6 @@ def ruled_params(model: nn.Module) -> dict[str, tuple[str, str]]:
     return {n: (mn, local) for n, (mn, local, _) in ruled_rules(model).items()}
 
 
-def covered_params(fm: FunctionalModel) -> dict[str, tuple[str, str]]:
-    """:func:`ruled_params` restricted to the parameters the kernel is taken over."""
-    return {n: v for n, v in ruled_params(fm.model).items() if n in fm.params}
-
-
 def signature(fm: FunctionalModel, xs: tuple[Tensor, ...], trace: bool) -> tuple:
     """What a remembered route or plan depends on: mode, output reduction, trainable
     parameters, the parameters the rule table covers now and the rule each one takes (a
@@ -123,10 +128,10 @@ def validate(
     ``1e-4`` (float32 and below) or ``1e-9`` relative to the parameter's gradient (or to a
     thousandth of the whole gradient, for a parameter whose gradient is zero up to
     round-off); a parameter that is also used
-    outside its layer (or whose layer a rule declined, or never ran as a module) fails
-    and is left to the generic engine, with the reason (``notes`` from
-    :func:`~lazymeter.ntk.capture.capture`) in :attr:`Route.reasons`. Cost: one backward
-    pass over the block."""
+    outside its layer in a way no rule saw) fails and is left to the generic engine; the
+    reason of a parameter without forms (``notes`` from
+    :func:`~lazymeter.ntk.ops.capture.capture_ops`) goes to :attr:`Route.reasons`.
+    Cost: one backward pass over the block."""
     notes = notes or {}
     reasons = {n: notes.get(n, "no form") for n in covered if n not in forms}
     merged = {n: parts(f, fm.params[n].numel()) for n, f in forms.items()}
@@ -163,91 +168,39 @@ def block_forms(
 ) -> tuple[dict[str, list[Form]], Route]:
     """Every covered parameter's forms on the block ``xs``, and the route.
 
-    Without ``known``: the module rules' hooked forward and backward
-    (:func:`~lazymeter.ntk.capture.capture`), the operator rules' traced forward
-    (:func:`~lazymeter.ntk.ops.capture.capture_ops`) for every parameter no module rule
-    gave a form (raw parameters, tied weights, layers that never ran as modules), and
-    the exactness guard over both. With ``known``: each covered parameter's forms by the
-    route it takes, without the guard.
+    One capture (:func:`~lazymeter.ntk.ops.capture.capture_ops`: the traced forward, the
+    operator rules and the layers' module rules as operations). Without ``known``: over
+    every parameter, then the exactness guard (:func:`validate`, one more forward and
+    backward). With ``known``: over its covered parameters, without the guard.
     """
     if known is not None:
-        mod = {
-            n: v for n, v in covered_params(fm).items() if n in known.covered and n not in known.ops
-        }
-        forms: dict[str, list[Form]] = {}
-        if mod:
-            forms, out, _ = capture(fm, xs, mod, n_out)
-            del out
-        if known.ops:
-            forms.update(capture_ops(fm, xs, sorted(known.ops), n_out)[0])
+        forms = capture_ops(fm, xs, known.covered, n_out)[0] if known.covered else {}
         return forms, known
-    covered: dict[str, Any] = dict(covered_params(fm))
-    forms, out, notes = capture(fm, xs, covered, n_out)
-    rest = [n for n in fm.params if n not in forms]
-    ops: dict[str, list[str]] = {}
-    if rest:
-        # The traced forward costs the same whatever it follows, so it follows every
-        # parameter: when it is needed at all (it covers some parameter no module rule
-        # did), the parameters it covers take it, and the module rules' forward is kept
-        # only for the others (convolutions with groups, norms without an operator rule).
-        try:
-            op_forms, op_notes, ops = capture_ops(fm, xs, list(fm.params), n_out)
-        except (RuntimeError, NotImplementedError) as e:  # no vmap batching rule, ...
-            first = (str(e).splitlines() or [type(e).__name__])[0]
-            op_forms, op_notes = {}, {n: f"tracing its operations failed ({first})" for n in rest}
-        if any(n in op_forms for n in rest):
-            for n in list(forms):
-                if n in op_forms:
-                    del forms[n]
-                    rest.append(n)
-        else:
-            op_forms, ops = {}, {}
-        op_forms = {n: f for n, f in op_forms.items() if n in rest}
-        op_notes = {n: why for n, why in op_notes.items() if n in rest}
-        ops = {n: v for n, v in ops.items() if n in rest}
-        forms.update(op_forms)
-        for n in rest:
-            if n in op_forms:
-                notes.pop(n, None)
-            elif n in notes:
-                notes[n] = f"{notes[n]}; operator rules: {op_notes[n]}"
-            else:
-                notes[n] = op_notes[n]
-        covered.update({n: None for n in rest})
-    found = validate(fm, covered, forms, out, notes)
+    names = list(fm.params)
+    try:
+        forms, notes, ops = capture_ops(fm, xs, names, n_out)
+    except (RuntimeError, NotImplementedError) as e:  # no vmap batching rule, ...
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        forms, ops = {}, {}
+        notes = {n: f"tracing its operations failed ({first})" for n in names}
+    found = validate(fm, dict.fromkeys(names), forms, output(fm, xs), notes)
     found.ops = {n: v for n, v in ops.items() if n in found.covered}
-    # A layer's weight that the guard rejected (also used outside its layer, or a layer
-    # whose forward is not the one its rule assumes) may still be covered use by use.
-    guarded = [n for n in found.reasons if n in forms and n not in ops]
-    if guarded:
-        again, more = _operator_retry(fm, xs, guarded, n_out)
-        for n, fs in again.items():
-            forms[n], found.ops[n] = fs, more[n]
-            found.covered.append(n)
-            del found.reasons[n]
-        found.covered.sort()
     return {n: f for n, f in forms.items() if n in found.covered}, found
 
 
-def _operator_retry(
-    fm: FunctionalModel, xs: tuple[Tensor, ...], names: list[str], n_out: int
-) -> tuple[dict[str, list[Form]], dict[str, list[str]]]:
-    """Operator-rule forms (and operations) of ``names`` that pass the exactness guard."""
-    try:
-        forms, _, ops = capture_ops(fm, xs, names, n_out)
-    except (RuntimeError, NotImplementedError):
-        return {}, {}
-    if not forms:
-        return {}, {}
-    _, out, _ = capture(fm, xs, {}, n_out)
-    ok = validate(fm, dict.fromkeys(forms), forms, out).covered
-    return {n: forms[n] for n in ok}, {n: ops[n] for n in ok}
+def output(fm: FunctionalModel, xs: tuple[Tensor, ...]) -> Tensor:
+    """The model's flattened output ``[c, O]`` on ``xs`` with its own parameters, recorded
+    by autograd (what :func:`validate` differentiates)."""
+    with torch.enable_grad():  # on copies of the buffers: a forward never updates them
+        out = call_with(fm.model, {}, xs)
+        out = fm.output_fn(out) if fm.output_fn is not None else out
+        return out.reshape(out.shape[0], -1)
 
 
 def route_details(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> Route:
-    """The :class:`Route` on inputs shaped like ``xs``: the module rules' hooked forward
-    and backward and the operator rules' traced forward on ``xs``, and the exactness
-    guard, remembered per model and input signature."""
+    """The :class:`Route` on inputs shaped like ``xs``: the traced forward and ``O``
+    backward passes on ``xs`` (:func:`block_forms`) and the exactness guard, remembered
+    per model and input signature."""
     key = signature(fm, xs, True)
     known = CACHE.routes.get(fm.model, {}).get(key)
     if known is not None:
@@ -259,7 +212,7 @@ def route_details(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> Ro
 
 def route(fm: FunctionalModel, xs: tuple[Tensor, ...], n_out: int) -> list[str]:
     """Names of the trainable parameters whose kernel the rules compute on inputs shaped
-    like ``xs`` (the rest go to the generic engine): one hooked forward and backward on
+    like ``xs`` (the rest go to the generic engine): one traced forward and backward on
     ``xs`` and the exactness guard, remembered per model and input signature."""
     return route_details(fm, xs, n_out).covered
 
@@ -274,10 +227,9 @@ def coverage(model: nn.Module, x: Any = None, *, output_fn: OutputFn | None = No
     """Fraction of trainable parameter entries whose NTK the rules compute.
 
     With ``x`` (inputs, as for :func:`~lazymeter.empirical_ntk`): the route the structured
-    engine actually takes on them: module rules, after declines at run time (a layer
-    applied without the batch dimension, a configuration a rule does not handle) and the
-    exactness guard, then operator rules for the rest (raw parameters, tied weights,
-    weights the guard rejected). Without ``x``: the module rules' table only (the
+    engine actually takes on them: every use of a parameter in the traced forward has an
+    operator rule (or is a call of a layer with a module rule that takes it), and the
+    exactness guard agrees. Without ``x``: the rule table only (the
     parameters of layers that have a rule, counted once however many names they have,
     tied weights excluded), since operator rules need a forward pass to see how each
     parameter is used. :func:`~lazymeter.ntk.explain` says, per parameter, why.

@@ -16,11 +16,14 @@ The engine is split by concern:
   :class:`~lazymeter.ntk.forms.Outer` (a sum of outer products, as above) and
   :class:`~lazymeter.ntk.forms.Dense` (an explicit ``[c, O, n_p]`` Jacobian, for small
   parameters such as biases and norm scales), and how pairs of them contract;
-* :mod:`~lazymeter.ntk.registry`: :data:`RULES` (layer type -> rule, looked up along the
-  MRO), :func:`register_rule`, the static ``declines``;
-* :mod:`lazymeter.ntk.rules`: the built-in rules, one module per layer family;
-* :mod:`~lazymeter.ntk.capture`: one forward with hooks captures every ruled layer's
-  input; one backward pass batched over the ``O`` outputs gives every ``g``;
+* :mod:`lazymeter.ntk.ops`: the operator rules, where each layer's maths lives (one
+  module per family), and the one capture: a traced forward per sample under ``vmap``
+  and ``O`` backward passes give every consuming operation's inputs and ``g``;
+* :mod:`~lazymeter.ntk.registry`: :data:`RULES` (layer type -> module rule, looked up
+  along the MRO), :func:`register_rule`, the static ``declines``; a user's module rule
+  is one operation of the capture (:mod:`~lazymeter.ntk.ops.modules`);
+* :mod:`lazymeter.ntk.rules`: the built-in layers' module rules, each standing for the
+  operation its forward is;
 * :mod:`~lazymeter.ntk.routing`: which parameters take a rule (:func:`route`,
   :func:`coverage`) and the exactness guard;
 * :mod:`~lazymeter.ntk.plan`: block sizes from a memory model of one sample;
@@ -44,7 +47,6 @@ from torch import Tensor
 from . import rules  # noqa: F401 - registers the built-in rules
 from .blocks import blocked_kernel, jacobian_rows
 from .cache import CACHE
-from .capture import GRADIENT_MODE
 from .engines import (
     Engine,
     jacobian_contraction,
@@ -86,7 +88,6 @@ from .routing import (
 
 __all__ = [
     "DECLINES",
-    "GRADIENT_MODE",
     "RULES",
     "Dense",
     "Form",
@@ -108,6 +109,18 @@ __all__ = [
 ]
 
 
+def foldable(name: str, forms: dict[str, list[Form]], fs: list[Form]) -> str | None:
+    """The bias that can be folded into the weight ``name``'s one :class:`Outer` form
+    ``fs`` (``y = W h + b = [W, b] [h; 1]``): every use of the weight names it (the
+    operation adds it, :attr:`Outer.bias`) and the bias has no other use."""
+    if len(fs) != 1 or not isinstance(fs[0], Outer) or fs[0].h is None:
+        return None
+    b = fs[0].bias
+    uses = forms[name]
+    same = all(isinstance(f, Outer) and f.bias == b for f in uses)
+    return b if b is not None and same and len(forms.get(b, ())) == len(uses) else None
+
+
 def _ruled_entries(fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> int:
     """Trainable entries the rules (module and operator) compute on inputs like ``x1``, as
     routed at run time on its first two samples (remembered per input signature)."""
@@ -118,7 +131,7 @@ def _ruled_entries(fm: FunctionalModel, x1: tuple[Tensor, ...], n_out: int) -> i
 class StructuredEngine(Engine):
     """Per-layer structured NTK (see the module docstring); exact for every model.
 
-    Cost per block of ``c`` samples: one hooked forward and ``O`` batched backward passes,
+    Cost per block of ``c`` samples: one traced forward and ``O`` batched backward passes,
     ``c^2 S^2 (d_in + O d_out)`` per pairwise layer (or ``c O S d_out d_in`` to
     materialise it), plus the Jacobian engine's work for the parameters no rule covers.
     Memory: each ruled layer's ``H`` and ``G`` (sized by :func:`plan_chunk`); nothing of
@@ -204,40 +217,15 @@ class StructuredEngine(Engine):
         trace: bool,
         chunk_size: int,
         budget: int,
+        groups: Sequence[Sequence[str]] | None = None,
     ) -> Tensor:
-        """Per-layer structured NTK (see the module docstring); exact for every model."""
-        return self._compute(fm, x1, x2, None, n_out, trace, chunk_size, budget)
+        """Per-layer structured NTK (see the module docstring); exact for every model.
 
-    def compute_groups(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        *,
-        groups: Sequence[Sequence[str]],
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
-        """One pass that keeps the per-layer split: each parameter's form (or generic
-        Jacobian) is contracted into its group's kernel instead of the total
-        (:func:`~lazymeter.ntk.forms.pair_groups`); the cost of :meth:`compute`, and
+        With ``groups``, one pass that keeps the per-layer split: each parameter's form
+        (or generic Jacobian) is contracted into its group's kernel instead of the total
+        (:func:`~lazymeter.ntk.forms.pair_groups`); the cost of the whole kernel, and
         ``G`` times its kernel memory. A bias folded into its weight's form belongs to
-        the same module; one in another group is not folded."""
-        return self._compute(fm, x1, x2, groups, n_out, trace, chunk_size, budget)
-
-    def _compute(
-        self,
-        fm: FunctionalModel,
-        x1: tuple[Tensor, ...],
-        x2: tuple[Tensor, ...] | None,
-        groups: Sequence[Sequence[str]] | None,
-        n_out: int,
-        trace: bool,
-        chunk_size: int,
-        budget: int,
-    ) -> Tensor:
+        the same group; one in another group is not folded."""
         refuse_recurrent(fm, "structured")
         owner = None
         if groups is not None:
@@ -264,13 +252,10 @@ class StructuredEngine(Engine):
             merged: dict[str, list[Form]] = {}
             for n in found.covered:
                 fs = parts(forms[n], fm.params[n].numel())
-                f = fs[0]
-                if len(fs) == 1 and isinstance(f, Outer) and f.bias is not None and f.h is not None:
-                    bias_name = n.rsplit(".", 1)[0] + "." + f.bias if "." in n else f.bias
-                    same = owner is None or owner.get(bias_name) == owner[n]
-                    if bias_name in covered_now and bias_name not in found.ops and same:
-                        fs = [fold_bias(f)]
-                        folded.add(bias_name)
+                b = foldable(n, forms, fs)
+                if b is not None and b in covered_now and (owner is None or owner[b] == owner[n]):
+                    fs = [fold_bias(fs[0])]  # type: ignore[arg-type]
+                    folded.add(b)
                 merged[n] = fs
             chosen, owners = [], []
             for n, fs in merged.items():

@@ -63,7 +63,7 @@ def test_meter_on_an_lstm_reports_its_engine_and_measures(tmp_path):
     torch.manual_seed(1)
     model = Recurrent(nn.LSTM, True, False)
     x, y = torch.randn(8, 5, 3), torch.randn(8, 2)
-    meter = lm.LazyMeter(model, probe=(x, y), test_probe=(x + 0.1, y), log_dir=tmp_path)
+    meter = lm.LazyMeter(model, probe=lm.ProbeSet((x, y), test=(x + 0.1, y)), log_dir=tmp_path)
     assert meter.ntk_engine == {"method": "auto", "engine": "loop", "outputs": "all"}
     assert '"engine": "loop"' in (tmp_path / "meta.json").read_text()
     row = meter.measure()

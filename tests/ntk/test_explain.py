@@ -12,20 +12,21 @@ from lazymeter.ntk import RULES, coverage, explain, register_rule, unregister_ru
 
 
 class SameLinear(nn.Linear):
-    """A subclass with Linear's forward: the Linear rule is found along the MRO and holds."""
+    """A subclass with Linear's forward: the Linear rule is found along the MRO, and
+    ``F.linear`` inside is what it stands for."""
 
 
 class DoubledLinear(nn.Linear):
-    """A subclass that changes forward: the Linear rule is found but the guard rejects it;
-    the weight and bias still go through ``F.linear``, which the operator rules cover."""
+    """A subclass that changes forward: the weight and bias still go through ``F.linear``,
+    which the operator rules cover (the doubling is no use of a parameter)."""
 
     def forward(self, x):
         return 2 * super().forward(x)
 
 
 class WarpedLinear(nn.Linear):
-    """A subclass whose weight goes through ``tanh``: the guard rejects the Linear rule
-    and no operator rule covers ``tanh``, so the weight goes to the generic engine."""
+    """A subclass whose weight goes through ``tanh``: no operator rule covers ``tanh``, so
+    the weight goes to the generic engine (its bias, added by ``F.linear``, does not)."""
 
     def forward(self, x):
         return nn.functional.linear(x, torch.tanh(self.weight), self.bias)
@@ -80,14 +81,13 @@ def test_explain_names_each_route_and_reason(mixed):
     for n in ("same.weight", "same.bias"):  # covered through the MRO
         r = ex[n]
         assert r.ruled and r.rule == "Linear" and r.layer_type == "SameLinear", r
-    for n in ("doubled.weight", "doubled.bias"):  # guard rejects the rule, F.linear's holds
+    for n in ("doubled.weight", "doubled.bias"):  # F.linear inside, whatever is around it
         r = ex[n]
         assert r.ruled and r.rule == "Linear" and r.ops == ("linear",) and r.route == "ops linear"
-    r = ex["warped.weight"]  # rule found, guard rejects it, tanh has no operator rule
+    r = ex["warped.weight"]  # rule found, traced through: tanh has no operator rule
     assert not r.ruled and r.rule == "Linear" and r.route == "generic"
-    assert "exactness guard" in r.reason and "forward" in r.reason
-    assert "WarpedLinear inherits the rule for Linear" in r.reason
-    assert ex["warped.bias"].ruled and ex["warped.bias"].route == "rule Linear"
+    assert "used by tanh, which has no operator rule" in r.reason
+    assert ex["warped.bias"].ruled and ex["warped.bias"].route == "ops linear"
     r = ex["custom.w"]
     assert not r.ruled and r.rule is None and r.layer_type == "Custom"
     assert "no rule for Custom" in r.reason and "register_rule(Custom)" in r.reason
@@ -102,7 +102,7 @@ def test_explain_names_each_route_and_reason(mixed):
     assert text.splitlines()[0].split() == ["parameter", "layer", "entries", "route", "reason"]
     for n in names:
         assert n in text
-    assert "rule Linear" in text and "no rule for Custom" in text and "exactness guard" in text
+    assert "ops linear" in text and "no rule for Custom" in text and "used by tanh" in text
     assert f"{ex.covered:.1%}" in text
 
     K = lm.empirical_ntk(model, x, method="structured")  # exact whatever the route

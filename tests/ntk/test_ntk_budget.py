@@ -267,8 +267,8 @@ def test_the_meter_and_explain_say_which_budget_engine_and_blocks_are_used(tmp_p
     x = torch.randn(40, 3, dtype=torch.float64)
     y = torch.randn(40, 2, dtype=torch.float64)
     meter = lm.LazyMeter(
-        model, probe=(x, y), max_probe=32, memory_budget="16KiB", ntk_method="jacobian",
-        log_dir=tmp_path,
+        model, probe=lm.ProbeSet((x, y), max_points=32), log_dir=tmp_path,
+        ntk=lm.NTKOptions(method="jacobian", memory_budget="16KiB"),
     )  # fmt: skip
     info = meter.ntk_plan
     assert info["memory_budget"] == 16 * 2**10 and info["budget_source"] == "memory_budget='16KiB'"

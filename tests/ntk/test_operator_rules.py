@@ -235,7 +235,7 @@ def test_a_wrong_operator_rule_is_caught_by_the_exactness_guard():
 
 
 def test_raw_parameter_transformer_equals_its_module_twin():
-    from lazymeter.tasks.transformer import RawTransformer, Transformer
+    from paper.transformer import RawTransformer, Transformer
 
     torch.manual_seed(4)
     t = Transformer(13, 8, 2, 16, 3, n_classes=13).double()

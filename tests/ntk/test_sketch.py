@@ -61,7 +61,7 @@ def test_the_meter_reports_the_estimator_and_its_error_bar(tmp_path):
     y = torch.randn(6, 40, dtype=torch.float64)
     meter = lm.LazyMeter(
         model, alpha=1.0, probe=(x, y), schedule=1, log_dir=tmp_path,
-        ntk_outputs=Sketch(32, groups=4),
+        ntk=lm.NTKOptions(outputs=Sketch(32, groups=4)),
     )  # fmt: skip
     assert meter.ntk_engine["outputs"] == "sketch(s=32, rademacher)"
     row = meter.measure()
@@ -72,4 +72,4 @@ def test_the_meter_reports_the_estimator_and_its_error_bar(tmp_path):
     err = float((meter.K0 - exact.K0).norm() / exact.K0.norm())
     assert err < 5 * row["ntk_sketch_rel_se"]
     with pytest.raises(TypeError, match="outputs"):
-        lm.LazyMeter(model, probe=(x, y), ntk_outputs=16)
+        lm.NTKOptions(outputs=16)

@@ -1,5 +1,6 @@
 """Elementwise uses of a parameter, with broadcasting: ``x + b``, ``x - b``, ``-b``,
-``x * g``, ``W / 2``, and ``F.layer_norm``'s weight and bias.
+``x * g``, ``W / 2`` (the normalisation layers' affine weights build on these:
+:mod:`~lazymeter.ntk.ops.norms`).
 
 Per sample, ``y = x + b`` gives ``J_b = sum over broadcast dimensions of g`` and
 ``y = x * g`` gives ``J_g = sum over broadcast dimensions of (dy * x)``: dense forms
@@ -13,7 +14,6 @@ from numbers import Number
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..forms import Dense
@@ -27,9 +27,10 @@ def reduce_to(g: Tensor, shape: torch.Size) -> Tensor:
     return g.sum_to_size(*g.shape[:2], *pad).reshape(*g.shape[:2], -1)
 
 
-def broadcast_use(w: Tracked, y: Tensor, scale: float) -> Use:
-    """``y = ... + scale * w`` (``w`` broadcast to ``y``; ``scale`` a fixed number)."""
-    shape = w.tensor.shape
+def broadcast_use(w: Tracked, y: Tensor, scale: float, shape: tuple[int, ...] | None = None) -> Use:
+    """``y = ... + scale * w`` (``w`` broadcast to ``y``; ``scale`` a fixed number);
+    ``shape``: ``w`` as it is broadcast (``[C, 1, 1]`` for a per-channel bias), else its own."""
+    shape = w.tensor.shape if shape is None else shape
 
     def build(ts: tuple[Tensor, ...], g: Tensor) -> Dense:
         J = reduce_to(g, shape)
@@ -38,12 +39,19 @@ def broadcast_use(w: Tracked, y: Tensor, scale: float) -> Use:
     return Use(w.name, w.index.reshape(-1), (), build)
 
 
-def scaled_use(w: Tracked, y: Tensor, factor: Any, divide: bool = False) -> Use | str:
-    """``y = w * factor`` (or ``w / factor``), ``factor`` a number or a tensor held fixed."""
-    shape = w.tensor.shape
+def scaled_use(
+    w: Tracked,
+    y: Tensor,
+    factor: Any,
+    divide: bool = False,
+    shape: tuple[int, ...] | None = None,
+) -> Use | str:
+    """``y = w * factor`` (or ``w / factor``), ``factor`` a number or a tensor held fixed;
+    ``shape`` as for :func:`broadcast_use`."""
+    shape = w.tensor.shape if shape is None else shape
     if isinstance(factor, Number):
         f = float(factor)  # type: ignore[arg-type]
-        return broadcast_use(w, y, 1 / f if divide else f)
+        return broadcast_use(w, y, 1 / f if divide else f, shape)
     if not isinstance(factor, Tensor):
         return "the other operand is neither a number nor a tensor"
     nd = y.dim()
@@ -124,26 +132,3 @@ def div(args: tuple[Any, ...], kwargs: dict[str, Any], find: Any, out: Any) -> l
         return "rounding_mode or out= is not handled"
     u = scaled_use(find(args[0]), out, args[1], divide=True)
     return u if isinstance(u, str) else [u]
-
-
-@register_op_rule("layer_norm")
-def layer_norm(
-    args: tuple[Any, ...], kwargs: dict[str, Any], find: Any, out: Any
-) -> list[Use] | str:
-    """``F.layer_norm(x, shape, weight, bias, eps) = x_hat * weight + bias``."""
-    names = ("input", "normalized_shape", "weight", "bias", "eps")
-    a = dict(zip(names, args, strict=False)) | kwargs
-    x = a["input"]
-    if find(x) is not None or not isinstance(x, Tensor):
-        return "a parameter as the normalised input"
-    uses = []
-    w = find(a.get("weight"))
-    if w is not None:
-        x_hat = F.layer_norm(x.detach(), a["normalized_shape"], None, None, a.get("eps", 1e-5))
-        u = scaled_use(w, out, x_hat)
-        assert not isinstance(u, str)
-        uses.append(u)
-    b = find(a.get("bias"))
-    if b is not None:
-        uses.append(broadcast_use(b, out, 1.0))
-    return uses

@@ -17,6 +17,7 @@ be the parameter (both may be: each gets its own use, the other held fixed).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -191,10 +192,20 @@ def linear(args: tuple[Any, ...], kwargs: dict[str, Any], find: Any, out: Any) -
         uses = _pair(x, lead + "i", w, "oi", lead + "o", find, out)
     if isinstance(uses, str):
         return uses
-    tb = find(b)
+    tb, tw = find(b), find(w)
     if tb is not None:
+        if tw is not None and w.dim() == 2:  # the bias may be folded into W's form
+            for u in uses:
+                if u.name == tw.name:
+                    u.build = _with_bias(u.build, tb.name)
         uses.append(broadcast_use(tb, out, 1.0))
     return uses
+
+
+def _with_bias(build: Any, bias: str) -> Any:
+    """``build`` whose :class:`~lazymeter.ntk.forms.Outer` names the bias its operation
+    adds (:attr:`~lazymeter.ntk.forms.Outer.bias`)."""
+    return lambda ts, g: replace(build(ts, g), bias=bias)
 
 
 @register_op_rule("addmm")

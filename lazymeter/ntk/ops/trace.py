@@ -147,6 +147,9 @@ class Tracer(TorchFunctionMode):
         self.outputs: list[Tensor] = []
         self.refused: dict[str, str] = {}
         self.eps = eps
+        #: ids of followed tensors inside a call that a module rule computes as a whole
+        #: (:mod:`~lazymeter.ntk.ops.modules`): their uses there are not operations.
+        self.held: set[int] = set()
 
     @staticmethod
     def _composite(name: str, func: Any) -> bool:
@@ -201,7 +204,11 @@ class Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        hits = [self.tracked[id(a)] for a in _tensors((args, kwargs)) if id(a) in self.tracked]
+        hits = [
+            self.tracked[id(a)]
+            for a in _tensors((args, kwargs))
+            if id(a) in self.tracked and id(a) not in self.held
+        ]
         name = op_name(func)
         if hits and _redispatch is not None and self._composite(name, func):
             # A Python function over torch operations (F.multi_head_attention_forward):
@@ -238,6 +245,11 @@ class Tracer(TorchFunctionMode):
             self._refuse(
                 [h for h in hits if h.name in missing], f"{name}: no rule for this operand"
             )
+        return self.record(found, out, name)
+
+    def record(self, found: list[Use], out: Tensor, name: str) -> Tensor:
+        """Register ``found``, the uses of one consuming operation whose output is ``out``;
+        returns ``out + eps`` of its slot when differentiating (else ``out``)."""
         slot = len(self.outputs)
         for u in found:
             u.op, u.slot = u.op or name, slot

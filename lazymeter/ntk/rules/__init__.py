@@ -1,14 +1,12 @@
-"""Built-in structured-NTK rules, one module per layer family; importing this package
-registers them in :data:`lazymeter.ntk.registry.RULES`.
+"""Built-in module rules; importing this package registers them in
+:data:`lazymeter.ntk.registry.RULES`.
 
-* :mod:`~lazymeter.ntk.rules.linear`: ``nn.Linear``;
-* :mod:`~lazymeter.ntk.rules.conv`: ``nn.Conv1d``, ``nn.Conv2d``;
-* :mod:`~lazymeter.ntk.rules.conv_transpose`: ``nn.ConvTranspose1d``, ``nn.ConvTranspose2d``;
-* :mod:`~lazymeter.ntk.rules.embedding`: ``nn.Embedding``;
-* :mod:`~lazymeter.ntk.rules.norms`: ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.GroupNorm``,
-  eval-mode ``nn.BatchNorm1d/2d/3d``.
+* :mod:`~lazymeter.ntk.rules.adapter`: :func:`stands_for`, a layer whose forward is one
+  operation, as a module rule computed by that operation's rule;
+* :mod:`~lazymeter.ntk.rules.builtin`: the table of built-in layers and their operations
+  (``nn.Linear`` -> ``linear``, ``nn.Conv2d`` -> ``conv2d``, ...), and their ``declines``.
 """
 
-from . import conv, conv_transpose, embedding, linear, norms
+from . import adapter, builtin
 
-__all__ = ["conv", "conv_transpose", "embedding", "linear", "norms"]
+__all__ = ["adapter", "builtin"]
