@@ -37,10 +37,8 @@ def test_a_dataloader_probe_is_its_datasets_first_points_without_touching_rng_or
         model, probe=lm.ProbeSet(loader, test=loader, max_points=16), quantities=baseline
     )
     assert torch.equal(rng, torch.get_rng_state())
-    first30 = (x[:30], y[:30])
-    b = lm.LazyMeter(
-        mlp(), probe=lm.ProbeSet(first30, test=first30, max_points=16), quantities=baseline
-    )
+    pool = (x[: lm.probes.POOL], y[: lm.probes.POOL])  # the points a meter reads
+    b = lm.LazyMeter(mlp(), probe=lm.ProbeSet(pool, test=pool, max_points=16), quantities=baseline)
     assert torch.equal(a.probe_x, b.probe_x) and torch.equal(a.K0, b.K0)
     assert a.baseline == b.baseline
     assert len(list(it)) == len(loader) - 1 and first[0].shape[0] == 7  # iterator untouched

@@ -7,13 +7,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import lazymeter as lm
 
 
-def run(tmp_path, **kw):
+def run(tmp_path, thresholds=None, **kw):
     torch.manual_seed(0)
     x, y = torch.randn(12, 5).double(), torch.randn(12).double()
     model = QuadraticNet(5, 4, 0.5, dtype=torch.float64)
     meter = lm.LazyMeter(
-        model, probe=(x, y), test_probe=(x, y), schedule=2, log_dir=str(tmp_path), **kw
+        model, probe=lm.ProbeSet((x, y), test=(x, y)), schedule=2, log_dir=str(tmp_path), **kw
     )
+    if thresholds is not None:
+        meter.regime_thresholds = thresholds
     opt = torch.optim.SGD(meter.parameters(), lr=meter.scaled_lr(0.1))
     for _ in range(5):
         loss = ((meter(x) - y) ** 2).mean()
@@ -46,7 +48,7 @@ def test_layout_regime_text_and_hparams_are_written(tmp_path):
 def test_figures_of_spectrum_are_optional(tmp_path):
     _, acc = run(tmp_path / "off")
     assert not acc.Tags()["images"]
-    _, acc = run(tmp_path / "on", tb_figures=True)
+    _, acc = run(tmp_path / "on", sinks=[lm.TensorBoardSink(figures=True)])
     assert "lazymeter/figures/spectrum" in acc.Tags()["images"]
 
 
@@ -54,7 +56,7 @@ def test_regime_text_uses_the_given_thresholds(tmp_path):
     from lazymeter.regime import RegimeThresholds
 
     strict = RegimeThresholds(lazy_kernel=0.0, lazy_movement=0.0, lazy_alignment=0.0, z=0.0)
-    meter, acc = run(tmp_path, regime_thresholds=strict)
+    meter, acc = run(tmp_path, thresholds=strict)
     texts = [
         e.tensor_proto.string_val[0].decode() for e in acc.Tensors("lazymeter/regime/text_summary")
     ]
