@@ -20,17 +20,19 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lazymeter
 
 from . import TASKS
 from .harness import field_help, load_task, preset, run, run_many, torch_threads
-from .results import write_json
+from .results import finite_or_none, reached, write_json
 
 #: How the command is typed (its usage lines and messages).
 PROG = "python -m examples.paper"
@@ -136,13 +138,61 @@ def _short(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k not in drop}
 
 
-def cmd_tasks(ns: argparse.Namespace) -> int:
+def internal_tasks(scripts: dict[str, str]) -> set[str]:
+    """The internal tasks: sub-runs that other tasks run for their parts (``mnist_run``, one
+    alpha of ``mnist``) and that no example script runs (``polynomial``, a sub-run of
+    ``alpha_eps``, is also Figure 1's task)."""
+    names = set()
     for name in TASKS:
         task = load_task(name)
-        print(f"{name}: {task.description}")
+        if task.runs is not None:
+            names |= {load_task(ref).name for _, ref, _ in task.runs(task.config())}
+    return {n for n in names if n in TASKS and n not in scripts}
+
+
+def example_scripts() -> dict[str, str]:
+    """``{task: "examples/SCRIPT.py"}``: the example script that runs each task (the
+    scripts of a checkout's ``examples/`` call ``run_task("TASK", ...)``)."""
+    folder = Path(__file__).resolve().parents[1]
+    scripts = {}
+    for path in sorted(folder.glob("*.py")):
+        for name in re.findall(r"""run_task\(\s*["'](\w+)["']""", path.read_text("utf-8")):
+            scripts.setdefault(name, f"{folder.name}/{path.name}")
+    return scripts
+
+
+def _one_line(text: str, width: int) -> str:
+    return textwrap.shorten(" ".join(text.split()), width=max(width, 30), placeholder=" ...")
+
+
+def cmd_tasks(ns: argparse.Namespace) -> int:
+    """``tasks``: one line per task (the internal sub-runs with ``--all``); ``tasks NAME``:
+    its description, example script and options."""
+    scripts = example_scripts()
+    if ns.name:
+        task = load_task(ns.name)
+        print(f"{ns.name}: {task.description}")
+        if ns.name in scripts:
+            print(f"example script: python {scripts[ns.name]} [options]")
+        print(f"run: {PROG} run {ns.name} [options]; sweep: {PROG} sweep {ns.name} [options]")
+        print("options (CPU-sized default; --full: the paper's protocol, --smoke: seconds):")
         default = task.config()
         for f in dataclasses.fields(task.config):
             print(f"    {_flag(f.name):20s} {getattr(default, f.name)!r:14}  {field_help(f)}")
+        return 0
+    hidden = set() if ns.all else internal_tasks(scripts)
+    names = [n for n in TASKS if n not in hidden]
+    w_name = max(len("task"), *(len(n) for n in names))
+    w_script = max(len("example script"), *(len(scripts.get(n, "-")) for n in names))
+    w_text = 150 - w_name - w_script - 4
+    print(f"{'task':{w_name}}  {'example script':{w_script}}  what it is")
+    for n in names:
+        text = _one_line(load_task(n).description, w_text)
+        print(f"{n:{w_name}}  {scripts.get(n, '-'):{w_script}}  {text}")
+    print(f"\noptions of a task: {PROG} tasks NAME (or the script's --help)")
+    print(f"run one: {PROG} run NAME [options]; a grid: {PROG} sweep NAME [options]")
+    if hidden:
+        print(f"also the {len(hidden)} internal sub-run tasks: {PROG} tasks --all")
     return 0
 
 
@@ -177,7 +227,8 @@ def run_task(task: str, argv: Sequence[str] | None = None, prog: str | None = No
         workers=ns.workers or 1,
         threads=ns.threads,
     )
-    print(json.dumps(_short(summary), indent=1, default=str))
+    # strict JSON: a crossing that was not reached is null (as in summary.json), not NaN
+    print(json.dumps(finite_or_none(_short(summary)), indent=1, default=str, allow_nan=False))
     headline = load_task(task).headline
     if headline is not None:
         print(headline(summary))
@@ -233,8 +284,8 @@ def cmd_sweep(ns: argparse.Namespace, rest: Sequence[str]) -> int:
     for r in rows:
         g = r.get("time_to_grok") or {}
         print(
-            f"  {r['values']}: test loss {r.get('final_test_loss', math.nan)}, "
-            f"grok train/test steps {g.get('train_step')}/{g.get('test_step')}"
+            f"  {r['values']}: test loss {reached(r.get('final_test_loss'), '.4g', missing='-')}, "
+            f"grok train/test steps {reached(g.get('train_step'))}/{reached(g.get('test_step'))}"
         )
     print(f"wrote {out}/sweep.json; report: lazymeter report {out}/*/ --out {out}/report")
     return 0
@@ -248,7 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"lazymeter {lazymeter.__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("tasks", help="list the tasks and their options")
+    tasks = sub.add_parser(
+        "tasks",
+        help="list the tasks ('tasks NAME': a task's options)",
+        description=(
+            "One line per task; with NAME, the task's description, example script and options."
+        ),
+    )
+    tasks.add_argument(
+        "name", nargs="?", choices=sorted(TASKS), metavar="NAME", help="a task: show its options"
+    )
+    tasks.add_argument("--all", action="store_true", help="also the internal sub-run tasks")
     for name in ("run", "sweep"):
         p = sub.add_parser(
             name,

@@ -24,6 +24,7 @@ from typing import Any
 from . import polynomial
 from .harness import Setup, Task, option
 from .polynomial import PolynomialConfig
+from .results import at_epoch, reached
 
 TERMS = ("variance", "misalignment", "linear")
 # sup over degree-2 polynomials e(z) of a standard Gaussian of std(e^2) / E[e^2] (~3.9,
@@ -156,10 +157,10 @@ def headline(summary: Mapping[str, Any]) -> str:
             f"end (epoch {summary['final_step']:g}): train loss "
             f"{summary['final_train_loss']:.3g}, test loss {summary['final_test_loss']:.4g}; "
             f"{fmt(summary['decomposition_final'])}",
-            f"train loss < {cfg['threshold']:g} x start at epoch {g['train_step']:g}, test loss "
-            f"at {g['test_step']:g}; misalignment at the train crossing "
-            f"{summary['misalignment_at_train_crossing']} x its start, below "
-            f"{cfg['collapse']:g} x at epoch {summary['misalignment_collapse_step']:g}",
+            f"train loss < {cfg['threshold']:g} x start: {at_epoch(g['train_step'])}; test "
+            f"loss: {at_epoch(g['test_step'])}; misalignment at the train crossing "
+            f"{reached(summary['misalignment_at_train_crossing'], '.3g', ' x its start')}, "
+            f"below {cfg['collapse']:g} x: {at_epoch(summary['misalignment_collapse_step'])}",
             f"|test - sum| / sum: final {summary['rel_gap_final']:.2%}, max "
             f"{summary['max_rel_gap']:.2%} (MC std <= {summary['mc_rel_std_bound']:.1%})",
         ]

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .results import is_finite, series
+from .results import is_finite, reached, series
 
 
 def band(ax: Any, hist: Sequence[Mapping[str, Any]], key: str, color: str, label: str) -> None:
@@ -93,7 +93,7 @@ def paper_figure(hist: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     cfg = summary.get("config", {})
     ax.set_title(
         f"alpha={cfg.get('alpha', '?')}, eps={cfg.get('eps', '?')}: grokking delay "
-        f"{grok.get('ratio', float('nan')):.1f}x"
+        f"{reached(grok.get('ratio'), '.1f', 'x')}"
     )
 
     for key, label in (

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .harness import Setup, Task, option, run
-from .results import first_step_at_or_above
+from .results import at_epoch, first_step_at_or_above, is_finite, reached
 
 
 class QuadraticNet(nn.Module):
@@ -371,15 +371,17 @@ def headline(summary: Mapping[str, Any]) -> str:
     g, cfg = summary["time_to_grok"], summary["config"]
     absolute = cfg.get("threshold_kind") == "absolute"
     level = f"{cfg['threshold']:g}" + ("" if absolute else " x start")
+    later = f" ({reached(g['ratio'], '.3g', 'x later')})" if is_finite(g["test_step"]) else ""
     lines = [
-        f"train loss < {level} at epoch {g['train_step']}, test loss at "
-        f"{g['test_step']} ({g['ratio']} x later); final test {summary['final_test_loss']:.4g}"
-        f" vs K0 regression {summary['k0_test_mse']:.4g}"
+        f"train loss < {level}: {at_epoch(g['train_step'])}; test loss: "
+        f"{at_epoch(g['test_step'])}{later}; final test {summary['final_test_loss']:.4g}"
+        f" vs K0 regression {reached(summary['k0_test_mse'], '.4g', missing='-')}"
     ]
     for head, a in summary["alignment"].items():
         lines.append(
             f"{head} ({a['what']}): init {a['init']:.4g}, end {a['end']:.4g} "
-            f"(rise {a['rise']} +- {a['rise_se']})"
+            f"(rise {reached(a['rise'], '.2g', missing='-')} +- "
+            f"{reached(a['rise_se'], '.2g', missing='-')})"
         )
     return "\n".join(lines)
 

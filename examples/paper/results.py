@@ -1,6 +1,6 @@
 """What every experiment does with its curves and its summary: read a curve out of a run's
 history, read a crossing step off it, compare and print crossing steps (never = infinitely
-late), and write strict JSON."""
+late; printed "not reached", not "nan"), and write strict JSON."""
 
 from __future__ import annotations
 
@@ -49,6 +49,24 @@ def comes_later(steps: Sequence[Any]) -> bool:
     the last comes strictly after the first: "the delay grows"."""
     t = [never_is_inf(v) for v in steps]
     return len(t) > 1 and all(a <= b for a, b in zip(t[:-1], t[1:], strict=True)) and t[0] < t[-1]
+
+
+#: What a crossing step, a delay or a ratio that does not exist (NaN, None, +-Inf) prints as.
+NOT_REACHED = "not reached"
+
+
+def reached(
+    v: Any, spec: str = "g", unit: str = "", *, prefix: str = "", missing: str = NOT_REACHED
+) -> str:
+    """A crossing step, a delay or a ratio for people: ``prefix + format(v, spec) + unit``
+    (``reached(3.5, ".1f", "x")`` is ``3.5x``), or ``not reached`` (``missing``) when there
+    is none (None, NaN, +-Inf), never ``nan``."""
+    return f"{prefix}{format(v, spec)}{unit}" if is_finite(v) else missing
+
+
+def at_epoch(v: Any) -> str:
+    """Where a curve crossed: ``at epoch 340``, or ``not reached``."""
+    return reached(v, prefix="at epoch ")
 
 
 def step_text(v: Any) -> str:

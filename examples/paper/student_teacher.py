@@ -30,7 +30,7 @@ from torch import Tensor, nn
 import lazymeter as lm
 
 from .harness import Setup, Task, option
-from .results import first_step_at_or_above
+from .results import first_step_at_or_above, is_finite, reached
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
@@ -378,21 +378,29 @@ def headline(summary: Mapping[str, Any]) -> str:
     lines = [f"test accuracy reaches {level:g} (train in brackets) at step:"]
     for c in summary["crossings"]:
         lines.append(
-            f"  tau={c['threshold']:<7g} test {c['test_step']:>9,.0f}  (train "
-            f"{c['train_step']:,.0f}, apparent delay {c['delay_ratio']:.2f}x); test loss there "
-            f"= {c['test_loss_over_threshold']:.2f} x tau"
+            f"  tau={c['threshold']:<7g} test {reached(c['test_step'], ',.0f'):>11}  (train "
+            f"{reached(c['train_step'], ',.0f')}, apparent delay "
+            f"{reached(c['delay_ratio'], '.2f', 'x')}); test loss there "
+            f"= {reached(c['test_loss_over_threshold'], '.2f', ' x tau', missing='-')}"
         )
+    spread = summary["test_step_spread"]
+    moves = (
+        f"moves {spread:.1f}x with the threshold"
+        if is_finite(spread)
+        else "is not reached at two thresholds: no spread"
+    )
     lines.append(
-        f"the 'grokking step' moves {summary['test_step_spread']:.1f}x with the threshold; "
+        f"the 'grokking step' {moves}; "
         f"test loss {summary['initial_test_loss']:.3g} -> {summary['final_test_loss']:.3g} "
         f"(K0 regression {summary['k0_test_mse']:.3g}), weight norm "
         f"{summary['initial_weight_norm']:.3g} -> {summary['final_weight_norm']:.3g}"
     )
     lines.append(
-        f"lazy -> rich: test loss below K0 regression from step "
-        f"{summary['test_below_k0_step']:,.0f}; test alignment "
+        f"lazy -> rich: test loss below K0 regression: "
+        f"{reached(summary['test_below_k0_step'], ',.0f', prefix='from step ')}; test alignment "
         f"{summary['alignment0_test']:.3f} -> max {summary['max_alignment_test']:.3f}, rising "
-        f"(beyond 2 standard errors) from step {summary['alignment_rise_step']:,.0f}"
+        "(beyond 2 standard errors): "
+        f"{reached(summary['alignment_rise_step'], ',.0f', prefix='from step ')}"
     )
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ reports), and the regime read-out."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -34,10 +35,68 @@ SMALL = [
 ]
 
 
-def test_tasks_lists_each_task_with_its_defaults(capsys):
+def test_tasks_is_a_short_table_and_tasks_name_gives_a_tasks_options(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    assert "polynomial:" in out and "--alpha" in out and "--lr-scale" in out
+    lines = out.strip().splitlines()
+    assert len(lines) < 20, out
+    table = {line.split()[0]: line for line in lines[1 : lines.index("")]}
+    # one line per task an example script runs: its name, the script, what it is
+    assert "examples/polynomial_regression.py" in table["polynomial"] and "Figure 1" in out
+    assert "examples/mnist.py" in table["mnist"]
+    assert set(table) == {
+        "polynomial", "alpha_eps", "decomposition", "modular_mlp", "transformer_modular",
+        "student_teacher", "init_scale", "mnist", "eigenlabels",
+    }  # fmt: skip
+    assert "mnist_run" not in out and "--lr-scale" not in out  # internal tasks, options: hidden
+    assert "tasks NAME" in out and "tasks --all" in out
+
+    assert main(["tasks", "polynomial"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("polynomial: Figure 1")
+    assert "--alpha" in out and "--lr-scale" in out and "examples/polynomial_regression.py" in out
+
+    assert main(["tasks", "--all"]) == 0
+    assert "mnist_run" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["tasks", "nosuchtask"])
+
+
+def _nan_words(text: str) -> list[str]:
+    return re.findall(r"\bnan\b", text, flags=re.IGNORECASE)
+
+
+def test_a_crossing_that_is_not_reached_prints_as_not_reached_never_nan(tmp_path, capsys):
+    # the train loss falls below 0.9 x its start, the test loss (which rises) never does
+    argv = [*SMALL, "--threshold", "0.9", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(["run", "polynomial", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "train loss < 0.9 x start: at epoch" in out
+    assert "test loss: not reached;" in out
+    assert _nan_words(out) == [], out
+    printed = json.loads(out[: out.index("\n}\n") + 2])  # the summary, strict JSON
+    assert printed["time_to_grok"]["test_step"] is None
+    assert printed["time_to_grok"]["ratio"] is None
+
+
+def test_the_figure_title_says_not_reached(monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    from paper.figures import paper_figure
+
+    titles = []
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: titles.append(fig.axes[0].get_title())
+    )
+    hist = [{"step": s, "train_loss": 1.0 / s, "test_loss": 1.0} for s in (1, 2, 4)]
+    for ratio in (None, math.nan, 3.52):
+        summary = {"config": {"alpha": 1.0, "eps": 0.02}, "time_to_grok": {"ratio": ratio}}
+        paper_figure(hist, summary, str(tmp_path / "f.png"))
+    assert titles == [
+        "alpha=1.0, eps=0.02: grokking delay not reached",
+        "alpha=1.0, eps=0.02: grokking delay not reached",
+        "alpha=1.0, eps=0.02: grokking delay 3.5x",
+    ]
 
 
 def test_run_writes_a_run_directory_and_report_reads_it(tmp_path, capsys):
@@ -53,12 +112,15 @@ def test_run_writes_a_run_directory_and_report_reads_it(tmp_path, capsys):
     assert (tmp_path / "rep.png").stat().st_size > 10_000
 
 
-def test_sweep_runs_the_grid_in_processes_and_reports_overlaid_runs(tmp_path):
+def test_sweep_runs_the_grid_in_processes_and_reports_overlaid_runs(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert (
         main(["sweep", "polynomial", *SMALL, "--alpha", "1,2", "--out", str(out), "--workers", "2"])
         == 0
     )
+    printed = capsys.readouterr().out  # no run of 60 epochs halves its test loss
+    assert "/not reached" in printed  # the test-loss crossing
+    assert _nan_words(printed) == [], printed
     results = json.loads((out / "sweep.json").read_text())
     assert [r["values"]["alpha"] for r in results] == [1.0, 2.0]
     dirs = sorted(p for p in out.iterdir() if p.is_dir())
@@ -73,7 +135,7 @@ def test_python_dash_m_examples_paper_is_the_command_from_a_checkout_and_the_fol
 ):
     root = EXAMPLES.parent
     done = subprocess.run(
-        [sys.executable, "-m", "examples.paper", "tasks"],
+        [sys.executable, "-m", "examples.paper", "tasks", "polynomial"],
         capture_output=True,
         text=True,
         check=True,

@@ -50,3 +50,18 @@ def test_crossing_steps_compare_with_never_as_infinitely_late():
         "never",
         "never",
     ]
+
+
+def test_a_crossing_that_does_not_exist_prints_as_not_reached():
+    from paper.results import at_epoch, reached
+
+    assert [reached(v) for v in (340.0, None, math.nan, math.inf)] == [
+        "340",
+        "not reached",
+        "not reached",
+        "not reached",
+    ]
+    assert reached(3.521, ".1f", "x later") == "3.5x later"
+    assert reached(None, ".4g", missing="-") == "-"
+    assert reached(1200.0, ",.0f", prefix="from step ") == "from step 1,200"
+    assert at_epoch(7500.0) == "at epoch 7500" and at_epoch(math.nan) == "not reached"
