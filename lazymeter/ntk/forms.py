@@ -123,8 +123,36 @@ def _same_index(forms: list[Form]) -> bool:
     )
 
 
+#: ``{(numel, device): arange(numel)}``: the positions a traced parameter starts from
+#: (:func:`positions`), kept so that a form in the parameter's own layout is known to be
+#: one without looking at its index; at most :data:`_POSITIONS_CAP` entries in all.
+_POSITIONS: dict[tuple[int, torch.device], Tensor] = {}
+_POSITIONS_CAP = 1 << 23
+
+
+def positions(numel: int, device: torch.device) -> Tensor:
+    """``arange(numel)`` on ``device``, the same tensor every time while the cache has
+    room (read-only: views of it are indices)."""
+    key = (numel, torch.device(device))
+    t = _POSITIONS.get(key)
+    if t is None:
+        t = torch.arange(numel, device=device)
+        if numel + sum(v.numel() for v in _POSITIONS.values()) <= _POSITIONS_CAP:
+            _POSITIONS[key] = t
+    return t
+
+
 def _distinct(index: Tensor, numel: int) -> bool:
-    """Whether no parameter position occurs twice in ``index`` (linear time)."""
+    """Whether no parameter position occurs twice in ``index``: at once for the
+    parameter's own layout (a contiguous view of :func:`positions`), else linear time."""
+    base = _POSITIONS.get((numel, index.device))
+    if (
+        base is not None
+        and index.numel() == numel
+        and index.is_contiguous()
+        and index.data_ptr() == base.data_ptr()
+    ):
+        return True
     return bool(torch.bincount(index, minlength=numel).max() <= 1)
 
 

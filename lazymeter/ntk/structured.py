@@ -17,8 +17,9 @@ The engine is split by concern:
   :class:`~lazymeter.ntk.forms.Dense` (an explicit ``[c, O, n_p]`` Jacobian, for small
   parameters such as biases and norm scales), and how pairs of them contract;
 * :mod:`lazymeter.ntk.ops`: the operator rules, where each layer's maths lives (one
-  module per family), and the one capture: a traced forward per sample under ``vmap``
-  and ``O`` backward passes give every consuming operation's inputs and ``g``;
+  module per family), and the one capture: a traced forward (on the block, or per sample
+  under ``vmap``), the rules on one sample's tensors, and ``O`` backward passes give
+  every consuming operation's inputs and ``g``;
 * :mod:`~lazymeter.ntk.registry`: :data:`RULES` (layer type -> module rule, looked up
   along the MRO), :func:`register_rule`, the static ``declines``; a user's module rule
   is one operation of the capture (:mod:`~lazymeter.ntk.ops.modules`);

@@ -26,9 +26,11 @@ that consumes one (:data:`OP_RULES`, one module per family):
 * :mod:`~lazymeter.ntk.ops.modules`: a layer with a user's module rule
   (:func:`~lazymeter.ntk.register_rule`) as one operation of its own parameters.
 
-:mod:`~lazymeter.ntk.ops.capture` runs the forward per sample under ``vmap`` (so no rule
-has to guess which dimension is the batch) and differentiates the model's outputs with
-respect to each consuming operation's output (``O`` cotangents at once, ``jacrev``). A
+:mod:`~lazymeter.ntk.ops.capture` runs the forward on the block (or per sample under
+``vmap`` where the batched forward cannot tell the samples apart), each rule on one
+sample's tensors (so no rule has to guess which dimension is the batch), and
+differentiates the model's outputs with respect to each consuming operation's output
+(``O`` cotangents at once, one batched backward pass). A
 parameter that any operation without a rule touches (``W.exp()``, ``W / W.norm()``)
 goes to the generic engine as a whole, and the exactness guard checks the rest.
 """

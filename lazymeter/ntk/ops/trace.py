@@ -9,8 +9,8 @@ position in the parameter of each of its entries (the same selection applied to
 followed operand becomes a :class:`Use`), or anything else: the parameter is then
 refused (its kernel goes to the generic engine) with the operation's name as the reason.
 
-Rules run per sample (the capture runs the forward under ``vmap``), so they never have
-to find the batch dimension.
+Rules run per sample (the capture runs the forward under ``vmap``, or batched with each
+rule call vmapped over the samples), so they never have to find the batch dimension.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from ..forms import Form
+from ..forms import Form, positions
 
 #: Re-dispatch a Python-level torch function with the mode active inside it (recent torch;
 #: without it such functions count as operations without a rule).
@@ -137,16 +137,27 @@ class Tracer(TorchFunctionMode):
     to ``eps[k]`` gives the gradient with respect to ``y``.
     """
 
-    def __init__(self, params: dict[str, Tensor], eps: list[Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        params: dict[str, Tensor],
+        eps: list[Tensor] | None = None,
+        defer: Callable[..., Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.tracked: dict[int, Tracked] = {}
         for name, p in params.items():
-            idx = torch.arange(p.numel(), device=p.device).reshape(p.shape)
+            idx = positions(p.numel(), p.device).reshape(p.shape)
             self.tracked[id(p)] = Tracked(p, name, idx)
         self.uses: list[Use] = []
         self.outputs: list[Tensor] = []
         self.refused: dict[str, str] = {}
+        #: Each consuming operation's tensor operands (``_tensors`` order, detached), None
+        #: for a module operation: what the batched capture checks its calls against.
+        self.operands: list[list[Tensor] | None] = []
         self.eps = eps
+        #: ``defer(tracer, rule, name, args, kwargs, out) -> output``: called instead of a
+        #: consuming operation's rule (the batched capture runs rules after the forward).
+        self.defer = defer
         #: ids of followed tensors inside a call that a module rule computes as a whole
         #: (:mod:`~lazymeter.ntk.ops.modules`): their uses there are not operations.
         self.held: set[int] = set()
@@ -236,6 +247,8 @@ class Tracer(TorchFunctionMode):
         if not isinstance(out, Tensor):
             self._refuse(hits, f"{name} returns several tensors")
             return out
+        if self.defer is not None:
+            return self.defer(self, rule, name, args, kwargs, out)
         found = rule(args, kwargs, self.find, out)
         if isinstance(found, str):
             self._refuse(hits, f"{name}: {found}")
@@ -245,16 +258,20 @@ class Tracer(TorchFunctionMode):
             self._refuse(
                 [h for h in hits if h.name in missing], f"{name}: no rule for this operand"
             )
-        return self.record(found, out, name)
+        return self.record(found, out, name, [t.detach() for t in _tensors((args, kwargs))])
 
-    def record(self, found: list[Use], out: Tensor, name: str) -> Tensor:
-        """Register ``found``, the uses of one consuming operation whose output is ``out``;
-        returns ``out + eps`` of its slot when differentiating (else ``out``)."""
+    def record(
+        self, found: list[Use], out: Tensor, name: str, operands: list[Tensor] | None = None
+    ) -> Tensor:
+        """Register ``found``, the uses of one consuming operation whose output is ``out``
+        (and whose tensor operands have the shapes ``operands``); returns ``out + eps`` of
+        its slot when differentiating (else ``out``)."""
         slot = len(self.outputs)
         for u in found:
             u.op, u.slot = u.op or name, slot
         self.uses.extend(found)
         self.outputs.append(out)
+        self.operands.append(operands)
         if self.eps is not None:
             out = out + self.eps[slot]
         return out
