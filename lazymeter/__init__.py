@@ -8,6 +8,7 @@ from .baselines import Linearized, kernel_regression
 from .decompose import Decomposition, QuadraticDecomposition, decompose_quadratic
 from .deprecations import LazymeterDeprecationWarning
 from .estimators import Estimate
+from .failures import SlowWarning
 from .grokking import GrokTime, time_to_grok
 from .live import LiveView
 from .meter import LazyMeter
@@ -55,6 +56,7 @@ __all__ = [
     "read_jsonl",
     "tag_for",
     "Sink",
+    "SlowWarning",
     "LiveView",
     "plot_run",
     "Estimate",

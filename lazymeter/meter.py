@@ -26,7 +26,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 from . import quantities as Q
 from .deprecations import accepts_legacy_arguments
 from .distributed import WRONG_ORDER, Dist, make_dist, sharded_ntk, world_size
-from .failures import Warner
+from .failures import SlowWarning, Warner
+from .history import KIND_KEY, SCALARS
 from .ntk import (
     FunctionalModel,
     coverage,
@@ -35,16 +36,20 @@ from .ntk import (
     resolve_budget,
     select_method,
 )
-from .ntk.fsdp import is_dtensor
+from .ntk.blocks import user_stacklevel
+from .ntk.fsdp import is_dtensor, reshard_all
+from .ntk.functional import call_with
 from .ntk.options import NTKOptions
-from .probes import POOL, Probe, ProbeSet, prepare_probes
+from .probes import POOL, Probe, ProbeSet, check_against_model, prepare_probes
 from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
-from .sinks import RunLog, Sink, scalar_values
+from .sinks import RunLog, Sink, read_jsonl, scalar_values
 from .sinks.runlog import SCALAR_EVERY
 
 _STATE_VERSION = 2
+#: Outputs per sample from which an exact-output meter suggests ``Sketch(16)`` at construction.
+MANY_OUTPUTS = 64
 #: The keys of the meter's own state (``state_dict()['_extra_state']``); ``sinks`` is optional.
 _STATE_KEYS = (
     "version",
@@ -193,10 +198,11 @@ class LazyMeter(ScaledModel):
         keep = max(keep, POOL, probes.max_points if fixed else 0)
         self._keep = keep
         need = max(((q.min_points(), q.name) for q in self.quantities if q.needs), default=(3, ""))
-        ready = prepare_probes(
-            probes, device=self._device(), dtype=dtype, keep=keep, need=need,
-            pilot=self._pilot_kernel, dist=self._dist,
-        )  # fmt: skip
+        with self._warner.collected():  # the pilot kernel's torch warnings, once
+            ready = prepare_probes(
+                probes, device=self._device(), dtype=dtype, keep=keep, need=need,
+                pilot=self._pilot_kernel, dist=self._dist, check=self._check_probes,
+            )  # fmt: skip
         self.probe_choice: dict[str, Any] | None = ready.choice
         if ready.train is None:  # parameter quantities only
             self.quantities = [q for q in self.quantities if not q.needs]
@@ -208,8 +214,18 @@ class LazyMeter(ScaledModel):
         self._num_classes = ready.num_classes
         with self.full_model(keep=self._computes):
             self._n_out = self._main_first(lambda: self.check_outputs(self.probe_x))
+            if not self.ntk.sketched and self._n_out >= MANY_OUTPUTS:  # said, not switched
+                warnings.warn(
+                    f"lazymeter: the model has {self._n_out} outputs per sample and exact "
+                    "kernels (NTKOptions(outputs='all')) take one backward pass per output; "
+                    "ntk=lm.NTKOptions(outputs=lm.ntk.Sketch(16)) estimates them from 16 "
+                    f"output projections, ~{self._n_out / 16:.0f}x fewer backward passes "
+                    "(its relative standard error is logged as ntk_sketch_rel_se)",
+                    SlowWarning,
+                    stacklevel=user_stacklevel(),
+                )
             if self._computes:
-                with self.measuring():
+                with self.measuring(), self._warner.collected():
                     self._setup(ready.full)
         if self._dist is not None and self._dist.strategy == "rank0":
             self._receive_reference()
@@ -219,6 +235,21 @@ class LazyMeter(ScaledModel):
                 "does not depend differentiably on the trainable parameters (a round(), "
                 "sign() or other zero-gradient op inside forward?)"
             )
+
+    def _check_probes(self, named: dict[str, Probe | None]) -> None:
+        """:func:`~lazymeter.probes.check_against_model` with the model's output as
+        measurements see it (as :meth:`measured_output`: eval mode, no graph, buffers
+        untouched, after ``output_fn``), before any kernel: a probe the model cannot take,
+        or labels that do not fit its outputs, are a ``ValueError`` naming the probe."""
+
+        net = self.net
+
+        def forward(x: Tensor) -> Any:
+            with self.measuring(), torch.no_grad():
+                return self._reduce(call_with(net, {}, (x,)))
+
+        with self.full_model(keep=self._computes):
+            self._main_first(lambda: check_against_model(named, forward, net, self.check_outputs))
 
     def _pilot_kernel(self, x: Tensor) -> tuple[Tensor, float]:
         """``(K, seconds)`` of ``x`` for :class:`~lazymeter.ProbeSize`; the first call also
@@ -324,7 +355,13 @@ class LazyMeter(ScaledModel):
         """Measure every quantity now (whatever the schedules); append the row to
         ``history`` and the sinks, and return it: ``step``, the last scalars passed to
         :meth:`step`, and each quantity's keys. Never changes parameters, gradients, mode
-        or the RNG stream; a quantity that fails records NaN (one warning per quantity)."""
+        or the RNG stream; a quantity that fails records NaN (one warning per quantity).
+
+        Before any :meth:`step`, this is the run's first row, at step 0 (the model as it is:
+        call it before training; a warning says when the model has moved since the meter
+        was built), and :meth:`step` then counts from 1."""
+        if self._step is None:
+            self._first_row(0)
         return self._measure(list(enumerate(self.quantities)))
 
     def _measure(self, due: Sequence[tuple[int, Q.Quantity]]) -> dict[str, float]:
@@ -342,6 +379,99 @@ class LazyMeter(ScaledModel):
         self.history.append(row)
         self._write(row, ctx, [q for _, q in due])
         return row
+
+    # ------------------------------------------------------------------ first and last rows
+    def _first_row(self, step: int) -> None:
+        """The first call (``measure()``, or ``step(s)`` with ``s <= 0``) is the run's first
+        row, at ``step``, of the model as it is: the schedules start there, and a warning
+        says when the model is no longer the one the meter was built with."""
+        self._step, self._scalars = step, {}
+        self._start_schedules(step)
+        if self._moved():
+            self._warner.once(
+                "first",
+                f"the first row (step {step}) is measured after the model moved from its "
+                "initial state, so the run has no row before training; call meter.step() "
+                "after each update (the meter records step 0 itself) or pass step=k after k "
+                "updates (step=epoch + 1 after each epoch), or call meter.measure() before "
+                "training (warned once)",
+            )
+
+    def _start_schedules(self, step: int) -> None:
+        self.schedule.due(step)
+        for s in self._schedules:
+            if s is not None:
+                s.due(step)
+
+    def _initial_row(self) -> dict[str, float]:
+        """The row at step 0: every quantity, measured on the model before any update (the
+        snapshot's parameters and buffers copied in for the measurement, then the model's
+        own copied back bit for bit), without scalars."""
+        self._step, self._scalars = 0, {}
+        self._start_schedules(0)
+        return self._at_init(lambda: self._measure(list(enumerate(self.quantities))))
+
+    def _moved_tensors(self) -> list[tuple[Tensor, Tensor]]:
+        """``(the tensor's data, its initial value)`` for each parameter and buffer of the
+        model that differs from the snapshot: this rank's shards under ``fully_shard``
+        (local tensors sharing the model's storage)."""
+        snap = self.snapshot.as_dict()
+        net = self.net
+        if self._fsdp:
+            reshard_all(net)  # a layer FSDP left gathered holds plain tensors, not its shards
+        out = []
+        for name, t in [*net.named_parameters(), *net.named_buffers()]:
+            t0 = snap.get(name)
+            if t0 is None or t0.shape != t.shape:
+                continue  # a changed structure: the measurement says so (NaN, a warning)
+            a, b = (x.to_local() if is_dtensor(x) else x for x in (t.data, t0.detach()))
+            if a.shape != b.shape:
+                continue  # placed differently: nothing this rank can copy
+            if a.dtype != b.dtype or a.device != b.device or not torch.equal(a, b):
+                out.append((a, b))
+        return out
+
+    def _moved(self) -> bool:
+        return bool(self._moved_tensors())
+
+    def _at_init(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with the model at its initial values. Copied through ``.data``: no
+        autograd version bump, so a graph built before (and backpropagated after) still
+        sees the values it was built with. A no-op for a model that has not moved."""
+        moved = self._moved_tensors()
+        saved = [t.clone() for t, _ in moved]
+        try:
+            with torch.no_grad():
+                for t, t0 in moved:
+                    t.copy_(t0)
+            return fn()
+        finally:
+            with torch.no_grad():
+                for (t, _), s in zip(moved, saved, strict=True):
+                    t.copy_(s)
+
+    def _measure_last(self) -> dict[str, float] | None:
+        """The row of the last step, measured now (every quantity, with that step's
+        scalars) when that step has none yet; else None (cheap: nothing is computed)."""
+        if self._step is None or (self.history and int(self.history[-1]["step"]) == self._step):
+            return None
+        return self._measure(list(enumerate(self.quantities)))
+
+    def _plot_rows(self) -> list[dict[str, float]]:
+        """The rows :meth:`plot` draws: ``history.jsonl`` when this meter writes one
+        (measurements and scalar rows), else :attr:`history`; with the last step's scalars
+        as a scalar row when that step has no row, so the losses reach the run's end."""
+        rows: list[dict[str, Any]] = [dict(r) for r in self.history]
+        jsonl = self._log.jsonl
+        if jsonl is not None and os.path.isfile(jsonl.path):
+            try:
+                rows = read_jsonl(jsonl.path)
+            except (OSError, ValueError):
+                pass  # unreadable: the in-memory history
+        last = rows[-1]["step"] if rows else None
+        if self._step is not None and self._scalars and last != self._step:
+            rows.append({"step": self._step, **self._scalars, KIND_KEY: SCALARS})
+        return rows
 
     def _compute(
         self,
@@ -370,7 +500,9 @@ class LazyMeter(ScaledModel):
             self.check_structure()
         except ValueError as e:  # every quantity would compare against a stale snapshot
             changed = changed or e
-        with self.measuring(), torch.no_grad(), warnings.catch_warnings():
+        # torch's known harmless warnings dropped, any other shown once per run (a bare
+        # catch_warnings would reprint it at every measurement): Warner.collected.
+        with self.measuring(), torch.no_grad(), self._warner.collected():
             warnings.simplefilter("ignore", RuntimeWarning)  # degenerate -> NaN, quietly
             for i, q in due:
                 ctx.current = q.name
@@ -413,14 +545,21 @@ class LazyMeter(ScaledModel):
 
     def step(self, step: int | None = None, **scalars: float) -> dict[str, float] | None:
         """Record ``scalars`` (e.g. ``train_loss=..., test_loss=...``) at ``step``; measure
-        the quantities that are due. ``step`` defaults to the previous step + 1 (0 first)
-        and must increase. Returns the measurement row when one was taken, else None."""
+        the quantities that are due. Returns the measurement row when one was taken, else
+        None.
+
+        Steps count updates: call it after each optimiser step. The run's first row is step
+        0, before any update: at the first call with ``step`` None or positive, the meter
+        first measures the model at its initial values (every quantity, no scalars).
+        ``step`` defaults to the previous step + 1 (so 1 at the first call) and must
+        increase. A first call with ``step=0`` (or below) is itself the first row, every
+        quantity measured on the model as it is (a warning when it has already moved)."""
         first = self._step is None
         if first and self._dist is None and self._distributed is not None and world_size() > 1:
             # The meter was built before init_process_group, or is inside DDP(LazyMeter(..)).
             raise TypeError(WRONG_ORDER.format(world=world_size()))
         if step is None:
-            step = 0 if self._step is None else self._step + 1
+            step = 1 if self._step is None else self._step + 1
         elif isinstance(step, bool) or not isinstance(step, int):
             raise TypeError(f"step: expected an int, got {type(step).__name__}")
         if self._step is not None and step <= self._step:
@@ -436,6 +575,12 @@ class LazyMeter(ScaledModel):
         for k, v in values.items():
             if not math.isfinite(v):
                 self._warner.once(k, f"{k} is {v} at step {step}; recorded as is")
+        if first and step <= 0:  # the user's own first row: every quantity, as it is
+            self._first_row(step)
+            self._scalars = values
+            return self._measure(list(enumerate(self.quantities)))
+        if first:
+            self._initial_row()  # step 0, before any update
         self._step = step
         self._scalars = values
         due = self.schedule.due(step)
@@ -467,11 +612,19 @@ class LazyMeter(ScaledModel):
 
     def will_measure(self, step: int | None = None) -> bool:
         """Whether :meth:`step` at ``step`` (default: the next one) will measure; use it to
-        compute expensive scalars (a test loss) only when they will be recorded."""
+        compute expensive scalars (a test loss) only when they will be recorded. Before
+        the first call: True for ``step <= 0`` (the first row); for a later step, as the
+        schedules will be after the initial row at step 0."""
         if step is None:
-            step = 0 if self._step is None else self._step + 1
-        own = (s.peek(step) for s in self._schedules if s is not None)
-        return self.schedule.peek(step) or any(own)
+            step = 1 if self._step is None else self._step + 1
+        schedules = [self.schedule, *(s for s in self._schedules if s is not None)]
+        if self._step is None:
+            if step <= 0:
+                return True
+            schedules = [copy.deepcopy(s) for s in schedules]
+            for s in schedules:
+                s.due(0)  # as the initial row leaves them
+        return any(s.peek(step) for s in schedules)
 
     @property
     def last_step(self) -> int | None:
@@ -735,12 +888,23 @@ class LazyMeter(ScaledModel):
         state["log_dir"] = None
         return state
 
-    def close(self, hparams: Mapping[str, Any] | None = None) -> None:
-        """Flush and close the log files (the meter keeps working in memory).
+    def close(self, hparams: Mapping[str, Any] | None = None, *, measure: bool = True) -> None:
+        """Measure the last step if it has no row yet, then flush and close the log files
+        (the meter keeps working in memory).
+
+        The run's last row is its last step's: when the schedule skipped that step, every
+        quantity is measured now with that step's scalars (once: a second ``close()``, or
+        one after a measured last step, computes nothing). ``measure=False`` skips that
+        measurement and writes the last step's scalars to ``history.jsonl`` as a scalar row
+        instead. A distributed meter measures collectively: call ``close()`` on every rank.
 
         ``hparams`` (e.g. ``{"alpha": 1, "eps": 0.02, "lr": ..., "max_probe": 64}``) are
         logged with the last measurement's values to TensorBoard's HPARAMS tab.
         """
+        if measure:
+            self._measure_last()
+        else:
+            self._log.write_last_scalars(self._scalars, self._step)
         if hparams is not None and self.history:
             probe_size = 0 if self.probe_x is None else int(self.probe_x.shape[0])
             self._log.write_hparams(
@@ -757,12 +921,14 @@ class LazyMeter(ScaledModel):
         measurement), with ``log_dir/meta.json`` when there is one and the meter's
         ``regime_thresholds``. ``kwargs``: those of :func:`~lazymeter.plot_run`, e.g.
         ``loss="cross_entropy"`` (the baseline, an MSE, is then not drawn on the loss's
-        axes) or ``step_label="epoch"``. Needs matplotlib; pyplot is never used."""
+        axes) or ``step_label="epoch"``. The losses come from ``history.jsonl`` when the
+        meter writes one (its scalar rows too) and reach the last step passed to
+        :meth:`step`. Needs matplotlib; pyplot is never used."""
         from .plots import plot_run, run_info
 
         kwargs.setdefault("thresholds", self.regime_thresholds)
         kwargs["meta"] = {**run_info(self.log_dir), **(kwargs.get("meta") or {})}
-        return plot_run(self.history, **kwargs)
+        return plot_run(self._plot_rows(), **kwargs)
 
     def live(self, every: int = 1, *, display: Any = None, **plot_kwargs: Any) -> Any:
         """Show :meth:`plot` in a Jupyter notebook now and redraw it in place after every

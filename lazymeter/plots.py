@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .history import series
+from .history import measurements, series
 from .regime import LAZY, RICH, TRANSITIONING, RegimeThresholds, regimes
 from .sinks import read_jsonl
 
@@ -23,7 +23,7 @@ def _band(ax: Any, hist: Sequence[Mapping[str, Any]], key: str, color: str, labe
     xs, ys = series(hist, key)
     if not xs:
         return
-    se = {r["step"]: r.get(key + "_se") for r in hist}
+    se = {r["step"]: r.get(key + "_se") for r in hist if _finite(r.get(key))}
     err = [float(se[x]) if isinstance(se[x], (int, float)) else 0.0 for x in xs]
     err = [e if math.isfinite(e) else 0.0 for e in err]
     ax.plot(xs, ys, color=color, lw=1.3, label=label)
@@ -259,7 +259,9 @@ def plot_run(
 
     Every panel's background is shaded by the regime read at each measurement
     (:func:`lazymeter.regime.classify`: blue lazy, orange transitioning, red rich), and the
-    title says the regime at the last one.
+    title says the regime at the last one. The scalar rows of ``history.jsonl`` (``"kind":
+    "scalars"``: the scalars of steps without a measurement) add to the loss and accuracy
+    curves only, so these reach the run's last logged step.
 
     Args:
         run: a run directory (``history.jsonl``, with ``meta.json`` / ``summary.json`` when
@@ -287,6 +289,7 @@ def plot_run(
     kind = loss.strip().lower() if isinstance(loss, str) else loss_kind(rows, info)
     xlabel = step_label or axis_label(info)
     drawn = [r for r in rows if _finite(r.get("step")) and r["step"] > 0]
+    measured = measurements(drawn)
     panels = [(draw, keys) for keep, draw in _PANELS if (keys := _keys(drawn, keep))]
     cols = 2 if len(panels) == 4 else min(3, max(1, len(panels)))
     nrows = max(1, math.ceil(len(panels) / cols))
@@ -304,11 +307,12 @@ def plot_run(
         ax.set_xlabel(xlabel)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    title = f"{len(rows)} measurement{'s' if len(rows) != 1 else ''}"
-    if any(_finite(r.get(k)) for r in drawn for k in _REGIME_KEYS):
-        labels = regimes(drawn, thresholds)
-        _shade_regimes(axes, drawn, labels)
-        last = drawn[-1]["step"]
+    n = len(measurements(rows))
+    title = f"{n} measurement{'s' if n != 1 else ''}"
+    if any(_finite(r.get(k)) for r in measured for k in _REGIME_KEYS):
+        labels = regimes(measured, thresholds)
+        _shade_regimes(axes, measured, labels)
+        last = measured[-1]["step"]
         title = f"regime at {xlabel} {last:g}: {labels[-1]} ({title})"
         shown = [lab for lab in (LAZY, TRANSITIONING, RICH) if lab in labels]
         handles = [

@@ -1,5 +1,6 @@
 """Probe sets: what a meter measures on (:class:`ProbeSet`), prepared, sized, shared and
-checked in one place (:func:`prepare_probes`); the seeded subsets; regression targets."""
+checked in one place (:func:`prepare_probes`, :func:`check_against_model`); the seeded
+subsets; regression targets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .distributed import Dist, share_probes
 from .metrics import alignment_estimate
@@ -91,12 +92,16 @@ def _pair(batch: Any, name: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
     return _tensor(batch[0], dtype), _tensor(batch[1], dtype)
 
 
-def as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
+def as_probe(
+    probe: Any, name: str, device: torch.device, dtype: torch.dtype | None = None
+) -> Probe | None:
     """Validate an ``(x, y)`` probe (None passes through) and put it on ``device``.
 
     Errors name the argument: not a pair of tensors, different lengths, fewer than 3
     points (centring degenerates), the meta device, NaN/Inf values. A probe on another
-    device than the model is moved once, with a note in the ``lazymeter`` logger.
+    device than the model is moved once, and a floating ``x`` of another floating dtype
+    than ``dtype`` (the model's) cast once, each with a note in the ``lazymeter`` logger;
+    integer inputs (token ids) and the labels are left as they are.
     """
     if probe is None:
         return None
@@ -130,6 +135,17 @@ def as_probe(probe: Any, name: str, device: torch.device) -> Probe | None:
             device,
         )
         x, y = x.to(device), y.to(device)
+    if dtype is not None and dtype.is_floating_point and x.is_floating_point() and x.dtype != dtype:
+        # Cast once here, like the move: the model cannot multiply its weights with another
+        # dtype ("mat1 and mat2 must have the same dtype"), and measurements run in its own.
+        logger.warning(
+            "lazymeter: %s: x is %s but the model's parameters are %s; cast it once (pass "
+            "it in the model's dtype to skip the copy)",
+            name,
+            x.dtype,
+            dtype,
+        )
+        x = x.to(dtype)
     return x, y
 
 
@@ -221,8 +237,9 @@ def prepare(
     subsets (at most ``max_probe`` seeded points; the test subset with ``seed + 1``), the
     whole probes, and the class count for integer labels (None for regression targets).
     Labels with zero variance are a ``ValueError`` (alignment is undefined)."""
-    full = as_probe(collect(probe, "probe", limit, dtype), "probe", device)
-    full_test = as_probe(collect(test_probe, "test_probe", limit, dtype), "test_probe", device)
+    full = as_probe(collect(probe, "probe", limit, dtype), "probe", device, dtype)
+    test = collect(test_probe, "test_probe", limit, dtype)
+    full_test = as_probe(test, "test_probe", device, dtype)
     if full_test is not None and full is None:
         raise ValueError("test_probe: needs a training probe too (pass probe=(x, y))")
     if full is None:
@@ -241,6 +258,11 @@ def check_label_variance(probes: dict[str, Probe | None], num_classes: int | Non
     for name, p in probes.items():
         if p is None:
             continue
+        if not p[1].is_floating_point() and int(p[1].min()) < 0:
+            raise ValueError(
+                f"{name}: the class labels y must be >= 0 (integer labels are classes); the "
+                f"smallest is {int(p[1].min())}"
+            )
         t = targets(p[1], num_classes)
         if bool((t == t[:1]).all()):
             raise ValueError(
@@ -324,26 +346,31 @@ def prepare_probes(
     need: tuple[int, str] = (3, ""),
     pilot: Callable[[Tensor], tuple[Tensor, float]] | None = None,
     dist: Dist | None = None,
+    check: Callable[[dict[str, Probe | None]], None] | None = None,
 ) -> PreparedProbes:
     """Prepare, size, share and check a meter's probes, in that order, before anything is
     measured.
 
     1. Read and validate the points (:func:`collect`, :func:`as_probe`): at most ``keep``
        of each probe (the most any quantity reads at setup) on ``device``, floating arrays
-       in ``dtype``.
+       and floating ``x`` in ``dtype``.
     2. Size: ``probes.max_points``, or what a :class:`ProbeSize` chooses from ``pilot(x)``
        (``(K, seconds)``: the kernel of ``x`` and how long it took).
     3. Share (``dist``): rank 0's points on every rank
        (:func:`lazymeter.distributed.share_probes`).
     4. Check: each probe has ``need[0]`` points (what quantity ``need[1]`` needs for a
-       value) and labels that vary.
+       value), labels that vary, and fits the model (``check({"probe": ...,
+       "test_probe": ...})``, the meter's :func:`check_against_model`; also on the pilot's
+       points, before its kernel).
     """
     if probes is None:
         return PreparedProbes()
     choice = None
     max_points = probes.max_points
     if isinstance(max_points, ProbeSize):
-        max_points, choice = _choose_size(probes, max_points, device, dtype, keep, pilot, dist)
+        max_points, choice = _choose_size(
+            probes, max_points, device, dtype, keep, pilot, dist, check
+        )
     limit = max(max_points, keep)
     train, test, full, full_test, num_classes = prepare(
         probes.train, probes.test, device, max_points, probes.seed, limit, dtype
@@ -355,6 +382,8 @@ def prepare_probes(
     named = {"probe": train, "test_probe": test}
     check_sizes(named, *need)
     check_label_variance(named, num_classes)
+    if check is not None:
+        check(named)
     return PreparedProbes(train, test, {"train": full, "test": full_test}, num_classes, choice)
 
 
@@ -366,6 +395,7 @@ def _choose_size(
     keep: int,
     pilot: Callable[[Tensor], tuple[Tensor, float]] | None,
     dist: Dist | None,
+    check: Callable[[dict[str, Probe | None]], None] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The probe size a :class:`ProbeSize` chooses from a pilot kernel (kernel time and
     alignment error at initialisation), and the record of why."""
@@ -382,6 +412,8 @@ def _choose_size(
     )
     if small is None:
         raise ValueError("max_points: ProbeSize needs a probe=(x, y) to measure on")
+    if check is not None:  # a probe the model cannot take: said before the pilot kernel
+        check({"probe": small})
     K, seconds = pilot(small[0])
     try:
         se = alignment_estimate(K, targets(small[1], num_classes), "double", "unbiased").stderr
@@ -402,3 +434,103 @@ def check_sizes(probes: dict[str, Probe | None], need: int, who: str) -> None:
                 f"{need} for a value with its error bar; pass at least {need} points, or "
                 "quantities with estimator='biased' (3 points)"
             )
+
+
+def check_against_model(
+    probes: dict[str, Probe | None],
+    forward: Callable[[Tensor], Any],
+    model: nn.Module,
+    outputs: Callable[[Tensor], int],
+) -> int | None:
+    """Each probe against the model, once, before any kernel; returns the model's outputs
+    per point (None without probes).
+
+    1. ``forward`` (the model's output as measurements see it: eval mode, no graph, after
+       ``output_fn``) on two points of each probe: a failure is a ``ValueError`` naming the
+       probe, the shape and dtype of its ``x`` and what the model expects where that can
+       be told (its first layer's input size, its parameters' dtype), chained to torch's
+       error.
+    2. ``outputs(x)`` (:meth:`~lazymeter.scaled.ScaledModel.check_outputs`): the model's
+       output is one the NTK can use (errors name ``model``); its size per point ``n``.
+    3. The labels of each probe against ``n`` (:func:`check_labels`).
+    """
+    named = {name: p for name, p in probes.items() if p is not None}
+    for name, (x, _) in named.items():
+        try:
+            forward(x[:2])
+        except Exception as e:  # noqa: BLE001 - re-raised saying what it was tried on
+            raise ValueError(
+                f"{name}: the model's forward fails on x of shape {tuple(x.shape)} and dtype "
+                f"{x.dtype} (tried on 2 points): {type(e).__name__}: {_first_line(e)}. "
+                f"{_expects(model)}; pass a probe the model takes"
+            ) from e
+    if not named:
+        return None
+    n = outputs(next(iter(named.values()))[0])
+    for name, (_, y) in named.items():
+        check_labels(name, y, n)
+    return n
+
+
+def check_labels(name: str, y: Tensor, n: int) -> None:
+    """Labels that fit a model with ``n`` outputs per point (after ``output_fn``):
+    regression targets ``[P, n]`` (any ``[P, ...]`` with ``n`` values per point) or one per
+    point (``[P]``, ``[P, 1]``: for several outputs, a target each output is fitted to, as
+    the loss broadcasts it); integer class labels ``[P]`` in ``[0, n)`` (0 and 1 for a
+    single output: one logit). Anything else is a ``ValueError`` naming the labels."""
+    outputs = f"{n} output{'s' if n != 1 else ''} per point (after output_fn)"
+    if y.is_floating_point():
+        c = math.prod(y.shape[1:])
+        if c not in (n, 1):
+            shapes = "[P] or [P, 1]" if n == 1 else f"[P, {n}] or [P], integer class labels [P],"
+            raise ValueError(
+                f"{name}: the labels y have shape {tuple(y.shape)}, {c} target"
+                f"{'s' if c != 1 else ''} per point, but the model has {outputs}; pass "
+                f"targets of shape {shapes} or an output_fn that picks the outputs the "
+                "targets are for"
+            )
+        return
+    if math.prod(y.shape[1:]) != 1:
+        raise ValueError(
+            f"{name}: integer class labels y must be one per point ([P]); got shape "
+            f"{tuple(y.shape)} (float targets [P, C] for several values per point)"
+        )
+    hi = int(y.max())
+    if hi >= n and not (n == 1 and hi == 1):  # one output: one logit for two classes
+        raise ValueError(
+            f"{name}: the class labels y go up to {hi} ({hi + 1} classes) but the model has "
+            f"{outputs}; a classifier needs one output per class ({hi + 1}), or pass float "
+            "regression targets"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _expects(model: nn.Module) -> str:
+    """What the model takes, as far as its first layer tells: ``"The model expects x with
+    last dimension 20 (its first layer, '0', nn.Linear, has in_features=20); its
+    parameters are torch.float32"``."""
+    dtype = next((p.dtype for p in model.parameters() if p.requires_grad), None)
+    params = f"its parameters are {dtype}" if dtype is not None else "it has no parameters"
+    for where, m in model.named_modules():
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in m.parameters(False)):
+            continue  # a lazy layer: sized by its first input
+        layer = f"(its first layer, {where or 'the model'!r}, nn.{type(m).__name__}, has"
+        if isinstance(m, nn.Linear):
+            takes = f"x with last dimension {m.in_features} {layer} in_features={m.in_features})"
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            d = len(m.kernel_size)
+            dims = ", ".join(["P", str(m.in_channels), *["..."] * d])
+            takes = f"x of shape [{dims}] {layer} in_channels={m.in_channels})"
+        elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            k = m.num_embeddings
+            takes = f"integer token ids in [0, {k}) {layer} num_embeddings={k})"
+        elif isinstance(m, nn.RNNBase):
+            takes = f"x with last dimension {m.input_size} {layer} input_size={m.input_size})"
+        else:
+            continue
+        return f"The model expects {takes}; {params}"
+    return f"The model: {params}"

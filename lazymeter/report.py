@@ -1,7 +1,9 @@
 """Run reports: one or more run directories -> an overlay figure and a self-contained HTML page.
 
 A run directory is what :class:`~lazymeter.LazyMeter` (with ``log_dir``) and the bundled
-tasks write: ``history.jsonl`` (required) and, when present, ``summary.json``.
+tasks write: ``history.jsonl`` (required) and, when present, ``summary.json``. The losses
+come from every row of ``history.jsonl`` that has them (its scalar rows too: the final test
+loss is the run's last logged one); the regimes from its measurements.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .grokking import time_to_grok
-from .history import series
+from .history import last_value, measurements, series
 from .plots import axis_label, loss_kind, run_info
 from .regime import LAZY, RICH, TRANSITIONING, RegimeThresholds, grokking_onset, regimes
 from .sinks import read_jsonl
@@ -59,22 +61,25 @@ def load_run(path: str) -> Run:
 
 def run_table(run: Run, thresholds: RegimeThresholds | None = None) -> dict[str, Any]:
     """Numbers for the report's table: time to grok, regime boundaries, onset, finals."""
-    rows = run.history
+    every = run.history
+    rows = measurements(every)  # the regimes' rows; the losses are in scalar rows too
     out: dict[str, Any] = {"run": run.label}
-    if all("train_loss" in r and "test_loss" in r for r in rows):
+    # One row a step (a step's scalar row, then its measurement by close(): the latter).
+    both = list({r["step"]: r for r in every if "train_loss" in r and "test_loss" in r}.values())
+    if both:
         g = time_to_grok(
-            [r["step"] for r in rows],
-            [r["train_loss"] for r in rows],
-            [r["test_loss"] for r in rows],
+            [r["step"] for r in both],
+            [r["train_loss"] for r in both],
+            [r["test_loss"] for r in both],
         )
         out.update(train_step=g.train_step, test_step=g.test_step, ratio=g.ratio)
-        out["final_test_loss"] = rows[-1]["test_loss"]
-    out["k0_test_mse"] = rows[-1].get("k0_test_mse", math.nan)
+        out["final_test_loss"] = last_value(every, "test_loss")
+    out["k0_test_mse"] = last_value(rows, "k0_test_mse")
     labels = regimes(rows, thresholds)
     for name in (LAZY, TRANSITIONING, RICH):
         steps = [r["step"] for r, lab in zip(rows, labels, strict=True) if lab == name]
         out[f"first_{name}"] = steps[0] if steps else math.nan
-    out["regime_final"] = labels[-1]
+    out["regime_final"] = labels[-1] if labels else math.nan
     out["grokking_onset"] = grokking_onset(rows)
     return out
 
@@ -129,7 +134,7 @@ def plot_runs(runs: Sequence[Run], path: str) -> None:
             # K0 regression's test MSE shares the axes only with an MSE loss (a classifier's
             # cross-entropy is another quantity: the table lists the baseline instead).
             if title == "losses" and loss_kind(run.history, infos[i]) == "mse":
-                k0 = run.history[-1].get("k0_test_mse")
+                k0 = last_value(run.history, "k0_test_mse")
                 if isinstance(k0, (int, float)) and math.isfinite(k0):
                     ax.axhline(k0, color=color, ls=(0, (1, 3)), lw=1, label=f"{run.label}: K0")
         ax.set_xscale("log")

@@ -369,7 +369,8 @@ def test_meter_with_every_default_quantity_decomposition_and_shadow(device, dtyp
         opt.step()
         lin_opt.step()
     rows = [r for r in rows if r is not None]
-    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert [r["step"] for r in rows] == [2, 4]  # the calls' rows; step 0 the meter's own
+    assert [r["step"] for r in meter.history] == [0, 2, 4]
     expected = {"param_movement", "weight_norm", "ntk_drift", "ntk_cka", "test_ntk_drift",
                 "alignment_train", "alignment_test", "alignment0_train", "spectrum_trace",
                 "spectrum_eig_1", "k0_test_mse", "k0_train_mse", "decomp_total",
@@ -378,7 +379,7 @@ def test_meter_with_every_default_quantity_decomposition_and_shadow(device, dtyp
     for r in rows:
         assert expected <= set(r), expected - set(r)
         assert_finite(r)
-    first, last = rows[0], rows[-1]
+    first, last = meter.history[0], rows[-1]
     # at initialisation: nothing moved, the kernel is K0, the shadow is the network
     assert first["param_movement"] == 0.0 and first["ntk_drift"] < 1e-6
     assert first["lin_gap_train"] < 1e-6 and abs(first["alignment_rise_train"]) < 1e-6

@@ -33,6 +33,8 @@ real vocabulary (one backward pass per output otherwise).
 step ``k`` is measured after ``k`` optimiser steps (step 0: at ``on_train_begin``, before any),
 and its ``train_loss`` is the loss of the batch of optimiser step ``k``, as the Trainer logs
 it at the same step (with gradient accumulation: the step's micro-batches on this process).
+At ``on_train_end`` the last step is measured when the schedule skipped it (the Lightning
+callback's steps are the same: ``trainer.global_step`` after the optimiser step).
 Each row is appended to ``trainer.state.log_history`` (keys ``lazymeter/...``, with
 ``step`` and ``epoch``; so it is in every checkpoint's ``trainer_state.json``) and written
 to ``history.jsonl`` and TensorBoard event files in ``args.output_dir`` (or ``log_dir``),
@@ -424,10 +426,18 @@ class LazyMeterCallback(TrainerCallback):
         if meter.last_step is not None and step <= meter.last_step:
             return
         scalars = {}
-        # float() waits for the device: only at steps where the loss is recorded.
-        if losses and meter.wants_scalars(step):
+        # float() waits for the device: only at steps where the loss is recorded (and at
+        # the last step: the run's final row).
+        if losses and (meter.wants_scalars(step) or step >= state.max_steps > 0):
             scalars["train_loss"] = self._step_loss(losses, args)
         self._log(state, meter.step(step=step, **scalars))
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # The last step's row, when the schedule skipped that step.
+        if self.meter is not None and state.is_world_process_zero:
+            self._log(state, self.meter._measure_last())
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

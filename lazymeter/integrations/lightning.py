@@ -12,12 +12,19 @@
     # held-out points too: probe=lazymeter.ProbeSet((x, y), test=(xt, yt), max_points=128)
 
 The callback builds a :class:`~lazymeter.LazyMeter` around the LightningModule when fitting
-starts (on the module's device), exposes it as ``pl_module.lazymeter``, steps it after every
-optimiser step with the training loss, logs its measurements through the trainer's loggers
-(``lazymeter/...`` keys) at the step ``self.log`` uses for the same batch, logs the loss
-only where Lightning would (every ``log_every_n_steps``), measures on global rank zero only,
-writes ``history.jsonl`` into the trainer's log directory when no ``log_dir`` is given (so
+starts (on the module's device), exposes it as ``pl_module.lazymeter``, measures the module
+before any update (step 0, at ``on_train_start``), steps it after every optimiser step with
+the training loss, measures the last step at the end of training when the schedule skipped
+it, logs its rows through the trainer's loggers (``lazymeter/...`` keys), logs the loss every
+``log_every_n_steps`` steps as Lightning does, measures on global rank zero only, writes
+``history.jsonl`` into the trainer's log directory when no ``log_dir`` is given (so
 ``lazymeter report`` reads the run), and saves/restores its state with the checkpoints.
+
+**Steps.** The meter's step is ``trainer.global_step`` after the optimiser step, as in the
+HuggingFace callback (``state.global_step`` at ``on_step_end``): the row at step ``k`` is
+measured after ``k`` optimiser steps, and its ``train_loss`` is the loss of the batch of the
+``k``-th step. Lightning's own ``self.log`` in ``training_step`` logs that batch's values at
+``global_step`` before its update, ``k - 1``: one step below the meter's row.
 """
 
 from __future__ import annotations
@@ -129,6 +136,14 @@ class LazyMeterCallback(pl.Callback):
             self.meter.load_state_dict(self._pending, strict=False)
             self._pending = None
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Step 0: the module before any optimiser step (a resumed meter has its rows).
+        meter = self.meter
+        if meter is None or not trainer.is_global_zero or meter.last_step is not None:
+            return
+        if trainer.global_step == 0:
+            self._log_row(trainer, meter.step(step=0), 0)
+
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -139,19 +154,35 @@ class LazyMeterCallback(pl.Callback):
     ) -> None:
         if self.meter is None or not trainer.is_global_zero:
             return
-        # The batch just trained was logged by self.log at global_step before its optimiser
-        # step: the meter's row for it carries the same step.
-        step = trainer.global_step - 1
-        if step < 0 or (self.meter.last_step is not None and step <= self.meter.last_step):
+        # After the optimiser step: global_step counts it (the HuggingFace callback's step).
+        step = trainer.global_step
+        if step <= 0 or (self.meter.last_step is not None and step <= self.meter.last_step):
             return  # gradient accumulation: no optimiser step since the last call
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         scalars = {}
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             scalars["train_loss"] = float(loss.detach())
         row = self.meter.step(step=step, **scalars)
-        metrics: dict[str, float] = {}
-        if scalars and (step + 1) % max(trainer.log_every_n_steps, 1) == 0:  # as Lightning
-            metrics.update({tag_for(k): v for k, v in scalars.items()})
+        # Lightning logs this batch's loss at step - 1 when step % log_every_n_steps == 0.
+        logged = scalars if step % max(trainer.log_every_n_steps, 1) == 0 else {}
+        self._log_row(trainer, row, step, logged)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The last step's row, when the schedule skipped that step.
+        if self.meter is not None and trainer.is_global_zero:
+            row = self.meter._measure_last()
+            if row is not None:
+                self._log_row(trainer, row, int(row["step"]))
+
+    @staticmethod
+    def _log_row(
+        trainer: pl.Trainer,
+        row: dict[str, float] | None,
+        step: int,
+        scalars: dict[str, float] | None = None,
+    ) -> None:
+        """``scalars`` and a measurement ``row`` through the trainer's loggers at ``step``."""
+        metrics: dict[str, float] = {tag_for(k): v for k, v in (scalars or {}).items()}
         if row is not None:
             metrics.update(
                 {

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +35,14 @@ _MAX_NAME = 250
 _MAX_VALUE = 6000
 # Characters MLflow accepts in a metric, tag or param name (others become "_").
 _BAD_NAME = re.compile(r"[^\w\-. :/]")
+# Seconds the construction check waits for a tracking server to answer.
+_REACH_TIMEOUT = 5.0
+_STORES = (
+    "a tracking server (tracking_uri='http://localhost:5000'), 'sqlite:///mlflow.db' (the "
+    "full mlflow package; mlflow-skinny has no SQL stores), or a file store "
+    "(tracking_uri='file:./mlruns', with the environment variable MLFLOW_ALLOW_FILE_STORE=true "
+    "under MLflow 3)"
+)
 
 
 def _name(key: str) -> str:
@@ -63,10 +75,18 @@ class MlflowSink:
     Which run: ``run_id`` if given; else the active run (``mlflow.start_run()`` before the
     meter's first measurement), left open; else a new run in ``experiment`` (default: env
     ``MLFLOW_EXPERIMENT_NAME``, else ``"Default"``), ended (FINISHED) at ``meter.close()``.
-    Nothing is contacted before the first measurement, so a sink given to a rank that
-    never writes (a distributed meter's other ranks) starts no run.
+    No run is started (or experiment created) before the first measurement, so a sink
+    given to a rank that never writes (a distributed meter's other ranks) starts no run.
 
     ``tracking_uri``: where (default: MLflow's, e.g. env ``MLFLOW_TRACKING_URI``).
+
+    Checked at construction (``check=True``), so that a run does not go on logging nothing
+    to MLflow: a store MLflow cannot open (an unsupported scheme, ``sqlite://`` with
+    mlflow-skinny, a file store without ``MLFLOW_ALLOW_FILE_STORE=true`` under MLflow 3, a
+    file in the path), an unwritable file store, a tracking server that does not answer
+    within 5 s, a deleted ``experiment`` or an unknown ``run_id`` is a ``ValueError``
+    naming ``tracking_uri`` (``experiment``, ``run_id``) and the fix. A local store is only
+    read (MLflow's file store creates its folder); a server is only asked for ``/health``.
 
     Resuming: the meter's checkpoint keeps the id of a run this sink started, and a meter
     that loads it continues that run (set back to RUNNING, ended FINISHED at ``close()``)
@@ -85,6 +105,7 @@ class MlflowSink:
         tags: Mapping[str, str] | None = None,
         name: Callable[[str], str] = tag_for,
         scalar_every: int = 10,
+        check: bool = True,
     ) -> None:
         self.scalar_every = int_at_least(scalar_every, "scalar_every", 1)
         try:
@@ -104,6 +125,65 @@ class MlflowSink:
         self._client: Any = None
         self._owned = False
         self._meta: dict[str, Any] | None = None
+        if check:
+            self._check_store()
+
+    def _experiment_name(self) -> str:
+        return self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+
+    def _check_store(self) -> None:
+        """A ``ValueError`` now for a store the first measurement could not log to (see
+        the class docstring); starts no run and creates no experiment."""
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri = self.tracking_uri or mlflow.get_tracking_uri()
+        shown = repr(uri) if self.tracking_uri else f"{uri!r} (MLflow's default)"
+        scheme = urllib.parse.urlparse(uri).scheme.lower()
+        if scheme in ("http", "https"):
+            why = _unreachable(uri)
+            if why is not None:
+                raise ValueError(
+                    f"tracking_uri: no MLflow tracking server answers at {shown} ({why}); "
+                    f"start it (mlflow server ...), fix the URL, or pass {_STORES}; "
+                    "check=False skips this check"
+                )
+            return
+        if scheme.startswith("databricks") or scheme == "uc":
+            return  # checked by MLflow with the workspace's credentials, at the first write
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            name = self._experiment_name()
+            exp = client.get_experiment_by_name(name) if self.run_id is None else None
+        except Exception as e:  # noqa: BLE001 - MLflow's errors vary by store and version
+            msg = str(e).strip().rstrip(".")
+            raise ValueError(
+                f"tracking_uri: MLflow cannot use the store {shown}: {type(e).__name__}: "
+                f"{msg}. Pass {_STORES}"
+            ) from e
+        if exp is not None and exp.lifecycle_stage != "active":
+            raise ValueError(
+                f"experiment: {name!r} is deleted in tracking_uri={uri!r}, so MLflow cannot "
+                f"start a run in it; restore it (mlflow experiments restore --experiment-id "
+                f"{exp.experiment_id}) or pass another experiment="
+            )
+        if self.run_id is not None:
+            try:
+                client.get_run(self.run_id)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(
+                    f"run_id: {self.run_id!r} is not a run in tracking_uri={uri!r} ({e}); "
+                    "pass one of its runs, or no run_id (a new run)"
+                ) from e
+        if scheme in ("", "file"):
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            root = local_file_uri_to_path(uri)
+            if not os.access(root, os.W_OK):
+                raise ValueError(
+                    f"tracking_uri: the file store {shown} ({os.path.abspath(root)}) is not "
+                    f"writable; pass a writable folder or {_STORES}"
+                )
 
     @property
     def client(self) -> Any:
@@ -127,7 +207,7 @@ class MlflowSink:
         return self._client
 
     def _create_run(self, client: Any) -> str:
-        name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+        name = self._experiment_name()
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
         run = client.create_run(exp_id, tags=self.tags or None, run_name=self.run_name)
@@ -202,3 +282,21 @@ class MlflowSink:
         if self._client is not None and self._owned:
             self._client.set_terminated(self.run_id, "FINISHED")
             self._owned = False
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why nothing answers at the tracking server ``uri`` (None: something does; any HTTP
+    status counts, as servers behind a login refuse ``/health``)."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=_REACH_TIMEOUT):  # noqa: S310 - http(s) only
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, (ConnectionError, TimeoutError, socket.gaierror)):
+            return f"{type(reason).__name__}: {reason}"
+        return None  # e.g. a certificate MLflow may be told to accept: its call to judge
+    except (ConnectionError, TimeoutError) as e:
+        return f"{type(e).__name__}: {e}"

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,10 @@ from ..validation import int_at_least
 
 #: The meter's step, logged with every row: the x-axis of every ``lazymeter/*`` chart.
 STEP_KEY = "lazymeter/step"
+#: W&B's modes (``mode=`` or env ``WANDB_MODE``); W&B also takes ``"dryrun"`` (offline),
+#: ``"run"`` (online) and ``"shared"`` (online, one run written by several processes).
+MODES = ("online", "offline", "disabled")
+_OTHER_MODES = {"dryrun": "offline", "run": "online", "shared": "online"}
 
 
 class WandbSink:
@@ -43,6 +48,13 @@ class WandbSink:
     Resuming: the meter's checkpoint keeps the id of a run this sink started, and a meter
     that loads it continues that run (``wandb.init(id=..., resume="allow")``) instead of
     starting one per restart; a given or current run is the user's and is kept.
+
+    Checked at construction, so that a run does not go on logging nothing to W&B: the mode
+    (``mode=``, ``settings=wandb.Settings(mode=...)``, env ``WANDB_MODE``, ``wandb
+    offline``) must be ``"online"``, ``"offline"`` or ``"disabled"`` (or W&B's aliases),
+    and a sink that will start an online run needs an API key (``WANDB_API_KEY``,
+    ``wandb login``, ``wandb.login(key=...)``): else a ``ValueError`` naming ``mode`` and
+    the fix (``mode="offline"``: no account, no network; ``wandb sync`` uploads later).
     """
 
     def __init__(self, run: Any = None, *, scalar_every: int = 10, **init_kwargs: Any) -> None:
@@ -56,6 +68,31 @@ class WandbSink:
         self._owned = False
         self._ready = False
         self._meta: dict[str, Any] | None = None
+        self._check_mode(run is None)
+
+    def _check_mode(self, starts: bool) -> None:
+        """A ``ValueError`` now for a mode W&B does not have, or for an online run this
+        sink would start without an API key (``wandb.init`` would prompt, or fail at the
+        first measurement)."""
+        import wandb
+
+        mode, source = _mode(self.init_kwargs)
+        if mode is not None and mode not in MODES and mode not in _OTHER_MODES:
+            raise ValueError(
+                f"mode: expected one of {', '.join(map(repr, MODES))} (W&B's modes), got "
+                f"{mode!r} (from {source})"
+            )
+        mode = _OTHER_MODES.get(mode, mode) if mode is not None else "online"
+        if not starts or wandb.run is not None or mode != "online":
+            return  # a given run, the user's current one, or no network
+        if _has_credentials(self.init_kwargs) is False:
+            raise ValueError(
+                f"mode: W&B would run online (from {source}) but no API key was found "
+                "(WANDB_API_KEY, the ~/.netrc of 'wandb login', wandb.login(key=...)), so "
+                "wandb.init would prompt for one or fail at the first measurement; pass "
+                'mode="offline" (no account, no network: "wandb sync" uploads the run later) '
+                'or mode="disabled", or log in first'
+            )
 
     @property
     def run(self) -> Any:
@@ -131,3 +168,59 @@ class WandbSink:
         if self._run is not None and self._owned:
             self._run.finish()
             self._owned = False
+
+
+def _settings_value(init_kwargs: Mapping[str, Any], key: str) -> Any:
+    """``key`` of the ``settings=`` passed to ``wandb.init``, where set explicitly."""
+    settings = init_kwargs.get("settings")
+    if isinstance(settings, Mapping):
+        return settings.get(key)
+    if settings is not None and key in getattr(settings, "model_fields_set", ()):
+        return getattr(settings, key, None)
+    return None
+
+
+def _wandb_setting(key: str) -> Any:
+    """W&B's own setting (environment and settings files, as ``wandb.init`` reads them);
+    None where this version of wandb does not say."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        return getattr(wandb_setup.singleton().settings, key, None)
+    except Exception:  # noqa: BLE001 - an internal API: unknown, not an error
+        return None
+
+
+def _mode(init_kwargs: Mapping[str, Any]) -> tuple[str | None, str]:
+    """``(mode, where it comes from)``, in ``wandb.init``'s order (None: W&B's default)."""
+    if init_kwargs.get("mode") is not None:
+        return str(init_kwargs["mode"]), "mode="
+    if (mode := _settings_value(init_kwargs, "mode")) is not None:
+        return str(mode), "settings.mode"
+    if "WANDB_MODE" in os.environ:
+        return os.environ["WANDB_MODE"], "the environment variable WANDB_MODE"
+    mode = _wandb_setting("mode")
+    return (None, "W&B's default") if mode is None else (str(mode), "W&B's settings")
+
+
+def _has_credentials(init_kwargs: Mapping[str, Any]) -> bool | None:
+    """Whether ``wandb.init`` will find credentials (None: cannot tell)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    if _settings_value(init_kwargs, "api_key") or _wandb_setting("api_key"):
+        return True
+    host = (
+        _settings_value(init_kwargs, "base_url")
+        or os.environ.get("WANDB_BASE_URL")
+        or _wandb_setting("base_url")
+    )
+    if host is None:
+        return None
+    try:
+        from wandb.sdk.lib.wbauth import authenticate, wbnetrc
+
+        return bool(
+            authenticate.session_credentials(host=host) or wbnetrc.read_netrc_auth(host=host)
+        )
+    except Exception:  # noqa: BLE001 - an internal API that moves between versions
+        return None

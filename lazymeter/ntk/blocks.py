@@ -8,14 +8,158 @@ summed), else ``[P1, P2, O, O]`` with ``K[i, j, o, q] = <J_o(x_i), J_q(x_j)>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
+from ..failures import SlowWarning
 from .functional import FunctionalModel, num_samples, slice_inputs
+
+try:  # optional (lazymeter[experiments]): a progress bar over the blocks of a long kernel
+    import tqdm
+except ImportError:  # pragma: no cover - depends on the environment
+    tqdm = None
+
+#: A blocked kernel predicted to take longer than this many seconds (from its first
+#: block) warns once with the estimate and the knobs that shorten it, and shows a progress
+#: bar when tqdm is installed; ``$LAZYMETER_SLOW_SECONDS`` overrides it.
+SLOW_SECONDS = 30.0
+
+
+def slow_seconds() -> float:
+    """:data:`SLOW_SECONDS`, or ``$LAZYMETER_SLOW_SECONDS`` when set to a number."""
+    try:
+        return float(os.environ.get("LAZYMETER_SLOW_SECONDS", SLOW_SECONDS))
+    except ValueError:
+        return SLOW_SECONDS
+
+
+@dataclass
+class SlowScope:
+    """What a slow-kernel warning names: the engine, the engines the FLOP model thinks
+    cheaper (asked only when warning), a caller's own knob (``hint``); ``warned`` is shared
+    with nested scopes, so one call warns once however many kernels it computes."""
+
+    engine: str | None = None
+    cheaper: Callable[[], list[str]] | None = None
+    hint: str | None = None
+    warned: list[bool] = field(default_factory=lambda: [False])
+
+
+_SCOPE: contextvars.ContextVar[SlowScope | None] = contextvars.ContextVar(
+    "lazymeter_slow_scope", default=None
+)
+
+
+@contextlib.contextmanager
+def slow_scope(
+    *,
+    engine: str | None = None,
+    cheaper: Callable[[], list[str]] | None = None,
+    hint: str | None = None,
+) -> Iterator[SlowScope]:
+    """Tell the blocked kernels inside what to name when one is slow; nested scopes fill
+    in what the outer one left out and share its once-only flag."""
+    outer = _SCOPE.get()
+    if outer is None:
+        scope = SlowScope(engine, cheaper, hint)
+    else:
+        scope = SlowScope(
+            engine or outer.engine, cheaper or outer.cheaper, hint or outer.hint, outer.warned
+        )
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(token)
+
+
+#: Frames in these directories (and contextlib's) are not the user's: a slow-kernel warning
+#: points past them.
+_INTERNAL = (
+    str(Path(__file__).resolve().parents[1]) + os.sep,
+    str(Path(torch.__file__).resolve().parent) + os.sep,
+    str(Path(contextlib.__file__).resolve()),
+)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside lazymeter, torch and contextlib, as
+    seen from the function that calls :func:`warnings.warn` (the caller of this one)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if not str(Path(frame.f_code.co_filename).resolve()).startswith(_INTERNAL):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _warn_slow(expected: float, first: float, shape: str, blocks: int, n_out: int) -> None:
+    """The one warning of a slow kernel: how long, which kernel, and what shortens it."""
+    scope = _SCOPE.get() or SlowScope()
+    engine = f"engine {scope.engine!r}" if scope.engine else "engine"
+    knobs = []
+    if scope.hint:  # the caller's own size knob (the lazy baseline's max_points)
+        knobs.append(scope.hint)
+    else:
+        knobs.append("fewer probe points (ProbeSet(max_points=...), or fewer inputs)")
+    if n_out >= 32:  # Sketch(16): at least 2x fewer backward passes
+        knobs.append(
+            f"NTKOptions(outputs=Sketch(16)) (the model has {n_out} outputs per sample: "
+            f"~{n_out / 16:.0f}x fewer backward passes)"
+        )
+    cheaper = scope.cheaper() if scope.cheaper is not None else []
+    if cheaper:
+        names = ", ".join(repr(n) for n in cheaper)
+        knobs.append(f"NTKOptions(method=...) with an engine the FLOP model rates cheaper: {names}")
+    warnings.warn(
+        f"lazymeter: the NTK kernel {shape} ({engine}, {blocks} blocks) will take about "
+        f"{_duration(expected)} (its first block took {first:.2g} s; this warning shows "
+        f"above {slow_seconds():g} s, $LAZYMETER_SLOW_SECONDS). Faster: " + "; ".join(knobs),
+        SlowWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _column_calls(
+    n_rows: int, n_cols: int, symmetric: bool, shared: bool, cache_cols: bool, panel: int
+) -> int:
+    """How many times :func:`blocked_kernel` computes column features (its loop, counted)."""
+    calls, cached = 0, set()
+    for g0 in range(0, n_rows, panel):
+        held = range(g0, min(g0 + panel, n_rows))
+        if shared and cache_cols:
+            cached.update(held)
+        for j in range(g0 if symmetric else 0, n_cols):
+            if not ((shared and j in held) or j in cached):
+                calls += 1
+                if cache_cols:
+                    cached.add(j)
+    return calls
+
+
+def _sync(like: Tensor) -> None:
+    if like.is_cuda:  # the clock must see the block's work, not its launch
+        torch.cuda.synchronize(like.device)
 
 
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -87,34 +231,88 @@ def blocked_kernel(
         if symmetric and j > i:
             K[(*lead, slice(b0, b1), slice(a0, a1))] = swap(blk)
 
+    # The first block is timed (row features, column features, one pair) to predict the
+    # whole kernel; past slow_seconds() it warns once and shows a progress bar.
+    n_pairs = len(rows) * (len(rows) + 1) // 2 if symmetric else len(rows) * len(cols)
+    clock = {"row": time.perf_counter()}
+    done, bar = 0, None
+
     first = row_fn(slice_inputs(x1, *rows[0]))
+    _sync(like)
+    clock["row"] = time.perf_counter() - clock["row"]
     if not isinstance(cache_cols, bool):  # decided from the first block's features
         cache_cols = bool(cache_cols(first))
     if not isinstance(panel, int):
         panel = int(panel(first))
     panel = max(1, min(int(panel), len(rows)))
 
-    for g0 in range(0, len(rows), panel):
-        held: dict[int, Any] = {}
-        for i in range(g0, min(g0 + panel, len(rows))):
-            held[i] = first if i == 0 else row_fn(slice_inputs(x1, *rows[i]))
-            if shared and cache_cols:
-                cache[i] = held[i]
-        first = None
-        for j in range(g0 if symmetric else 0, len(cols)):
-            if shared and j in held:
-                c = held[j]
-            elif j in cache:
-                c = cache[j]
-            else:
-                c = col_fn(slice_inputs(xc, *cols[j]))
-                if cache_cols:
-                    cache[j] = c
-            for i, r in held.items():
-                if not (symmetric and j < i):
-                    put(i, j, r, c)
-            del c
-        del held
+    def column(j: int) -> Any:
+        if done or "col" in clock:
+            return col_fn(slice_inputs(xc, *cols[j]))
+        t0 = time.perf_counter()
+        c = col_fn(slice_inputs(xc, *cols[j]))
+        _sync(like)
+        clock["col"] = time.perf_counter() - t0
+        return c
+
+    def timed_put(i: int, j: int, r: Any, c: Any) -> None:
+        nonlocal done, bar
+        if done:
+            put(i, j, r, c)
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            return
+        t0 = time.perf_counter()
+        put(i, j, r, c)
+        _sync(like)
+        t_pair = time.perf_counter() - t0
+        done = 1
+        if n_pairs < 2:
+            return
+        t_col = clock.get("col", clock["row"])
+        cols_left = _column_calls(len(rows), len(cols), symmetric, shared, cache_cols, panel)
+        cols_left -= "col" in clock
+        expected = clock["row"] * len(rows) + t_col * cols_left + t_pair * n_pairs
+        first_block = clock["row"] + clock.get("col", 0.0) + t_pair
+        if expected <= slow_seconds():
+            return
+        scope = _SCOPE.get()
+        if scope is None or not scope.warned[0]:
+            if scope is not None:
+                scope.warned[0] = True
+            _warn_slow(expected, first_block, f"{n1} x {n2}", n_pairs, n_out)
+        if tqdm is not None:
+            bar = tqdm.tqdm(
+                total=n_pairs, initial=1, file=sys.stderr, leave=False, unit="block",
+                desc=f"lazymeter NTK {n1}x{n2}",
+            )  # fmt: skip
+
+    try:
+        for g0 in range(0, len(rows), panel):
+            held: dict[int, Any] = {}
+            for i in range(g0, min(g0 + panel, len(rows))):
+                held[i] = first if i == 0 else row_fn(slice_inputs(x1, *rows[i]))
+                if shared and cache_cols:
+                    cache[i] = held[i]
+            first = None
+            for j in range(g0 if symmetric else 0, len(cols)):
+                if shared and j in held:
+                    c = held[j]
+                elif j in cache:
+                    c = cache[j]
+                else:
+                    c = column(j)
+                    if cache_cols:
+                        cache[j] = c
+                for i, r in held.items():
+                    if not (symmetric and j < i):
+                        timed_put(i, j, r, c)
+                del c
+            del held
+    finally:
+        if bar is not None:
+            bar.close()
     return K
 
 

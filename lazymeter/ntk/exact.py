@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import tuning
+from .blocks import slow_scope
 from .budget import resolve_budget
 from .cache import CACHE
 from .engines import ENGINES, as_engine, choose_engine, engine_kernel, ranked_engines
@@ -391,8 +392,19 @@ def _run(
     engine = as_engine(ENGINES[method], method)
     if chunk_size is None:
         chunk_size = _planned_chunk(method, fm, xs1, xs2, n_out, trace, budget)
+
+    def cheaper() -> list[str]:  # asked only when the kernel turns out slow
+        n2 = None if xs2 is None else num_samples(xs2)
+        own = float(engine.cost(fm, xs1, n2, n_out, trace))
+        found = []
+        for name, why in ranked_engines(fm, xs1, n2, n_out, trace):
+            cost = float(as_engine(ENGINES[name], name).cost(fm, xs1, n2, n_out, trace))
+            if name != method and why is None and cost < own:
+                found.append(name)
+        return found
+
     # The kernel is a measurement: it must not record into the user's autograd graph.
-    with torch.no_grad():
+    with torch.no_grad(), slow_scope(engine=method, cheaper=cheaper):
         return engine_kernel(
             engine, fm, xs1, xs2, n_out=n_out, trace=trace, chunk_size=chunk_size,
             budget=budget, groups=groups,

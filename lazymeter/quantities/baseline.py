@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..baselines import kernel_regression
+from ..ntk.blocks import slow_scope
 from ..probes import targets
 from ..validation import int_at_least
 from .base import Quantity
@@ -59,7 +60,9 @@ class LazyBaseline(Quantity):
                 ctx.alpha * ctx.initial_output(v).to(torch.float64).reshape(v.shape[0], -1)
                 for v in (x, xt)
             )
-        K, Kt = ctx.ntk(x), ctx.ntk(xt, x)
+        hint = f"LazyBaseline(max_points=...) (now {self.max_points}) for this baseline kernel"
+        with slow_scope(hint=hint):  # a slow K0 names its own knob first
+            K, Kt = ctx.ntk(x), ctx.ntk(xt, x)
         pred = f0t + kernel_regression(K, Y - f0, Kt, ridge=self.ridge)
         pred_train = f0 + kernel_regression(K, Y - f0, K, ridge=self.ridge)
         self.results["k0_test_mse"] = float(((pred - Yt) ** 2).mean())

@@ -1,6 +1,7 @@
-"""``history.jsonl``: one fsynced JSON line per measurement (:class:`JsonlSink`), read back
-with :func:`read_jsonl`; a torn last line (a crash mid-write) is repaired, an earlier run's
-file is moved aside, never overwritten."""
+"""``history.jsonl``: one fsynced JSON line per measurement, and scalar rows (the scalars of
+steps without one, marked ``"kind": "scalars"``: :mod:`lazymeter.history`) between them
+(:class:`JsonlSink`), read back with :func:`read_jsonl`; a torn last line (a crash
+mid-write) is repaired, an earlier run's file is moved aside, never overwritten."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import warnings
 from collections.abc import Iterable
 from typing import Any
+
+from ..history import KIND_KEY, SCALARS, is_scalar_row
 
 
 def _jsonable(v: Any) -> Any:
@@ -65,10 +68,16 @@ def fresh_history(log_dir: str) -> str:
     """The path of ``log_dir/history.jsonl`` for a new run: an earlier run's non-empty file
     is moved aside to ``history.jsonl.N`` (with a warning), never appended to (a resumed
     meter's ``load_state_dict`` rewrites the file from its checkpoint instead)."""
+    return _fresh_history(log_dir, stacklevel=5)[0]
+
+
+def _fresh_history(log_dir: str, stacklevel: int = 5) -> tuple[str, str | None]:
+    """:func:`fresh_history`, and where the earlier file went (None when there was none)."""
     path = os.path.join(log_dir, "history.jsonl")
+    moved = None
     if os.path.exists(path) and os.path.getsize(path) > 0:
-        moved_aside(path, stacklevel=4)
-    return path
+        moved = moved_aside(path, stacklevel=stacklevel)
+    return path, moved
 
 
 def moved_aside(path: str, stacklevel: int = 3) -> str:
@@ -87,6 +96,10 @@ def moved_aside(path: str, stacklevel: int = 3) -> str:
 class JsonlSink:
     """Appends one JSON object per measurement to ``path``, flushed and fsynced each time,
     so a crash loses nothing already measured. Non-finite values are written as ``null``.
+    :meth:`write_scalars` appends a scalar row (``"kind": "scalars"``) the same way.
+
+    ``previous``: an earlier file of the same run (the one a resumed meter's construction
+    moved aside), from which :meth:`rewind` carries the scalar rows up to the checkpoint.
 
     Crash safety: each line goes out in a single ``os.write`` on an ``O_APPEND`` file
     descriptor (no user-space buffer), followed by ``fsync``; a process killed at any
@@ -97,8 +110,11 @@ class JsonlSink:
     other partial line is cut off with a ``RuntimeWarning``.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, previous: str | None = None) -> None:
         self.path = path
+        self.previous = previous
+        #: The step of the last row written (None before the first).
+        self.last_step: int | None = None
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._fd: int | None = None
         self._open()
@@ -113,6 +129,13 @@ class JsonlSink:
             raise ValueError(f"JsonlSink({self.path!r}) is closed")
         _write_all(self._fd, _line(row))
         os.fsync(self._fd)
+        step = row.get("step")
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            self.last_step = int(step)
+
+    def write_scalars(self, values: dict[str, float], step: int) -> None:
+        """A scalar row: ``{"step": step, **values, "kind": "scalars"}``."""
+        self.write({"step": step, **values, KIND_KEY: SCALARS})
 
     def write_row(self, row: dict[str, Any], step: int) -> None:
         """:class:`Sink` ``write_row``: the row is one line (``step`` is in it already)."""
@@ -126,8 +149,41 @@ class JsonlSink:
         os.replace(path + ".tmp", path)
 
     def rewind(self, history: Iterable[dict[str, Any]], step: int | None) -> None:
-        """:class:`Sink` ``rewind``: the file becomes ``history`` (:meth:`rewrite`)."""
-        self.rewrite(history)
+        """:class:`Sink` ``rewind``: the file becomes ``history`` (:meth:`rewrite`) with the
+        scalar rows up to ``step`` of the same run in between, taken from this file or the
+        earlier one (``previous``) whose measurements up to ``step`` are ``history``'s; so a
+        resumed run's file is the uninterrupted run's. From another folder (no such file),
+        only the measurements."""
+        history = list(history)
+        carried = self._scalar_rows(history, step)
+        # Steps increase; at a step with both, the scalar row came first (a measure() call
+        # after step()): a stable sort with the scalar rows first keeps the file's order.
+        rows = sorted(carried + history, key=lambda r: r.get("step", 0))
+        self.rewrite(rows)
+        self.last_step = int(rows[-1]["step"]) if rows else None
+
+    def _scalar_rows(self, history: list[dict[str, Any]], step: int | None) -> list[dict]:
+        if step is None:
+            return []
+        want = [_line(r) for r in history]
+        for source in (self.path, self.previous):
+            lines = _lines(source)
+            if not lines:
+                continue
+            measured, scalar = [], []
+            for line, row in lines:
+                s = row.get("step")
+                if not isinstance(s, (int, float)) or s > step:
+                    continue
+                (scalar if is_scalar_row(row) else measured).append((line, row))
+            # Its measurements are the checkpoint's, then at most rows of the checkpoint's
+            # own step that came after it (a final row measured by close()).
+            extra = measured[len(want) :]
+            if [line for line, _ in measured[: len(want)]] == want and all(
+                row.get("step") == step for _, row in extra
+            ):
+                return [row for _, row in scalar]
+        return []
 
     def rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
         """Replace the file with ``rows`` (atomically), e.g. after resuming from a checkpoint.
@@ -162,6 +218,27 @@ class JsonlSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _lines(path: str | None) -> list[tuple[bytes, dict[str, Any]]]:
+    """``(line, row)`` of each whole JSON-object line of ``path`` (none for no file; a
+    torn or foreign line is passed over: this only looks for rows to carry)."""
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    out = []
+    for line in data.split(b"\n"):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append((line + b"\n", row))
+    return out
 
 
 def _repair_torn_tail(path: str) -> None:

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .jsonl import JsonlSink, check_writable, fresh_history
+from .jsonl import JsonlSink, _fresh_history, check_writable
 from .protocol import check_sinks
 from .tensorboard import TensorBoardSink
 
@@ -20,7 +20,8 @@ class RunLog:
     """One run's sinks: ``log_dir/history.jsonl`` (a fresh file; an earlier run's is moved
     aside), TensorBoard (the :class:`TensorBoardSink` among ``sinks``, else one in
     ``log_dir`` with its defaults) and the user's other ``sinks`` (:class:`Sink`). Any of
-    them may be absent."""
+    them may be absent. ``history.jsonl`` also gets a scalar row at each step without a
+    measurement that :attr:`scalar_every` divides (the most frequent sink's cadence)."""
 
     def __init__(self, log_dir: str | None, sinks: Iterable[Any] | None = None) -> None:
         sinks = check_sinks(sinks)
@@ -34,11 +35,14 @@ class RunLog:
         self.jsonl: JsonlSink | None = None
         if log_dir is not None:
             check_writable(log_dir)
-            self.jsonl = JsonlSink(fresh_history(log_dir))
+            path, previous = _fresh_history(log_dir, stacklevel=6)
+            self.jsonl = JsonlSink(path, previous)
         self.tb = boards[0] if boards else TensorBoardSink()
         self.tb.default_dir(log_dir)
         self._meta_text: str | None = None
         self._failed: set[int] = set()  # id() of the user's sinks already warned about
+        self._jsonl_failed = False
+        self._tb_sent: tuple[int, set[str]] | None = None  # scalars TensorBoard has at a step
 
     def _each(self, method: str, *args: Any, only: Any = None) -> None:
         """Call ``method`` on every user sink that has it (or on ``only``). A sink that
@@ -86,7 +90,13 @@ class RunLog:
                 self.jsonl.write(row)
             except OSError as e:  # disk full, directory gone
                 error = e
-        self.tb.write(row, step, flush=False)
+        sent = self._tb_sent
+        # A step's scalars already written to TensorBoard (a row measured after step():
+        # close(), measure()) are not written again: one point per step in each curve.
+        board = row if sent is None or sent[0] != step else {
+            k: v for k, v in row.items() if k not in sent[1]
+        }  # fmt: skip
+        self.tb.write(board, step, flush=False)
         if self.tb.enabled:
             if self._meta_text is not None:
                 self.tb.write_text("lazymeter/meta", self._meta_text, step)
@@ -106,20 +116,55 @@ class RunLog:
     def _due(sink: Any, step: int) -> bool:
         return step % getattr(sink, "scalar_every", SCALAR_EVERY) == 0
 
+    @property
+    def scalar_every(self) -> int:
+        """The most frequent sink cadence (TensorBoard's, or any user sink's
+        ``scalar_every``): that of the scalar rows of ``history.jsonl``."""
+        cadences = [getattr(s, "scalar_every", SCALAR_EVERY) for s in self.sinks]
+        return min([self.tb.scalar_every, *cadences])
+
     def wants_scalars(self, step: int) -> bool:
         """Whether :meth:`write_scalars` at ``step`` reaches any sink."""
+        if self.jsonl is not None and step % self.scalar_every == 0:
+            return True
         return (self.tb.enabled and self._due(self.tb, step)) or any(
             self._due(s, step) for s in self.sinks
         )
 
     def write_scalars(self, values: dict[str, float], step: int) -> None:
         """The user's scalars at a step without a measurement, to each sink whose
-        ``scalar_every`` divides ``step`` (:data:`SCALAR_EVERY` when it has none)."""
+        ``scalar_every`` divides ``step`` (:data:`SCALAR_EVERY` when it has none), and as a
+        scalar row of ``history.jsonl`` when :attr:`scalar_every` does."""
+        if values and step % self.scalar_every == 0:
+            self._scalar_row(values, step)
         if self._due(self.tb, step):
             self.tb.write_scalars(values, step)
+            self._tb_sent = (step, set(values))
         for sink in self.sinks:
             if self._due(sink, step):
                 self._each("write_scalars", values, step, only=sink)
+
+    def write_last_scalars(self, values: dict[str, float], step: int | None) -> None:
+        """The last step's scalars as a scalar row of ``history.jsonl`` unless a row of
+        that step is in it already (``meter.close(measure=False)``)."""
+        if step is not None and values and self.jsonl is not None:
+            if self.jsonl.last_step != step:
+                self._scalar_row(values, step)
+
+    def _scalar_row(self, values: dict[str, float], step: int) -> None:
+        if self.jsonl is None:
+            return
+        try:
+            self.jsonl.write_scalars(values, step)
+        except OSError as e:  # disk full, directory gone: training goes on
+            if not self._jsonl_failed:
+                self._jsonl_failed = True
+                warnings.warn(
+                    f"lazymeter: could not write {self.jsonl.path} ({e}); measurements are "
+                    "kept in meter.history (warned once)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
 
     def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Hyperparameters with the run's final metrics: TensorBoard and the user's sinks."""

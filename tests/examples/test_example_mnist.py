@@ -15,6 +15,7 @@ from paper import mnist as M
 from paper.harness import run
 
 import lazymeter as lm
+from lazymeter.history import measurements
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -199,7 +200,7 @@ def test_example_smoke_on_digits_writes_runs_summary_and_figure(smoke, capsys):
     for r in summary["runs"]:
         assert r["lr"] == 0.1  # the "none" rule: the same lr at every alpha
         assert {"train_acc_step", "test_acc_step", "final_train_acc", "final_test_acc"} <= set(r)
-        rows = lm.read_jsonl(str(out / r["name"] / "history.jsonl"))
+        rows = measurements(lm.read_jsonl(str(out / r["name"] / "history.jsonl")))  # no scalar rows
         assert len(rows) > 5
         assert all({"train_acc", "test_acc", "test_loss", "ntk_drift"} <= set(x) for x in rows)
         assert rows[-1]["train_acc"] == r["final_train_acc"]

@@ -21,6 +21,7 @@ from paper.modular_mlp import (
 )
 
 import lazymeter as lm
+from lazymeter.history import measurements
 
 # About 2 s of one core per run (p=13: 152 train pairs); see the claim test's numbers. Tiny
 # models: one torch thread (more only add overhead, several x on a busy machine).
@@ -36,7 +37,7 @@ def test_example_smoke_run_writes_each_scale_the_summary_and_the_figure(tmp_path
     assert {"acc_crossings", "time_to_grok", "final_test_acc", "k0_test_acc"} <= set(summary)
     assert [r["name"] for r in out["runs"]] == ["scale=0.5", "scale=1"]
     for name in ("scale=0.5", "scale=1"):
-        rows = lm.read_jsonl(str(tmp_path / name / "history.jsonl"))
+        rows = measurements(lm.read_jsonl(str(tmp_path / name / "history.jsonl")))  # no scalar rows
         required = {"step", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm"}
         required |= {"ntk_drift", "alignment_test", "param_movement"}
         assert len(rows) > 5 and all(required <= set(r) for r in rows)

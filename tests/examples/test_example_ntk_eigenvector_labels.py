@@ -25,6 +25,7 @@ from paper.harness import preset, run
 from paper.polynomial import QuadraticNet
 
 import lazymeter as lm
+from lazymeter.history import measurements
 
 
 def load_example():
@@ -181,7 +182,7 @@ def test_example_smoke_run_writes_histories_summary_events_and_figure(smoke):
     assert [r["name"] for r in summary["runs"]] == [f"k{k}" for k in ks]
     assert set(summary["by_k"]) == {str(k) for k in ks}
     for k, r in zip(ks, summary["runs"], strict=True):
-        rows = lm.read_jsonl(str(out / f"k{k}" / "history.jsonl"))
+        rows = measurements(lm.read_jsonl(str(out / f"k{k}" / "history.jsonl")))  # no scalar rows
         assert len(rows) > 5 and all(required <= set(row) for row in rows)
         assert any(p.name.startswith("events.out.tfevents") for p in (out / f"k{k}").iterdir())
         assert r["k"] == k and "history" not in r and r["eigenvalue"] >= 0

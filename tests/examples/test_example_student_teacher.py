@@ -17,6 +17,7 @@ from paper.student_teacher import (
 )
 
 import lazymeter as lm
+from lazymeter.history import measurements
 
 TAUS = (1e-4, 5e-4, 5e-3, 1e-2, 1e-1)
 
@@ -32,7 +33,7 @@ def smoke(tmp_path_factory):
 
 def test_smoke_writes_losses_accuracies_diagnostics_and_figure(smoke):
     out, summary = smoke
-    rows = lm.read_jsonl(str(out / "history.jsonl"))
+    rows = measurements(lm.read_jsonl(str(out / "history.jsonl")))  # no scalar rows
     accs = {f"tau{t:g}_{s}_acc" for t in TAUS for s in ("train", "test")}
     required = {"step", "train_loss", "test_loss", "ntk_drift", "alignment_test"}
     required |= {"param_movement", "weight_norm"} | accs

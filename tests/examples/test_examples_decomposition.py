@@ -10,6 +10,8 @@ from example_scripts import load_example
 from paper.decomposition import MC_REL_STD, TASK, DecompositionConfig
 from paper.harness import run
 
+from lazymeter.history import measurements
+
 
 def test_smoke_run_writes_outputs_and_terms_add_up(tmp_path):
     summary = load_example("loss_decomposition").main(
@@ -19,7 +21,9 @@ def test_smoke_run_writes_outputs_and_terms_add_up(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
 
-    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    rows = measurements(
+        [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    )  # no scalar rows
     assert len(rows) > 5
     for r in rows:
         parts = [r[f"decomp_{k}"] for k in ("variance", "misalignment", "linear")]

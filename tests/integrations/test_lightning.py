@@ -64,14 +64,18 @@ def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     model = Net()
     trainer(tmp_path, 12, cb).fit(model, loader())
     steps = [r["step"] for r in cb.meter.history]
-    assert steps == [0, 5, 10]  # the steps self.log uses for those batches, every 5
+    # trainer.global_step after the optimiser step (HuggingFace's state.global_step): 0
+    # before any update, every 5 updates, and the last step (12) at the end of training.
+    assert steps == [0, 5, 10, 12]
+    first = cb.meter.history[0]
+    assert first["ntk_drift"] == 0.0 and first["param_movement"] == 0.0
+    assert "train_loss" not in first
     rows = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
     drift = [r for r in rows if r.get("lazymeter/ntk/drift")]
-    assert [int(r["step"]) for r in drift] == [0, 5, 10]
-    losses = [int(r["step"]) for r in rows if r.get("lazymeter/loss/train")]
-    # Where Lightning logs (every log_every_n_steps = 4: steps 3, 7, 11), plus along with
-    # each measurement.
-    assert losses == [0, 3, 5, 7, 10, 11]
+    assert [int(r["step"]) for r in drift] == [0, 5, 10, 12]
+    losses = sorted({int(r["step"]) for r in rows if r.get("lazymeter/loss/train")})
+    # Every log_every_n_steps = 4 updates (4, 8, 12), plus along with each measurement.
+    assert losses == [4, 5, 8, 10, 12]
     # Only the meter's own state goes into the checkpoint (the weights are there anyway).
     state = cb.state_dict()
     assert state and not any(k.startswith("model.") for k in state)
@@ -85,7 +89,9 @@ def test_callback_measures_logs_through_the_loggers_and_resumes(tmp_path):
     first.save_checkpoint(ckpt)
     resumed_cb = LazyMeterCallback(alpha=2.0, probe=probes(), schedule=5)
     trainer(tmp_path / "resume", 12, resumed_cb).fit(Net(), loader(), ckpt_path=ckpt)
-    assert [r["step"] for r in resumed_cb.meter.history] == [0, 5, 10]  # restored + continued
+    # Restored (with the first fit's last row, 7) and continued.
+    assert [r["step"] for r in first_cb.meter.history] == [0, 5, 7]
+    assert [r["step"] for r in resumed_cb.meter.history] == [0, 5, 7, 10, 12]
     assert resumed_cb.meter.history[0] == first_cb.meter.history[0]
     # The snapshot (theta0) came from the checkpoint, not from the new module's init.
     assert torch.equal(resumed_cb.meter.snapshot.t0, first_cb.meter.snapshot.t0)
@@ -134,8 +140,9 @@ def test_rows_carry_the_step_self_log_uses_and_a_run_without_log_dir_can_be_repo
         for r in rows
         if r.get("lazymeter/loss/train")
     }
-    assert set(mine) <= set(ours)  # every step self.log wrote, the callback wrote too
-    assert all(ours[k] == pytest.approx(v, rel=1e-6) for k, v in mine.items())
+    # self.log logs a batch at global_step before its update, the meter after it: one up.
+    assert {k + 1 for k in mine} <= set(ours)  # every batch self.log wrote, the callback too
+    assert all(ours[k + 1] == pytest.approx(v, rel=1e-6) for k, v in mine.items())
     assert (run_dir / "history.jsonl").exists()  # no log_dir given: the logger's directory
     assert not list(run_dir.glob("events.out.tfevents*"))  # scalars went through the loggers
     assert main(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0

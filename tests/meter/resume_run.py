@@ -1,8 +1,10 @@
 """A small training run with LazyMeter, split at a checkpoint (used by test_meter.py).
 
-    python tests/meter/resume_run.py full   OUT_DIR           # steps [0, 2 * HALF) in one process
-    python tests/meter/resume_run.py first  OUT_DIR CKPT      # steps [0, HALF), then save
-    python tests/meter/resume_run.py second OUT_DIR CKPT      # load, steps [HALF, 2 * HALF)
+    python tests/meter/resume_run.py full   OUT_DIR           # steps 1..2 * HALF in one process
+    python tests/meter/resume_run.py first  OUT_DIR CKPT      # steps 1..HALF, then save
+    python tests/meter/resume_run.py second OUT_DIR CKPT      # load, steps HALF + 1..2 * HALF
+
+(Step 0 is the meter's row before any update.)
 
 Writes OUT_DIR/history.json (meter.history) and the meter's log files in OUT_DIR.
 """
@@ -65,7 +67,7 @@ def main(phase: str, out_dir: str, ckpt: str | None = None) -> None:
         meter.load_state_dict(state["meter"])
         opt.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
-        train(meter, opt, data, range(meter.last_step + 1, 2 * HALF))
+        train(meter, opt, data, range(meter.last_step + 1, 2 * HALF + 1))
     meter.close()
     with open(f"{out_dir}/history.json", "w") as f:
         json.dump(meter.history, f)

@@ -114,7 +114,7 @@ def test_a_checkpoint_whose_history_lacks_rows_on_disk_moves_the_file_aside(tmp_
     with pytest.warns(RuntimeWarning, match="moved it to .*history.jsonl.1"):
         meter.load_state_dict(sd)
     assert read_jsonl(path + ".1") == mine
-    assert [r["step"] for r in read_jsonl(path)] == [0, 1]
+    assert [r["step"] for r in read_jsonl(path)] == [0, 1, 2]  # 0: before training
     # Loading its own checkpoint again drops nothing: no second backup.
     meter.load_state_dict(meter.state_dict())
     assert not os.path.exists(path + ".2")

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import lazymeter as lm
+from lazymeter.history import measurements
 from lazymeter.sinks import JsonlSink
 from lazymeter.threads import torch_threads
 
@@ -196,8 +197,8 @@ def test_sigkill_then_resume_continues_the_curves_exactly(
     # After the kill: every measurement announced before it is on disk, in order, once,
     # and the file parses cleanly (a single write per line leaves no torn line).
     history = tmp_path / "log" / "history.jsonl"
-    rows = read_strict(history)
-    steps = [r["step"] for r in rows]
+    rows = read_strict(history)  # measurements, and scalar rows (scalar_every=1) between
+    steps = [r["step"] for r in measurements(rows)]
     assert steps == SCHEDULE[: len(steps)]  # increasing, no duplicates, no gaps
     assert steps[: len(printed)] == printed
     assert len(steps) - len(printed) in (0, 1)  # killed between fsync and print at most
@@ -215,12 +216,16 @@ def test_sigkill_then_resume_continues_the_curves_exactly(
     assert markers(resumed, "measured") == [s for s in SCHEDULE if s > ckpt_step]
 
     final = read_strict(history)
-    assert [r["step"] for r in final] == SCHEDULE
+    # The last step, 59, is measured by close() (the schedule skipped it).
+    assert [r["step"] for r in measurements(final)] == [*SCHEDULE, crash_run.STEPS - 1]
+    # The scalar rows up to the checkpoint came over from the crashed run's file.
+    scalar_steps = [r["step"] for r in final if r.get("kind") == "scalars"]
+    assert scalar_steps == [s for s in range(crash_run.STEPS) if s not in SCHEDULE]
     expected = uninterrupted / "log" / "history.jsonl"
     assert rows_equal(final, lm.read_jsonl(str(expected)))
     assert history.read_bytes() == expected.read_bytes()  # bit-identical, deterministic loop
     # The crashed run's file was kept aside, not appended to.
-    assert [r["step"] for r in read_strict(Path(f"{history}.1"))] == steps
+    assert [r["step"] for r in measurements(read_strict(Path(f"{history}.1")))] == steps
 
     # TensorBoard, as its UI reads the two runs' event files: every series has each step
     # once, and equals the uninterrupted run's.
@@ -313,19 +318,20 @@ def test_resuming_a_meter_into_a_log_dir_with_a_torn_history_leaves_a_clean_file
         opt.step()
         meter.step(train_loss=loss.item())
     state = meter.state_dict()
-    meter.close()
+    meter.close(measure=False)  # as the checkpoint: no row for step 7 beyond its scalar row
     history = log / "history.jsonl"
     clean = history.read_bytes()
     # The crashed run had measured step 9 and was killed writing step 12's row.
+    six = next(r for r in clean.splitlines(keepends=True) if r.startswith(b'{"step": 6,'))
     with history.open("ab") as f:
-        f.write(clean.splitlines(keepends=True)[-1].replace(b'"step": 6', b'"step": 9'))
+        f.write(six.replace(b'"step": 6', b'"step": 9'))
         f.write(b'{"step": 12, "train_loss": 0.12')
 
     with pytest.warns(RuntimeWarning, match="moved it to"):
         _, resumed, _, _ = crash_run.build(str(log))
     resumed.load_state_dict(state)
     assert history.read_bytes() == clean  # rewritten from the checkpoint: no torn line
-    assert [r["step"] for r in read_strict(history)] == [0, 3, 6]
+    assert [r["step"] for r in measurements(read_strict(history))] == [0, 3, 6]
     resumed.step(9, train_loss=0.5)
     resumed.close()
-    assert [r["step"] for r in read_strict(history)] == [0, 3, 6, 9]
+    assert [r["step"] for r in measurements(read_strict(history))] == [0, 3, 6, 9]

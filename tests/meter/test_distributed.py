@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 import lazymeter as lm
+from lazymeter.history import measurements
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ddp_worker as W  # noqa: E402
@@ -33,9 +34,10 @@ def test_ddp_metrics_equal_a_single_process_run(ddp_results, strategy):
     _, results = ddp_results
     with pytest.warns(RuntimeWarning, match="could not measure flaky"):
         ref = S.reference(W.make_model(seed=1), W.data(), features=["1"])
+    ref.close()  # as the workers: the last step (12) measured, collectively there
     for res in results:
         hist = res[strategy]["history"]
-        assert [r["step"] for r in hist] == [0, 4, 8]
+        assert [r["step"] for r in hist] == [0, 4, 8, 12]  # 0: before any update
         assert len(hist) == len(ref.history)
         for row, want in zip(hist, ref.history, strict=True):
             assert row.keys() == want.keys()
@@ -46,7 +48,7 @@ def test_ddp_metrics_equal_a_single_process_run(ddp_results, strategy):
     assert all(all(S.same(a[k], b[k], 0.0) for k in a) for a, b in zip(h0, h1, strict=True))
     assert "ntk_drift" in ref.history[-1] and ref.history[-1]["ntk_drift"] > 0
     # Rank 0's user metric failed at step 4: NaN there on every rank, and training went on.
-    assert [math.isnan(r["flaky"]) for r in h0] == [False, True, False]
+    assert [math.isnan(r["flaky"]) for r in h0] == [False, True, False, False]
 
 
 @pytest.mark.parametrize("case", ["buffers", "perturbed"])
@@ -67,15 +69,19 @@ def test_shard_never_mixes_replicas_that_differ(ddp_results, case):
     # rank0 measures rank 0's model alone: finite, the same row on every rank
     rows = [res["replicas_buffers_rank0"]["row"] for res in (r0, r1)]
     assert math.isfinite(rows[0]["ntk_drift"]) and rows[0] == rows[1]
-    assert not r0["replicas_buffers_rank0"]["warnings"]
+    # (The worker trains before its first measure(): the meter says that row is not before
+    # training; nothing else.)
+    said = r0["replicas_buffers_rank0"]["warnings"]
+    assert not [w for w in said if "the first row (step 0) is measured after" not in w]
 
 
 def test_ddp_strategies_split_the_kernel_work_as_documented(ddp_results):
     _, (r0, r1) = ddp_results
-    # rank0: rank 0 computes every kernel (3 measurements x train + test probe), rank 1 none.
-    assert r0["rank0"]["kernel_rows"] == [24, 10] * 3 and r1["rank0"]["kernel_rows"] == []
+    # rank0: rank 0 computes every kernel (4 measurements, 0, 4, 8 and the last step 12 at
+    # close(), x train + test probe), rank 1 none.
+    assert r0["rank0"]["kernel_rows"] == [24, 10] * 4 and r1["rank0"]["kernel_rows"] == []
     # shard: each rank computes its half of the rows of every kernel.
-    assert r0["shard"]["kernel_rows"] == [12, 5] * 3 == r1["shard"]["kernel_rows"]
+    assert r0["shard"]["kernel_rows"] == [12, 5] * 4 == r1["shard"]["kernel_rows"]
 
 
 @pytest.mark.parametrize("strategy", ["rank0", "shard"])
@@ -101,7 +107,7 @@ def test_ddp_only_rank_zero_writes_logs(ddp_results, strategy):
     events = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
     assert len(events) == 1, events
     assert events[0].endswith(f".{results[0]['pid']}.0") or str(results[0]["pid"]) in events[0]
-    rows = lm.read_jsonl(os.path.join(log_dir, "history.jsonl"))
+    rows = measurements(lm.read_jsonl(os.path.join(log_dir, "history.jsonl")))
     assert [r["step"] for r in rows] == [r["step"] for r in results[0][strategy]["history"]]
 
 

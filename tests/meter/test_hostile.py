@@ -224,7 +224,7 @@ def test_inf_parameters_mid_run_give_nan_metrics_and_training_goes_on():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gd(meter, x, y, 2)  # still steps (the loss is inf/NaN now: the user's problem)
-    assert len(meter.history) == 4
+    assert len(meter.history) == 5  # 0 (before training), 1, the measure() at 1, 2, 3
 
 
 def test_singular_k0_falls_back_to_a_pseudo_inverse_with_a_warning():
@@ -266,4 +266,4 @@ def test_failing_jsonl_write_mid_run_warns_once_and_keeps_the_history(tmp_path):
     with pytest.warns(RuntimeWarning, match="could not write .*No space left") as record:
         gd(meter, x, y, 3)
     assert len([w for w in record if "could not write" in str(w.message)]) == 1
-    assert [r["step"] for r in meter.history] == [0, 1, 2, 3]
+    assert [r["step"] for r in meter.history] == [0, 1, 2, 3, 4]  # 0: before training

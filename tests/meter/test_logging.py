@@ -162,7 +162,7 @@ def test_schedule_state_dict_round_trip_continues_identically(spec):
 # ---------------------------------------------------------------------------- step / measure
 def test_step_measures_exactly_on_scheduled_steps_and_returns_the_row():
     meter, opt, data = make_meter(schedule=5)
-    for s in range(23):
+    for s in range(1, 23):  # step 0: the meter's own row, before the first update
         _, row = train_step(meter, opt, data)
         if s % 5 == 0:
             assert row is not None and row["step"] == s
@@ -175,22 +175,26 @@ def test_step_measures_exactly_on_scheduled_steps_and_returns_the_row():
 def test_history_rows_carry_the_scalars_passed_at_that_step():
     meter, opt, data = make_meter(schedule=4)
     passed = {}
-    for s in range(13):
+    for s in range(1, 13):
         scalars, _ = train_step(meter, opt, data, accuracy=s / 100)
         passed[s] = scalars
     assert [r["step"] for r in meter.history] == [0, 4, 8, 12]
-    for row in meter.history:
+    assert "train_loss" not in meter.history[0]  # before any update: no scalars yet
+    for row in meter.history[1:]:
         for k in ("train_loss", "test_loss", "accuracy"):
             assert row[k] == passed[row["step"]][k]
     assert all(math.isfinite(meter.history[-1][k]) for k in NTK_KEYS + ["param_movement"])
 
 
 def test_default_step_numbering_counts_from_zero():
+    # Step 0 is the row before any update (the meter's own); step() counts updates from 1.
     meter, opt, data = make_meter(schedule=1)
-    assert meter.last_step is None
-    for s in range(3):
+    assert meter.last_step is None and meter.will_measure() and meter.will_measure(0)
+    for s in range(1, 4):
         _, row = train_step(meter, opt, data)
         assert row["step"] == s and meter.last_step == s
+    assert [r["step"] for r in meter.history] == [0, 1, 2, 3]
+    assert meter.history[0]["ntk_drift"] == 0.0 and meter.history[0]["param_movement"] == 0.0
 
 
 def test_explicit_step_numbers_are_used_and_default_continues_after_them():
@@ -206,8 +210,7 @@ def test_explicit_step_numbers_are_used_and_default_continues_after_them():
 
 def test_measure_forces_a_measurement_regardless_of_schedule():
     meter, opt, data = make_meter(schedule=100)
-    train_step(meter, opt, data)  # step 0 is due
-    for _ in range(3):
+    for _ in range(3):  # steps 1..3; step 0 is the row before training
         scalars, row = train_step(meter, opt, data)
         assert row is None
     assert len(meter.history) == 1
@@ -222,12 +225,12 @@ def test_measure_forces_a_measurement_regardless_of_schedule():
 def test_jsonl_has_one_line_per_measurement_equal_to_history(tmp_path):
     meter, opt, data = make_meter(tmp_path, schedule=3)
     with pytest.warns(RuntimeWarning, match="accuracy"):
-        for s in range(10):
+        for s in range(1, 10):
             train_step(meter, opt, data, accuracy=math.nan if s == 6 else 0.5)
-    meter.close()
+    meter.close()  # the last step, 9, was measured: nothing more
     path = tmp_path / "history.jsonl"
     lines = path.read_text().splitlines()
-    assert len(lines) == len(meter.history) == 4
+    assert len(lines) == len(meter.history) == 4  # no step 1..9 is a scalar row's (10)
     rows = lm.read_jsonl(str(path))
     assert rows_equal(rows, meter.history)
     assert [r["step"] for r in rows] == [0, 3, 6, 9]
@@ -236,7 +239,8 @@ def test_jsonl_has_one_line_per_measurement_equal_to_history(tmp_path):
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON {c}")) for line in lines
     ]
     assert raw[2]["accuracy"] is None and math.isnan(rows[2]["accuracy"])
-    assert all(r["accuracy"] == 0.5 for i, r in enumerate(rows) if i != 2)
+    assert all(r["accuracy"] == 0.5 for i, r in enumerate(rows) if i not in (0, 2))
+    assert "accuracy" not in rows[0]  # step 0: before any update, no scalars
 
 
 def test_jsonl_is_complete_after_each_measurement_without_close(tmp_path):
@@ -295,12 +299,13 @@ def test_tensorboard_events_hold_the_measurements_and_per_step_losses(tmp_path):
     }
     assert expected <= tags, expected - tags
     drift = acc.Scalars("lazymeter/ntk/drift")
-    assert [e.step for e in drift] == [r["step"] for r in meter.history] == [0, 4, 8]
+    # 0: before any update; 10: the last step, measured by close().
+    assert [e.step for e in drift] == [r["step"] for r in meter.history] == [0, 4, 8, 10]
     assert [e.value for e in drift] == pytest.approx(
         [r["ntk_drift"] for r in meter.history], rel=1e-6, abs=1e-12
     )
     train = acc.Scalars("lazymeter/loss/train")
-    assert [e.step for e in train] == list(range(10))  # every step, not only measured ones
+    assert [e.step for e in train] == list(range(1, 11))  # every step, once
     assert [e.value for e in train] == pytest.approx(losses, rel=1e-6)
     k0 = acc.Scalars("lazymeter/baseline/k0_test_mse")
     assert k0[0].value == pytest.approx(meter.baseline["k0_test_mse"], rel=1e-6)
@@ -312,7 +317,7 @@ def test_scalars_are_decimated_by_scalar_every_but_kept_at_measurements(tmp_path
         train_step(meter, opt, data)
     meter.close()
     train = load_scalars(tmp_path).Scalars("lazymeter/loss/train")
-    assert [e.step for e in train] == [0, 3, 4, 6, 8, 9]
+    assert [e.step for e in train] == [3, 4, 6, 8, 9, 10]  # 10: the last, measured by close()
 
 
 def test_user_supplied_writer_receives_the_scalars(tmp_path):
@@ -329,8 +334,8 @@ def test_user_supplied_writer_receives_the_scalars(tmp_path):
     acc = load_scalars(tmp_path / "user")
     tags = set(acc.Tags()["scalars"])
     assert {"lazymeter/ntk/drift", "lazymeter/loss/train", "mine"} <= tags
-    assert [e.step for e in acc.Scalars("lazymeter/ntk/drift")] == [0, 2, 4]
-    assert len(acc.Scalars("lazymeter/loss/train")) == 5
+    assert [e.step for e in acc.Scalars("lazymeter/ntk/drift")] == [0, 2, 4, 5]
+    assert len(acc.Scalars("lazymeter/loss/train")) == 5  # steps 1..5, each once
 
 
 @pytest.mark.parametrize(
@@ -358,7 +363,7 @@ def test_missing_tensorboard_warns_once_and_jsonl_is_still_written(tmp_path, mon
     meter, opt, data = make_meter(tmp_path, schedule=2)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        for _ in range(6):
+        for _ in range(5):
             train_step(meter, opt, data)
         meter.measure()
     messages = runtime_warnings(record)
@@ -426,10 +431,10 @@ def test_step_going_backwards_is_skipped_with_one_warning_and_training_goes_on()
         warnings.simplefilter("error")  # warned once only
         assert meter.step(step=5, train_loss=9.0) is None
     assert meter.last_step == 5  # a skipped call changes nothing
-    assert [r["step"] for r in meter.history] == [5]
+    assert [r["step"] for r in meter.history] == [0, 5]  # 0: before the first update
     row = meter.step(step=6, train_loss=2.0)
     assert meter.last_step == 6 and row["train_loss"] == 2.0
-    assert [r["step"] for r in meter.history] == [5, 6]
+    assert [r["step"] for r in meter.history] == [0, 5, 6]
 
 
 @pytest.mark.parametrize("bad", [2.0, "3", torch.tensor(3)])
@@ -473,12 +478,12 @@ def test_nan_train_loss_warns_once_and_is_recorded():
     meter, opt, data = make_meter(schedule=1)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        for s in range(5):
-            meter.step(train_loss=math.nan if s in (1, 3) else 1.0)
+        for s in range(1, 6):
+            meter.step(train_loss=math.nan if s in (2, 4) else 1.0)
     messages = runtime_warnings(record)
     assert len(messages) == 1 and "train_loss" in messages[0], messages
-    assert [r["step"] for r in meter.history] == list(range(5))
-    nan = [math.isnan(r["train_loss"]) for r in meter.history]
+    assert [r["step"] for r in meter.history] == list(range(6))
+    nan = [math.isnan(r["train_loss"]) for r in meter.history[1:]]
     assert nan == [False, True, False, True, False]
 
 
@@ -491,7 +496,7 @@ def test_nan_parameters_give_nan_ntk_metrics_with_one_warning_and_training_conti
     meter, opt, data = make_meter(schedule=1)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        for s in range(8):
+        for s in range(1, 8):
             if s == 4:
                 poison(meter.model)
             x, y, _, _ = data
@@ -503,7 +508,7 @@ def test_nan_parameters_give_nan_ntk_metrics_with_one_warning_and_training_conti
             assert row is not None and row["step"] == s
     messages = runtime_warnings(record)
     assert len(messages) == 1 and "ntk" in messages[0], messages
-    assert len(meter.history) == 8
+    assert len(meter.history) == 8  # 0 (before training) to 7
     for row in meter.history[:4]:
         assert all(math.isfinite(row[k]) for k in NTK_KEYS)
     for row in meter.history[4:]:
@@ -523,7 +528,7 @@ def test_failed_measurement_keeps_every_column_as_nan(tmp_path):
         meter.step()
         poison(meter.model)
         meter.step()
-    before, after = meter.history
+    _, before, after = meter.history  # steps 0 (before training), 1, 2
     assert before.keys() == after.keys(), sorted(set(before) ^ set(after))
     assert all(math.isnan(after[k]) for k in before if k.startswith("spectrum_"))
 
@@ -542,12 +547,12 @@ def test_raising_user_metric_warns_once_and_training_continues():
     meter, opt, data = make_meter(schedule=1, quantities=metrics(bad=_bad_metric, good=good))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        for s in range(4):
+        for s in range(1, 4):
             _, row = train_step(meter, opt, data)
             assert row is not None and row["step"] == s
     messages = runtime_warnings(record)
     assert len(messages) == 1 and "bad" in messages[0] and "boom" in messages[0], messages
-    assert len(meter.history) == 4 and len(calls) == 4
+    assert len(meter.history) == 4 and len(calls) == 4  # 0 (before training) to 3
     for row in meter.history:
         assert all(math.isfinite(row[k]) for k in NTK_KEYS)
         assert row["first_weight"] == row["first_weight"]  # not NaN

@@ -111,9 +111,11 @@ def test_meter_plot_draws_one_panel_per_measured_group_with_data_and_se_bands():
     assert isinstance(fig, Figure)
     assert [ax.get_title() for ax in fig.axes] == PANELS
     measured = sum(1 for r in meter.history if r["step"] > 0)
-    assert measured >= 5
+    assert measured >= 5 and meter.history[-1]["step"] < meter.last_step == 12
     loss = panel(fig, "loss")
-    assert curves(loss) == {"train": measured, "test": measured}
+    # Each measured row, and the last step's scalars (unmeasured): the losses reach step 12.
+    assert curves(loss) == {"train": measured + 1, "test": measured + 1}
+    assert max(loss.get_lines()[0].get_xdata()) == 12
     assert levels(loss) == [pytest.approx(meter.baseline["k0_test_mse"])]
     assert loss.get_ylabel() == "MSE" and loss.get_xlabel() == "step"
     kernel = panel(fig, "NTK: drift and CKA to init")
@@ -219,7 +221,7 @@ def test_a_cross_entropy_run_keeps_its_mse_baseline_off_the_loss_axes():
     assert {"k0_test_mse", "k0_test_acc"} <= set(meter.baseline)
     fig = meter.plot()
     loss = panel(fig, "loss")
-    assert levels(loss) == [] and curves(loss) == {"train": 5, "test": 5}
+    assert levels(loss) == [] and curves(loss) == {"train": 6, "test": 6}  # steps 1..6
     assert f"{meter.baseline['k0_test_mse']:.3g}" in loss.texts[0].get_text()
     acc = panel(fig, "accuracy")
     assert levels(acc) == [pytest.approx(meter.baseline["k0_test_acc"])]
@@ -288,9 +290,9 @@ def test_meter_live_shows_now_and_redraws_at_each_measurement_until_closed(drawn
     x = torch.randn(4, D, dtype=torch.float64)
     for _ in range(3):
         meter.step(train_loss=meter(x).pow(2).mean().item())
-    assert len(fake.updates) == 3 and view.redraws == 4 and len(meter.history) == 5
+    assert len(fake.updates) == 3 and view.redraws == 4 and len(meter.history) == 6
     last = drawn[-1]
-    assert curves(panel(last, "loss"))["train"] == 4  # every measured row (step 0 is off)
+    assert curves(panel(last, "loss"))["train"] == 5  # rows 1..5 (step 0: off, no loss)
     assert panel(last, "loss").get_ylabel() == "cross-entropy"  # plot_kwargs reach plot()
     # A second view replaces the first; closing it stops the redraws; the meter goes on.
     other = FakeDisplay()
@@ -301,7 +303,7 @@ def test_meter_live_shows_now_and_redraws_at_each_measurement_until_closed(drawn
     assert len(fake.updates) == 3 and len(other.updates) == 1
     second.close()
     meter.step(train_loss=1.0)
-    assert len(other.updates) == 1 and len(meter.history) == 8
+    assert len(other.updates) == 1 and len(meter.history) == 9
 
 
 def test_a_live_view_passed_as_a_sink_plots_the_rows_it_receives(drawn):
@@ -326,8 +328,8 @@ def test_a_live_figure_that_cannot_be_drawn_warns_once_and_training_goes_on():
         meter = regression_run(steps=3, schedule=1, sinks=[view])
     said = [str(w.message) for w in caught if "live figure" in str(w.message)]
     assert len(said) == 1 and "no figure today" in said[0]
-    assert isinstance(view.error, RuntimeError) and len(meter.history) == 3
-    assert view.redraws == 0 and view.measurements == 3
+    assert isinstance(view.error, RuntimeError) and len(meter.history) == 4  # 0..3
+    assert view.redraws == 0 and view.measurements == 4
 
 
 def test_live_without_ipython_is_a_clear_error(monkeypatch):

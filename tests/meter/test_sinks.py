@@ -92,7 +92,7 @@ def test_a_sink_receives_each_measurement_row_at_its_step_and_the_scalars_betwee
     rec = Recorder()
     rec.scalar_every = 1  # the scalars at every step (a sink without it: every 10)
     meter, x, y = make_meter(schedule=2, sinks=[rec])
-    train(meter, x, y, steps=5, lr=0.5)
+    train(meter, x, y, steps=4, lr=0.5)  # steps 1..4 (0: the row before any update)
     meter.close(hparams={"lr": 0.5})
     rows = rec.of("row")
     assert [r[1] for r in rows] == meter.history  # the very rows of the history
@@ -116,7 +116,7 @@ def test_a_closed_meter_writes_no_more_to_its_sinks():
     meter.close()
     n = len(rec.calls)
     train(meter, x, y, steps=2, lr=0.5)  # the meter goes on in memory
-    assert len(meter.history) == 4
+    assert len(meter.history) == 5  # steps 0 (before training) to 4
     assert len(rec.calls) == n and len(rec.of("close")) == 1
 
 
@@ -128,7 +128,7 @@ def test_a_sink_is_flushed_for_a_checkpoint_and_rewound_on_loading_one():
     assert rec.of("flush")
     train(meter, x, y, steps=2, lr=0.5)
     meter.load_state_dict(state)
-    assert rec.of("rewind") == [("rewind", 3, 2)]
+    assert rec.of("rewind") == [("rewind", 4, 3)]  # steps 0 (before training) to 3
 
 
 def test_a_sink_with_only_write_row_and_close_gets_the_rows():
@@ -144,7 +144,7 @@ def test_a_sink_with_only_write_row_and_close_gets_the_rows():
 
     sink = Minimal()
     meter, x, y = make_meter(schedule=2, sinks=[sink])
-    train(meter, x, y, steps=5, lr=0.5)
+    train(meter, x, y, steps=4, lr=0.5)
     meter.state_dict()
     meter.close(hparams={"lr": 1})
     assert sink.rows == [0, 2, 4] and sink.closed
@@ -165,8 +165,8 @@ def test_a_failing_sink_warns_once_and_training_and_the_other_sinks_go_on(tmp_pa
         train(meter, x, y, steps=4, lr=0.5)
     mine = [w for w in caught if "Broken.write_row" in str(w.message)]
     assert len(mine) == 1 and "tracking server unreachable" in str(mine[0].message)
-    assert len(rec.of("row")) == 4 and len(meter.history) == 4
-    assert len(lm.read_jsonl(str(tmp_path / "history.jsonl"))) == 4
+    assert len(rec.of("row")) == 5 and len(meter.history) == 5  # 0 (before training) to 4
+    assert len(lm.read_jsonl(str(tmp_path / "history.jsonl"))) == 5
     meter.close()
 
 
@@ -224,7 +224,8 @@ def test_a_writer_with_only_add_scalar_and_add_text_gets_scalars_and_texts():
     meter.close()
     drift = [(s, v) for t, v, s in writer.scalars if t == "lazymeter/ntk/drift"]
     assert drift == [(r["step"], r["ntk_drift"]) for r in meter.history]
-    assert [s for t, _, s in writer.scalars if t == "lazymeter/loss/train"] == [0, 1, 2]
+    # Steps 1..3 once each (step 0, before training, has no loss; 3 is measured by close()).
+    assert [s for t, _, s in writer.scalars if t == "lazymeter/loss/train"] == [1, 2, 3]
     assert ("lazymeter/meta", 0) in writer.texts and ("lazymeter/regime", 2) in writer.texts
 
 
@@ -258,7 +259,7 @@ def test_mlflow_sink_logs_each_row_as_metrics_at_its_step_and_meta_as_tags(mlflo
     )
     meter, x, y = make_meter(schedule=2, sinks=[sink])
     assert sink.run_id is None  # nothing started before the first measurement
-    train(meter, x, y, steps=5, lr=0.5)
+    train(meter, x, y, steps=4, lr=0.5)
     meter.close(hparams={"lr": 0.5, "width": 8})
 
     client = MlflowClient(tracking_uri=mlflow_store)
@@ -269,9 +270,10 @@ def test_mlflow_sink_logs_each_row_as_metrics_at_its_step_and_meta_as_tags(mlflo
     assert [(m.step, m.value) for m in drift] == [
         (r["step"], r["ntk_drift"]) for r in meter.history
     ]
-    # The train loss at every step: in the rows (0, 2, 4) and between them (1, 3).
+    # The train loss at every update: in the rows (2, 4) and between them (1, 3); the row
+    # at step 0 (before any update) has none.
     train_loss = client.get_metric_history(sink.run_id, "lazymeter/loss/train")
-    assert sorted(m.step for m in train_loss) == [0, 1, 2, 3, 4]
+    assert sorted(m.step for m in train_loss) == [1, 2, 3, 4]
     tags, params = run.data.tags, run.data.params
     assert tags["lazymeter.measure_mode"] == "eval"
     assert tags["lazymeter.ntk_engine.engine"] == meter.ntk_engine["engine"]
@@ -295,7 +297,7 @@ def test_mlflow_sink_logs_into_the_active_run_and_leaves_it_open(mlflow_store):
         steps = [
             m.step for m in MlflowClient().get_metric_history(run.info.run_id, tag_for("ntk_cka"))
         ]
-        assert steps == [0, 1, 2]
+        assert steps == [0, 1, 2, 3]
 
 
 def test_mlflow_sink_keeps_nan_for_a_value_that_could_not_be_computed(mlflow_store):
@@ -334,7 +336,7 @@ def test_a_resumed_meter_continues_the_mlflow_run_and_ends_it_finished(mlflow_st
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, tag_for("ntk_drift"))]
-    assert steps == [0, 1, 2, 3, 4]
+    assert steps == [0, 1, 2, 3, 4, 5]
 
 
 # ---------------------------------------------------------------------------- W&B
@@ -378,7 +380,7 @@ def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, offline
     wandb, make_sink = offline_wandb
     sink = make_sink("lazymeter-test", scalar_every=1)
     meter, x, y = make_meter(schedule=2, sinks=[sink])
-    train(meter, x, y, steps=5, lr=0.5)
+    train(meter, x, y, steps=4, lr=0.5)
     meter.close(hparams={"lr": 0.5})
     assert wandb.run is None  # the sink started the run, so it finished it
 
@@ -391,8 +393,8 @@ def test_wandb_sink_offline_logs_each_row_with_the_meters_step(tmp_path, offline
     assert [h["lazymeter/ntk/drift"] for h in measured] == pytest.approx(
         [r["ntk_drift"] for r in meter.history], rel=1e-12
     )
-    assert [h["lazymeter/loss/train"] for h in history if h["lazymeter/step"] in (0, 2, 4)] == (
-        pytest.approx([r["train_loss"] for r in meter.history])
+    assert [h["lazymeter/loss/train"] for h in history if h["lazymeter/step"] in (2, 4)] == (
+        pytest.approx([r["train_loss"] for r in meter.history[1:]])  # 0: before any update
     )
     config = {}
     for r in records:
@@ -476,5 +478,106 @@ def test_only_rank_0_of_a_distributed_meter_writes_to_its_sinks(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     for r in range(2):
         assert "error" not in torch.load(tmp_path / f"rank{r}.pt"), r
-    assert (tmp_path / "rank0.steps").read_text().split() == ["0", "1", "2"]
+    assert (tmp_path / "rank0.steps").read_text().split() == ["0", "1", "2", "3"]
     assert not (tmp_path / "rank1.steps").exists()
+
+
+# ------------------------------------------------------------- checked at construction
+def test_an_mlflow_sink_checks_its_store_at_construction_and_starts_nothing(mlflow_store):
+    """Was: a store MLflow cannot use failed only at the first measurement, with a warning,
+    and the run went on logging nothing there."""
+    from mlflow.tracking import MlflowClient
+
+    from lazymeter.integrations.mlflow import MlflowSink
+
+    sink = MlflowSink(tracking_uri=mlflow_store, experiment="checked")
+    client = MlflowClient(tracking_uri=mlflow_store)
+    assert sink.run_id is None and client.get_experiment_by_name("checked") is None
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_an_mlflow_store_that_cannot_be_used_is_a_clear_error_naming_tracking_uri(
+    tmp_path, mlflow_store
+):
+    from lazymeter.integrations.mlflow import MlflowSink
+
+    (tmp_path / "a_file").write_text("")
+    bad = (tmp_path / "a_file" / "mlruns").as_uri()  # a file in the path
+    with pytest.raises(ValueError, match=r"^tracking_uri: MLflow cannot use the store .*a_file"):
+        MlflowSink(tracking_uri=bad)
+    with pytest.raises(ValueError, match=r"^tracking_uri: .*Pass a tracking server"):
+        MlflowSink(tracking_uri="nosuchscheme://x")
+    MlflowSink(tracking_uri=bad, check=False)  # the check can be skipped
+
+
+def test_an_mlflow_server_that_does_not_answer_is_a_clear_error_at_construction(mlflow_store):
+    import socket
+
+    from lazymeter.integrations.mlflow import MlflowSink
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ValueError, match=r"^tracking_uri: no MLflow tracking server answers at"):
+        MlflowSink(tracking_uri=f"http://127.0.0.1:{port}")
+
+
+def test_a_deleted_mlflow_experiment_or_an_unknown_run_id_is_a_clear_error(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from lazymeter.integrations.mlflow import MlflowSink
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    client.delete_experiment(client.create_experiment("gone"))
+    with pytest.raises(ValueError, match=r"^experiment: 'gone' is deleted .*restore it"):
+        MlflowSink(tracking_uri=mlflow_store, experiment="gone")
+    with pytest.raises(ValueError, match=r"^run_id: 'no-such-run' is not a run in"):
+        MlflowSink("no-such-run", tracking_uri=mlflow_store)
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """No W&B credentials anywhere: no key in the environment, an empty home and netrc."""
+    wandb = pytest.importorskip("wandb", reason="wandb is an optional dependency")
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return wandb
+
+
+def test_a_wandb_sink_refuses_a_mode_wandb_does_not_have(no_wandb_login, monkeypatch):
+    from lazymeter.integrations.wandb import WandbSink
+
+    with pytest.raises(ValueError, match=r"^mode: expected one of 'online', 'offline', 'disab"):
+        WandbSink(mode="ofline")
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(ValueError, match=r"got 'ofline' \(from the environment variable WAN"):
+        WandbSink(project="x")
+    assert WandbSink(mode="offline")._run is None  # a mode given wins over WANDB_MODE
+    assert WandbSink(mode="dryrun")._run is None  # W&B's own alias of offline
+
+
+def test_an_online_wandb_sink_without_an_api_key_suggests_offline(no_wandb_login, monkeypatch):
+    from lazymeter.integrations.wandb import WandbSink
+
+    with pytest.raises(ValueError, match=r'^mode: W&B would run online .*mode="offline"'):
+        WandbSink(project="x", mode="online")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(ValueError, match=r"no API key was found"):
+        WandbSink(project="x")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    WandbSink(project="x")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key: online is fine (nothing contacted)
+    sink = WandbSink(project="x", mode="online")
+    assert sink._run is None and no_wandb_login.run is None
+    sink.close()
+
+
+def test_an_offline_wandb_sink_starts_nothing_before_the_first_measurement(offline_wandb):
+    wandb, make_sink = offline_wandb
+    sink = make_sink("checked")
+    assert sink._run is None and wandb.run is None
+    sink.close()

@@ -71,8 +71,9 @@ def test_a_user_quantity_sees_the_kernels_the_meter_measures():
     meter = lm.LazyMeter(model, alpha=2.0, probe=(x, y), schedule=2,
                          quantities=[*Q.DEFAULT, KernelTrace()])  # fmt: skip
     K0 = lm.empirical_ntk(model, x)
-    train(meter, x, y, 5, lr=0.2)
+    train(meter, x, y, 4, lr=0.2)  # steps count updates: the row at step 4 is after 4
     row = meter.history[-1]
+    assert row["step"] == 4
     K = lm.empirical_ntk(model, x)  # independent computation on the trained model
     assert row["k_trace"] == pytest.approx(float(K.trace()), rel=1e-10)
     assert row["k0_trace"] == pytest.approx(float(K0.trace()), rel=1e-10)
@@ -84,7 +85,7 @@ def test_a_quantity_with_its_own_schedule_and_state_resumes(tmp_path):
     x, y = regression()
     meter = lm.LazyMeter(mlp(), probe=(x, y), schedule=4,
                          quantities=[Q.ParameterMovement(), CountingProbeLoss()])  # fmt: skip
-    train(meter, x, y, 7, lr=0.2)
+    train(meter, x, y, 6, lr=0.2)  # steps 1..6 (step k: after k updates)
     steps = {r["step"]: r for r in meter.history}
     assert sorted(steps) == [0, 3, 4, 6]  # its own (every 3) and the meter's (every 4)
     assert "probe_mse" not in steps[4] and "param_movement" not in steps[3]
