@@ -32,13 +32,15 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))  # the paper's tasks are exam
 
 from paper.harness import preset, run  # noqa: E402
 from paper.results import (  # noqa: E402
-    comes_later,
+    Verdict,
+    delay_grows,
     is_finite,
-    never_is_inf,
+    ran_for,
     step_text,
 )
 
-Check = Callable[[Mapping[str, Any]], tuple[list[str], bool]]
+#: The numbers (lines of text) and the verdict, part by part, of a figure's claim.
+Check = Callable[[Mapping[str, Any]], tuple[list[str], Verdict]]
 
 
 @dataclass
@@ -58,7 +60,17 @@ def fmt(v: Any, spec: str = ".3g") -> str:
     return step_text(v) if spec == ".3g" or not is_finite(v) else format(v, spec)
 
 
-def check_fig1(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+#: How close (test accuracy) the laziest transformer run must end to kernel regression with
+#: the initial NTK to "stay near the K0 solution".
+K0_TOL = 0.05
+
+
+def _part(name: str, ok: bool, why: str) -> str:
+    """A line saying whether a part of the claim holds, and why not."""
+    return f"{name}: {'holds' if ok else 'fails'}" + (f" ({why})" if why else "")
+
+
+def check_fig1(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     g = s["time_to_grok"]
     a = s["alignment"].get("alignment_full_test", {})
     lines = [
@@ -72,15 +84,25 @@ def check_fig1(s: Mapping[str, Any]) -> tuple[list[str], bool]:
             f"unbiased alignment on {s['config']['paper_points']} test points: "
             f"{fmt(a['init'])} -> {fmt(a['end'])} (rise {fmt(a['rise'])} ± {fmt(a['rise_se'])})"
         )
-    holds = (
-        (g["ratio"] or 0) >= 2
-        and s["final_test_loss"] < 0.1 * s["max_test_loss"]
-        and s["final_lin_test_loss"] > 5 * s["final_test_loss"]
+    fitted, general = is_finite(g["train_step"]), is_finite(g["test_step"])
+    if not fitted:
+        lines.append(f"the train loss never fell below 0.1 x its start (ran {ran_for(s)})")
+    elif not general:
+        lines.append(f"the test loss never generalised within {ran_for(s)}")
+    final = s["final_test_loss"]
+    return lines, Verdict(
+        {
+            "fits first, generalises at least 2x later": fitted
+            and general
+            and (g["ratio"] or 0) >= 2,
+            "the network generalises": is_finite(final) and final < 0.1 * s["max_test_loss"],
+            "its linearisation does not": is_finite(final)
+            and (s["final_lin_test_loss"] or 0) > 5 * final,
+        }
     )
-    return lines, bool(holds)
 
 
-def check_fig5(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_fig5(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     by_k = {int(k): v for k, v in s["by_k"].items()}
     ks = sorted(by_k)
     lz = s["laziness_max"]
@@ -96,27 +118,49 @@ def check_fig5(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"the curve's height, kernel change 1 - CKA <= {fmt(lz['kernel_change'])}, weights "
         f"move <= {fmt(lz['param_movement'])}"
     )
-    train = [by_k[k]["train_half"] for k in ks]
-    test = [by_k[k]["test_half"] for k in ks]
-    lazy = lz["kernel_change"] < 0.01 and lz["lin_test_gap"] < 0.1
-    return lines, bool(comes_later(train) and comes_later(test) and lazy)
+    later, why = delay_grows(
+        [f"k={k}" for k in ks],
+        [by_k[k]["train_half"] for k in ks],
+        [by_k[k]["test_half"] for k in ks],
+        [ran_for(s)] * len(ks),
+        of_test=True,
+    )
+    name = "learned later the smaller the eigenvalue"
+    lines.append(_part(name, later, why))
+    lazy = (lz["kernel_change"] or 1) < 0.01 and (lz["lin_test_gap"] or 1) < 0.1
+    return lines, Verdict({name: later, "training stays lazy": lazy})
 
 
-def check_transformer(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_transformer(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     lines = [
         f"alpha={r['alpha']:g} (lr {fmt(r['lr'])}): train accuracy > {r['acc_threshold']:g} at "
         f"step {fmt(r['train_acc_step'])}, test at {fmt(r['test_acc_step'])}; final test "
         f"accuracy {fmt(r['final_test_acc'])}"
         for r in s["runs"]
     ]
+    gap = s["laziest_k0_gap"]
     lines.append(
         f"kernel regression with the initial NTK (the lazy limit): test accuracy "
-        f"{fmt(s['k0_test_acc'])}; the laziest run ends {fmt(s['laziest_k0_gap'])} from it"
+        f"{fmt(s['k0_test_acc'])}; the laziest run ends {fmt(gap)} from it"
     )
-    return lines, bool(s["delay_grows_with_alpha"])
+    runs = sorted(s["runs"], key=lambda r: r["alpha"])
+    later, why = delay_grows(
+        [f"alpha={r['alpha']:g}" for r in runs],
+        [r["train_acc_step"] for r in runs],
+        [r["test_acc_step"] for r in runs],
+        [ran_for(r) for r in runs],
+        of_test=True,
+    )
+    near = is_finite(gap) and abs(gap) <= K0_TOL
+    parts = {
+        "groks later the larger alpha": later,
+        f"at large alpha it stays near the K0 solution (within {K0_TOL:g})": near,
+    }
+    lines += [_part(n, ok, w) for (n, ok), w in zip(parts.items(), (why, ""), strict=True)]
+    return lines, Verdict(parts)
 
 
-def check_mnist(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_mnist(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     t = s["by_alpha"]
     lines = [f"data: {s['dataset']} ({s['n_train']} train, {s['n_test']} test)"]
     for i, a in enumerate(t["alpha"]):
@@ -126,15 +170,27 @@ def check_mnist(s: Mapping[str, Any]) -> tuple[list[str], bool]:
             f"{fmt(t['final_train_acc'][i])} / {fmt(t['final_test_acc'][i])}; K0 regression "
             f"{fmt(t['k0_test_acc'][i])}"
         )
-    lines.append(
-        f"test crossing later with alpha: {s['test_step_grows_with_alpha']}; train-to-test "
-        f"delay grows with alpha: {s['delay_grows_with_alpha']}"
+    order = sorted(range(len(t["alpha"])), key=lambda i: t["alpha"][i])
+    args = (
+        [f"alpha={t['alpha'][i]:g}" for i in order],
+        [t["train_acc_step"][i] for i in order],
+        [t["test_acc_step"][i] for i in order],
+        [ran_for(s)] * len(order),
     )
-    return lines, bool(s["test_step_grows_with_alpha"])
+    later, why_later = delay_grows(*args, of_test=True)
+    delay, why_delay = delay_grows(*args)
+    parts = {
+        "the larger alpha, the later it generalises": later,
+        "the fit-to-generalisation delay grows with alpha": delay,
+    }
+    lines += [
+        _part(n, ok, w) for (n, ok), w in zip(parts.items(), (why_later, why_delay), strict=True)
+    ]
+    return lines, Verdict(parts)
 
 
-def check_fig2(s: Mapping[str, Any]) -> tuple[list[str], bool]:
-    rows = s["sweep"]
+def check_fig2(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
+    rows = sorted(s["sweep"], key=lambda r: r["alpha"])
     lines = [f"convention {s['convention']!r} (alpha = scale^2 in the paper's code)"]
     lines += [
         f"scale {r['scale']:g} (alpha {r['alpha']:g}): ~90% accuracy on train at step "
@@ -142,28 +198,109 @@ def check_fig2(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"{fmt(r['acc_delay'])}); final test accuracy {fmt(r['final_test_acc'])}"
         for r in rows
     ]
-    delays = [r["acc_delay"] for r in rows]
-    after = all(never_is_inf(r["test_acc_step"]) > never_is_inf(r["train_acc_step"]) for r in rows)
-    return lines, bool(len(rows) > 1 and after and comes_later(delays))
+    train = [r["train_acc_step"] for r in rows]
+    test = [r["test_acc_step"] for r in rows]
+    after = bool(rows) and all(
+        is_finite(a) and is_finite(b) and b > a for a, b in zip(train, test, strict=True)
+    )
+    grows, why = delay_grows(
+        [f"alpha={r['alpha']:g}" for r in rows], train, test, [ran_for(r, ran_for(s)) for r in rows]
+    )
+    parts = {
+        "test accuracy rises after train accuracy": after,
+        "the delay grows with alpha": grows,
+    }
+    lines.append(_part("the delay grows with alpha", grows, why))
+    return lines, Verdict(parts)
 
 
-def check_fig3(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_fig3(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     kind = "<" if s["threshold_kind"] == "absolute" else "<= start x"
+    alphas, eps = s["alphas"], s["eps"]
     lines = [f"{s['metric']} at loss {kind} {s['threshold']:g} (lr-equivalent epochs):"]
-    for a, row in zip(s["alphas"], s["matrix"], strict=True):
-        cells = ", ".join(f"eps {e:g}: {fmt(v)}" for e, v in zip(s["eps"], row, strict=True))
+    for a, row in zip(alphas, s["matrix"], strict=True):
+        cells = ", ".join(f"eps {e:g}: {fmt(v)}" for e, v in zip(eps, row, strict=True))
         lines.append(f"alpha {a:g}: {cells}")
-    never = ", ".join(f"(alpha {a:g}, eps {e:g})" for a, e in s["never"]) or "none"
-    lines.append(f"never grokked: {never}")
-    # the delay grows with alpha in every eps column where the laziest cells still grok
-    cols = list(zip(*s["matrix"], strict=True))
-    grows = [comes_later(col) for col in cols]
-    corner = [s["alphas"][-1], s["eps"][-1]] in [list(c) for c in s["never"]]
-    lines.append(f"delay grows with alpha in {sum(grows)} of {len(cols)} eps columns")
-    return lines, bool(all(grows) and corner)
+    n_a, n_e = len(alphas), len(eps)
+    none = [[None] * n_e for _ in alphas]
+    train, test = s.get("train_step") or none, s.get("test_step") or none
+    final = s.get("final_step") or none
+
+    def budget(i: int, j: int) -> str:
+        return f"{fmt(final[i][j])} steps" if is_finite(final[i][j]) else "its budget"
+
+    def fitted(i: int, j: int) -> bool:
+        return is_finite(train[i][j])
+
+    never = [(i, j) for i in range(n_a) for j in range(n_e) if not is_finite(test[i][j])]
+    lines.append(
+        "never generalised: "
+        + (
+            ", ".join(
+                f"(alpha {alphas[i]:g}, eps {eps[j]:g}: "
+                + (
+                    f"fitted, ran {budget(i, j)})"
+                    if fitted(i, j)
+                    else f"never fitted, ran {budget(i, j)})"
+                )
+                for i, j in never
+            )
+            or "none"
+        )
+    )
+
+    def verdict_over(lines_of: list[tuple[str, tuple[bool, str]]], what: str) -> bool:
+        testable = [(n, r) for n, r in lines_of if not r[1].startswith("fewer than two")]
+        ok = bool(testable) and all(r[0] for _, r in testable)
+        lines.append(
+            f"delay {what} in {sum(r[0] for _, r in testable)} of {len(lines_of)} "
+            f"({len(lines_of) - len(testable)} with fewer than two cells that generalised)"
+            + "".join(f"; {n}: {r[1]}" for n, r in testable if not r[0])
+        )
+        return ok
+
+    # in each eps column, over increasing alpha: cells that fit but never grok may only sit
+    # above every cell that groks (the never-grok phase) and count for nothing
+    cols = [
+        (
+            f"eps {eps[j]:g}",
+            delay_grows(
+                [f"alpha {a:g}" for a in alphas],
+                [train[i][j] for i in range(n_a)],
+                [test[i][j] for i in range(n_a)],
+                [budget(i, j) for i in range(n_a)],
+                never_tail=True,
+            ),
+        )
+        for j in range(n_e)
+    ]
+    grows = verdict_over(cols, "grows with alpha, eps columns:")
+    # in each alpha row, over decreasing eps (the delay grows as eps shrinks)
+    rows = [
+        (
+            f"alpha {alphas[i]:g}",
+            delay_grows(
+                [f"eps {e:g}" for e in eps][::-1],
+                train[i][::-1],
+                test[i][::-1],
+                [budget(i, j) for j in range(n_e)][::-1],
+                never_tail=True,
+            ),
+        )
+        for i in range(n_a)
+    ]
+    shrinks = verdict_over(rows, "shrinks with eps, alpha rows:")
+    corner = any(i == n_a - 1 and fitted(i, j) for i, j in never)
+    return lines, Verdict(
+        {
+            "the delay grows with alpha": grows,
+            "the delay shrinks with eps": shrinks,
+            "a corner (largest alpha) fits but never groks": corner,
+        }
+    )
 
 
-def check_fig4(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_fig4(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     g, d0, d1 = s["time_to_grok"], s["decomposition_initial"], s["decomposition_final"]
     lines = [
         "terms at the start: "
@@ -176,14 +313,24 @@ def check_fig4(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"sum of the terms vs the {s['config']['P_test']}-point test loss: at most "
         f"{fmt(s['max_rel_gap'])} apart (Monte-Carlo std bound {fmt(s['mc_rel_std_bound'])})",
     ]
-    late = (s["misalignment_at_train_crossing"] or 0) > 0.5 and (
-        s["collapse_over_train_step"] or 0
-    ) > 2
-    sums = s["max_rel_gap"] < 2 * s["mc_rel_std_bound"]
-    return lines, bool(late and sums)
+    fitted, general = is_finite(g["train_step"]), is_finite(g["test_step"])
+    if not fitted:
+        lines.append(f"the train loss never fell below 0.1 x its start (ran {ran_for(s)})")
+    elif not general:
+        lines.append(f"the test loss never generalised within {ran_for(s)}")
+    high = fitted and (s["misalignment_at_train_crossing"] or 0) > 0.5
+    waits = general and (s["collapse_over_train_step"] or 0) > 2
+    sums = is_finite(s["max_rel_gap"]) and s["max_rel_gap"] < 2 * s["mc_rel_std_bound"]
+    return lines, Verdict(
+        {
+            "the test loss is the sum of the three terms": sums,
+            "the train loss falls while the misalignment stays high": high,
+            "generalisation waits for the misalignment to collapse": waits,
+        }
+    )
 
 
-def check_student_teacher(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_student_teacher(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     cs = s["crossings"]
     lines = [
         f"tau {c['threshold']:g}: test accuracy reaches {s['level']:g} at step "
@@ -196,12 +343,22 @@ def check_student_teacher(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"falls smoothly {fmt(s['initial_test_loss'])} -> {fmt(s['final_test_loss'])} (K0 "
         f"regression {fmt(s['k0_test_mse'])})"
     )
-    at = [c["test_loss_over_threshold"] for c in cs]
-    tracks = all(0.3 < v < 5 for v in at if v is not None)
-    return lines, bool((s["test_step_spread"] or 0) > 10 and tracks)
+    missed = [c["threshold"] for c in cs if not is_finite(c["test_step"])]
+    if missed:
+        lines.append(
+            "never reached at tau " + ", ".join(f"{x:g}" for x in missed) + f" within {ran_for(s)}"
+        )
+    at = [c["test_loss_over_threshold"] for c in cs if is_finite(c["test_loss_over_threshold"])]
+    tracks = bool(at) and not missed and all(0.3 < v < 5 for v in at)
+    return lines, Verdict(
+        {
+            "the apparent grokking step is set by the threshold": (s["test_step_spread"] or 0) > 10,
+            "the test loss falls smoothly, tracking the threshold": tracks,
+        }
+    )
 
 
-def check_init_scale(s: Mapping[str, Any]) -> tuple[list[str], bool]:
+def check_init_scale(s: Mapping[str, Any]) -> tuple[list[str], Verdict]:
     cm, ct = s["collapse_movement"], s["collapse_test_loss"]
     lines = [
         f"{s['net']} net; sigma^2 alpha = "
@@ -214,7 +371,8 @@ def check_init_scale(s: Mapping[str, Any]) -> tuple[list[str], bool]:
         f"final test loss spans {fmt(ct['range'])}x; at equal sigma^2 alpha at most "
         f"{fmt(ct['max_rel_spread'])} apart; explained {fmt(ct['r2_log'], '.4f')}",
     ]
-    return lines, bool(cm["max_rel_spread"] < 0.03 and cm["r2_log"] > 0.99)
+    ok = (cm["max_rel_spread"] or 1) < 0.03 and (cm["r2_log"] or 0) > 0.99
+    return lines, Verdict({"the dynamics depend on sigma and alpha through sigma^2 alpha": ok})
 
 
 FIGURES: list[Figure] = [
@@ -376,10 +534,8 @@ def write_page(figs: list[Figure], summaries: dict[str, dict], out_root: str, pa
             continue
         _, holds = results[f.key]
         secs = summaries[f.key].get("seconds")
-        lines.append(
-            f"| [{f.title}](#{f.key}) | {'yes' if holds else '**no**'} | `{command(f)}` | "
-            f"{fmt(secs, '.0f')} |"
-        )
+        said = str(holds) if holds else f"**{holds}**"
+        lines.append(f"| [{f.title}](#{f.key}) | {said} | `{command(f)}` | {fmt(secs, '.0f')} |")
     for f in figs:
         if f.key not in results:
             continue
@@ -398,7 +554,7 @@ def write_page(figs: list[Figure], summaries: dict[str, dict], out_root: str, pa
             "",
             *[f"* {n}" for n in numbers],
             "",
-            f"**Holds:** {'yes' if holds else 'no'}." + (f" {f.note}" if f.note else ""),
+            f"**Holds:** {holds}." + (f" {f.note}" if f.note else ""),
         ]
         png = os.path.join(out_root, f.key, "figure.png")
         if os.path.exists(png):
@@ -433,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     for fig in FIGURES:
         if fig.key in summaries:
             numbers, holds = fig.check(summaries[fig.key])
-            print(f"{fig.key}: {'holds' if holds else 'DOES NOT HOLD'}; " + "; ".join(numbers))
+            print(f"{fig.key}: holds {holds}; " + "; ".join(numbers))
     return 0
 
 
