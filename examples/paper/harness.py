@@ -85,8 +85,10 @@ class Setup:
             when the meter measures, on the state before that iteration's update.
         optimizer: ``optimizer(meter) -> torch.optim.Optimizer`` (the meter sets lr rules).
         scheduler: ``scheduler(optimizer)`` -> an lr scheduler stepped after each update.
-        step_unit: the step reported to the meter is ``round(i * step_unit)`` (e.g.
-            lr-equivalent epochs when the lr is a multiple of the paper's).
+        step_unit: the step reported to the meter after ``i`` updates is
+            ``round(i * step_unit)`` (e.g. lr-equivalent epochs when the lr is a multiple of
+            the paper's); below 1, several updates share a step and only the last of them
+            reports it (see :func:`reported_steps`).
         hparams: written to TensorBoard's hparams with the final numbers.
         desc: the progress bar's label.
         data: whatever the task's ``summarize`` needs again (data, labels, thresholds).
@@ -174,11 +176,39 @@ def differences(cfg: Any, other: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def reported_steps(steps: int, step_unit: float) -> dict[int, int]:
+    """``{iteration: step}``: which of the ``steps + 1`` iterations of :func:`fit` report to
+    the meter, and at which step, strictly increasing (the meter's contract).
+
+    Iteration ``i`` (the state after ``i`` updates) stands for step ``round(i * step_unit)``
+    (lr-equivalent epochs when the lr is ``step_unit`` times the paper's). With ``step_unit``
+    of at least 1 every iteration reports, at that step. Below 1 several iterations round to
+    the same step: the last of them reports it (the step is then within half an
+    lr-equivalent epoch of the state's, as for any non-integer ``i * step_unit``), except
+    that iteration 0 is always step 0 and the last iteration, always reported, gets the
+    next step when it would repeat the previous one (a run shorter than half a step)."""
+    if steps < 0:
+        raise ValueError(f"steps: expected >= 0, got {steps}")
+    if not (math.isfinite(step_unit) and step_unit > 0):
+        raise ValueError(f"step_unit: expected a finite number > 0, got {step_unit!r}")
+    out = {0: 0}
+    prev = 0
+    for i in range(1, steps + 1):
+        step = round(i * step_unit)
+        if i == steps:
+            out[i] = prev = max(step, prev + 1)
+        elif step > prev and round((i + 1) * step_unit) != step:
+            out[i] = prev = step
+    return out
+
+
 def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
     """The training loop every task shares; returns its wall time in seconds.
 
-    Iteration ``i`` reports step ``round(i * setup.step_unit)``: when the meter will
-    measure there, ``setup.measure`` gives the row's scalars (state before the update);
+    Iteration ``i`` reports step ``round(i * setup.step_unit)`` where
+    :func:`reported_steps` says so (every iteration for a ``step_unit`` of at least 1; the
+    steps stay strictly increasing for any ``step_unit``): when the meter will measure
+    there, ``setup.measure`` gives the row's scalars (state before the update);
     otherwise the minimised loss is passed as ``train_loss`` on the steps the meter writes
     scalars (``scalar_every``: TensorBoard's curve), and read nowhere else.
     The last iteration (``i = steps``, no update) is always measured; ``setup.stop`` may end
@@ -190,12 +220,15 @@ def fit(setup: Setup, meter: Any, *, progress: bool = True) -> float:
     sched = setup.scheduler(opt) if setup.scheduler is not None else None
     bar = progress_bar(setup.steps, progress, setup.desc)
     t0 = time.perf_counter()
+    reported = reported_steps(setup.steps, setup.step_unit)
     try:
         for i in range(setup.steps + 1):
-            step = round(i * setup.step_unit)
-            measuring = meter.will_measure(step)
+            step = reported.get(i)  # None: an update inside a step, not reported
             loss = setup.loss(meter, i)
-            if measuring or i == setup.steps:
+            measuring = step is not None and meter.will_measure(step)
+            if step is None:
+                pass
+            elif measuring or i == setup.steps:
                 with torch.no_grad():
                     scalars = setup.measure(meter)
                 meter.step(step=step, **scalars)
