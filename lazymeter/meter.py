@@ -45,7 +45,6 @@ from .regime import RegimeThresholds, describe
 from .scaled import ScaledModel
 from .schedules import ScheduleSpec, make_schedule
 from .sinks import RunLog, Sink, read_jsonl, scalar_values
-from .sinks.runlog import SCALAR_EVERY
 
 _STATE_VERSION = 2
 #: Outputs per sample from which an exact-output meter suggests ``Sketch(16)`` at construction.
@@ -601,8 +600,7 @@ class LazyMeter(ScaledModel):
         """The most often :meth:`step`'s scalars reach a sink, in steps (TensorBoard's
         ``TensorBoardSink(scalar_every=...)``, 10 by default); :meth:`wants_scalars` says
         whether a given step's do."""
-        cadences = [getattr(s, "scalar_every", SCALAR_EVERY) for s in self._log.sinks]
-        return min([self._log.tb.scalar_every, *cadences])
+        return self._log.scalar_every
 
     def wants_scalars(self, step: int) -> bool:
         """Whether the scalars passed to :meth:`step` at ``step`` are recorded anywhere (a

@@ -315,6 +315,12 @@ class ProbeSet:
         """``probe=`` as a :class:`ProbeSet` (a plain ``(x, y)`` becomes its train points)."""
         return probe if probe is None or isinstance(probe, ProbeSet) else cls(probe)
 
+    def map(self, fn: Callable[[Any], Any]) -> ProbeSet:
+        """The same set with ``fn`` applied to its train and (when present) test points:
+        ``max_points`` and ``seed`` kept (e.g. an integration moving them to a device)."""
+        test = None if self.test is None else fn(self.test)
+        return ProbeSet(fn(self.train), test=test, max_points=self.max_points, seed=self.seed)
+
     def __repr__(self) -> str:
         test = "None" if self.test is None else "..."
         return f"ProbeSet(train=..., test={test}, max_points={self.max_points!r}, seed={self.seed})"

@@ -172,14 +172,7 @@ def as_probe(probe: Any) -> tuple[Tensor, Tensor] | None:
 def as_probes(probe: Any) -> ProbeSet | tuple[Tensor, Tensor] | None:
     """:func:`as_probe` of ``probe``, or of a :class:`~lazymeter.ProbeSet`'s train and test
     points (its ``max_points`` and ``seed`` kept)."""
-    if isinstance(probe, ProbeSet):
-        return ProbeSet(
-            as_probe(probe.train),
-            test=as_probe(probe.test),
-            max_points=probe.max_points,
-            seed=probe.seed,
-        )
-    return as_probe(probe)
+    return probe.map(as_probe) if isinstance(probe, ProbeSet) else as_probe(probe)
 
 
 class ScaledTrainerModel(nn.Module):
@@ -392,12 +385,7 @@ class LazyMeterCallback(TrainerCallback):
     def _to(probe: Any, device: torch.device) -> Any:
         """``probe`` (``(x, y)``, a :class:`ProbeSet` of them, or None) on ``device``."""
         if isinstance(probe, ProbeSet):
-            return ProbeSet(
-                LazyMeterCallback._to(probe.train, device),
-                test=LazyMeterCallback._to(probe.test, device),
-                max_points=probe.max_points,
-                seed=probe.seed,
-            )
+            return probe.map(lambda p: LazyMeterCallback._to(p, device))
         return None if probe is None else tuple(t.to(device) for t in probe)
 
     def on_train_begin(

@@ -93,12 +93,7 @@ class LazyMeterCallback(pl.Callback):
         """``probe`` with its ``(x, y)`` tensors on ``device`` (a :class:`ProbeSet`'s train
         and test points too); other sources (a DataLoader, batches) as they are."""
         if isinstance(probe, ProbeSet):
-            return ProbeSet(
-                LazyMeterCallback._to(probe.train, device),
-                test=LazyMeterCallback._to(probe.test, device),
-                max_points=probe.max_points,
-                seed=probe.seed,
-            )
+            return probe.map(lambda p: LazyMeterCallback._to(p, device))
         if isinstance(probe, (tuple, list)) and len(probe) == 2:
             if all(isinstance(t, torch.Tensor) for t in probe):
                 return tuple(t.to(device) for t in probe)
