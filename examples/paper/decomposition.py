@@ -40,9 +40,10 @@ class DecompositionConfig:
     epochs ``step * lr_scale``. The paper runs ``lr = 0.5 N / alpha^2`` for 50k steps (25k
     lr-equivalent epochs); the default runs the same 25k lr-equivalent epochs at
     ``lr_scale=5`` in 5k steps (the stability edge is about 15 here; curves at 5 and at 0.5
-    agree to a few percent). Seed: with N=2 many initialisations end in a spurious minimum
-    (train loss ~0.05, test loss rising); seed 2 generalises (``P_test`` changes the draw
-    too: the init is drawn after the test set). The linearised model, the K0 baseline (its
+    agree to a few percent). Seeds: with N=2 many initialisations end in a spurious minimum
+    (train loss ~0.05, test loss rising) and never generalise; the default seed is 0 like
+    every task's, and docs/reproduction.md reports how many of seeds 0-4 generalise
+    (``P_test`` changes the draw too: the init is drawn after the test set). The linearised model, the K0 baseline (its
     K0 has rank <= N D = 80 < P: ill-posed) and the alignment on test points are not measured.
     """
 
@@ -58,7 +59,7 @@ class DecompositionConfig:
     collapse: float = option(0.1, "the misalignment collapses at collapse x its start")
     per_decade: int = option(16, "measurements per decade of steps")
     max_probe: int = option(64, "points of the meter's train/test probes")
-    seed: int = option(2, "seed of data and initialisation (2: one that generalises)")
+    seed: int = option(0, "seed of data and initialisation")
     device: str = option("cpu", "torch device")
     dtype: str = option("float32", "float32 or float64")
 

@@ -32,13 +32,46 @@ def test_the_page_is_written_from_smoke_runs_and_rewritten_from_them(reproductio
     out, page = tmp_path / "runs", tmp_path / "docs" / "reproduction.md"
     page.parent.mkdir()
     args = ["--out", str(out), "--page", str(page), "--preset", "smoke", "--workers", "1"]
-    assert reproduction.main(args) == 0
+    assert reproduction.main([*args, "--seeds", "0,1"]) == 0
     text = page.read_text()
+    assert "seeds 0, 1" in text
     for fig in reproduction.FIGURES:
         assert f"{{ #{fig.key} }}" in text
-        summary = json.loads((out / fig.key / "summary.json").read_text())
-        numbers, holds = fig.check(summary)  # the checks read summary.json alone
-        assert numbers and holds.word in ("yes", "partly", "no")
+        for k in (0, 1):
+            summary = json.loads((out / fig.key / f"seed{k}" / "summary.json").read_text())
+            assert summary["config"]["seed"] == k
+            numbers, holds = fig.check(summary)  # the checks read summary.json alone
+            assert numbers and holds.word in ("yes", "partly", "no")
+            assert set(fig.numbers(summary)) == set(fig.numbers(json.loads(
+                (out / fig.key / "seed0" / "summary.json").read_text())))  # fmt: skip
+        for c in fig.controls:  # on the first seed only
+            s = json.loads(
+                (Path(reproduction.control_dir(str(out / fig.key), c)) / "summary.json").read_text()
+            )
+            assert s["config"]["seed"] == 0 and c.line(s) in text
+    # Figure 2's controls are runs, not typed-in numbers
+    fig2 = next(f for f in reproduction.FIGURES if f.key == "fig2")
+    assert {c.name for c in fig2.controls} >= {"AdamW", "heavy-ball momentum"}
+    assert "not run for this page" in text
     before = text
-    assert reproduction.main([*args, "--reuse"]) == 0
+    assert reproduction.main([*args, "--seeds", "0,1", "--reuse"]) == 0
     assert page.read_text() == before
+
+
+def test_a_claim_over_seeds_counts_each_word_and_each_failed_part(reproduction):
+    from paper.results import Verdict
+
+    yes = Verdict({"a": True, "b": True})
+    assert reproduction.over_seeds([yes] * 5) == "yes in 5 of 5 seeds"
+    mixed = [yes, yes, Verdict({"a": True, "b": False}), Verdict({"a": False, "b": False})]
+    assert reproduction.over_seeds(mixed) == (
+        "yes in 2, partly in 1, no in 1 of 4 seeds (fails: b: fails in 2; a: fails in 1)"
+    )
+
+
+def test_median_and_range_say_how_many_seeds_never_reached(reproduction):
+    assert reproduction.spread([100, 300, 200]) == "200 (100 to 300)"
+    assert reproduction.spread([100, None, 300, float("nan")]) == (
+        "200 (100 to 300); never in 2 of 4"
+    )
+    assert reproduction.spread([None, None]) == "never"
