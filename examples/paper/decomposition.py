@@ -43,8 +43,9 @@ class DecompositionConfig:
     agree to a few percent). Seeds: with N=2 many initialisations end in a spurious minimum
     (train loss ~0.05, test loss rising) and never generalise; the default seed is 0 like
     every task's, and docs/reproduction.md reports how many of seeds 0-4 generalise
-    (``P_test`` changes the draw too: the init is drawn after the test set). The linearised model, the K0 baseline (its
-    K0 has rank <= N D = 80 < P: ill-posed) and the alignment on test points are not measured.
+    (``P_test`` changes the draw too: the init is drawn after the test set). The linearised
+    model, the K0 baseline (its K0 has rank <= N D = 80 < P: ill-posed) and the alignment on
+    test points are not measured.
     """
 
     D: int = option(40, "input dimension")

@@ -55,7 +55,7 @@ import lazymeter as lm
 
 from .harness import Setup, SubRun, Task, option, run
 from .polynomial import QuadraticNet
-from .results import first_step_at_or_above, never_is_inf, series
+from .results import first_step_at_or_above, series
 
 _NORMALIZE = ("variance", "norm")
 _CENTRING = ("double", "mean")
@@ -449,7 +449,7 @@ def runs(cfg: EigenLabelsConfig) -> list[SubRun]:
 
 
 def combine(cfg: EigenLabelsConfig, subs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The experiment's numbers: per ``k`` the crossings (``inf``: never, written as null),
+    """The experiment's numbers: per ``k`` the crossings (NaN: never, written as null),
     the final test loss relative to its start, and the laziness evidence at its worst over
     every run."""
     by_k = {}
@@ -457,10 +457,10 @@ def combine(cfg: EigenLabelsConfig, subs: list[dict[str, Any]]) -> dict[str, Any
         g, h = s["time_to_grok"], s["time_to_half"]
         by_k[str(s["k"])] = {
             "eigenvalue": s["eigenvalue"],
-            "train_half": never_is_inf(h["train_step"]),
-            "test_half": never_is_inf(h["test_step"]),
-            "train_grok": never_is_inf(g["train_step"]),
-            "test_grok": never_is_inf(g["test_step"]),
+            "train_half": h["train_step"],
+            "test_half": h["test_step"],
+            "train_grok": g["train_step"],
+            "test_grok": g["test_step"],
             "final_test_over_start": s["final_test_loss"] / s["initial_test_loss"],
             "final_test_over_k0": s["final_test_loss"] / s["k0_test_mse"]
             if s.get("k0_test_mse")

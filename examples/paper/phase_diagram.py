@@ -37,7 +37,7 @@ class PhaseDiagramConfig:
     """Figure 3 on a CPU budget. Defaults change from the paper (``paper()``):
 
     * sizes D=50, P=300 (grid) and 225 (curves), P_test=500, N=200 instead of the paper's
-      100, 550 and 450, 1000, 500; the grid is 4 x 4 (alpha 0.5..4, eps 0.02..0.2) instead of
+      100, 550 and 450, 1000, 500; the grid is 4 x 5 (alpha 0.5..4, eps 0.02..0.3) instead of
       14 x 14 (alpha 0.4..5.6, eps 0.02..0.28), the curves 3 alphas and 3 eps values;
     * the grid runs at ``lr = 10 N / alpha^2`` for at most 20k steps (200k lr-equivalent
       epochs) instead of ``20 N / alpha^2`` for at most 110k steps: 10 is 0.4 x the stability

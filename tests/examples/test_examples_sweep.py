@@ -81,3 +81,11 @@ def test_absolute_threshold_phase_diagram_has_its_never_groks_corner(small_grid)
     assert cell["final_train_loss"] < 1e-5 and cell["final_test_loss"] > 0.15
     # every other cell stopped because both losses crossed
     assert [r["stopped"] for r in s["runs"]].count("crossed") == 5
+
+
+def test_the_phase_diagram_docstring_states_the_default_grid():
+    cfg = PhaseDiagramConfig()
+    a, e = cfg.alphas, cfg.eps
+    said = f"the grid is {len(a)} x {len(e)} (alpha {min(a):g}..{max(a):g}, eps "
+    said += f"{min(e):g}..{max(e):g})"
+    assert said in " ".join(PhaseDiagramConfig.__doc__.split())
