@@ -1,6 +1,7 @@
 """What every experiment does with its curves and its summary: read a curve out of a run's
-history, read a crossing step off it, compare and print crossing steps (never = infinitely
-late; printed "not reached", not "nan"), and write strict JSON."""
+history, read a crossing step off it, compare crossing steps (a run that never fitted or never
+generalised is said to be so, never counted as "later": :func:`delay_grows`), print them
+("not reached", not "nan") and write strict JSON."""
 
 from __future__ import annotations
 
@@ -37,18 +38,6 @@ def first_step_at_or_above(
 def is_finite(v: Any) -> bool:
     """Whether ``v`` is a finite int or float (not None, NaN or +-Inf)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def never_is_inf(v: Any) -> float:
-    """A crossing step with "never" (NaN, or None once through JSON) as infinitely late."""
-    return float(v) if is_finite(v) else math.inf
-
-
-def comes_later(steps: Sequence[Any]) -> bool:
-    """Whether crossing steps (never = infinitely late) never decrease along ``steps`` and
-    the last comes strictly after the first: "the delay grows"."""
-    t = [never_is_inf(v) for v in steps]
-    return len(t) > 1 and all(a <= b for a, b in zip(t[:-1], t[1:], strict=True)) and t[0] < t[-1]
 
 
 #: What a crossing step, a delay or a ratio that does not exist (NaN, None, +-Inf) prints as.
