@@ -807,7 +807,10 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
         "seed. For each: the paper's claim, the run's numbers seed by seed with their median "
         "and range, and whether the claim holds, part by part, in how many seeds. A run counts "
         "as grokking late only if it fitted its training set; one that never generalised is "
-        "reported as such, with how long it ran. Every number below comes from the runs' "
+        "reported as such, with how long it ran. Crossing steps are read off each run's "
+        "log-spaced measurements (8-32 per decade; the transformer also every 10 steps), so "
+        "seeds that agree to the digit crossed "
+        "between the same two measurements. Every number below comes from the runs' "
         "`summary.json`. Regenerate with `python benchmarks/reproduction.py` (`--reuse` "
         "rewrites the page from the runs in `runs/reproduction/`).",
         "",
