@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,6 +58,23 @@ def test_the_page_is_written_from_smoke_runs_and_rewritten_from_them(reproductio
     before = text
     assert reproduction.main([*args, "--seeds", "0,1", "--reuse"]) == 0
     assert page.read_text() == before
+    # a paper-preset run sits beside the default's numbers (here a stand-in: seed 0's summary)
+    (out / "fig1" / "paper").mkdir()
+    shutil.copy(out / "fig1" / "seed0" / "summary.json", out / "fig1" / "paper")
+    assert reproduction.main([*args, "--seeds", "0,1", "--reuse"]) == 0
+    text = page.read_text()
+    assert "**The paper's protocol** (`python examples/polynomial_regression.py --full`" in text
+    assert "| median (range) | `--full` |" in text and "run for fig1 (first seed)" in text
+
+
+def test_the_paper_preset_is_one_more_job_on_the_first_seed(reproduction, tmp_path):
+    fig1 = next(f for f in reproduction.FIGURES if f.key == "fig1")
+    jobs = reproduction.jobs_of(fig1, str(tmp_path), [3, 4], "default", paper=True)
+    assert [(j[1], j[2]["seed"], os.path.basename(j[3])) for j in jobs] == [
+        ("default", 3, "seed3"),
+        ("default", 4, "seed4"),
+        ("paper", 3, "paper"),
+    ]
 
 
 def test_a_claim_over_seeds_counts_each_word_and_each_failed_part(reproduction):
