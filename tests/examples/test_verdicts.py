@@ -157,7 +157,11 @@ def _fig5(train, test):
 def test_fig5(rep):
     assert rep.check_fig5(_fig5([1, 2, 3], [5, 10, 20]))[1] == "yes"
     assert rep.check_fig5(_fig5([1, 2, None], [5, 10, None]))[1] != "yes"
-    assert rep.check_fig5(_fig5([1, 2, 3], [5, 10, None]))[1] != "yes"
+    # "late or never": the smallest eigenvalue fits and never generalises, after two that did
+    assert rep.check_fig5(_fig5([1, 2, 3], [5, 10, None]))[1] == "yes"
+    assert rep.check_fig5(_fig5([1, 2, 3], [5, None, 20]))[1] != "yes"  # never before a later
+    assert rep.check_fig5(_fig5([1, 2, 3], [5, None, None]))[1] != "yes"  # one is no order
+    assert rep.check_fig5(_fig5([1, 2, 3], [5, 10, 7]))[1] != "yes"
 
 
 # --- fig 1, fig 4, student-teacher: single runs ----------------------------------------
