@@ -770,8 +770,9 @@ def numbers_table(fig: Figure, r: Result) -> list[str]:
         cells = [lab, *[fmt(v) for v in vals], spread(vals)]
         cells += [fmt(paper.get(lab))] if paper is not None else []
         rows.append("| " + " | ".join(cells) + " |")
-    verdicts = [str(fig.check(s)[1]) for s in r.seeds.values()]
-    cells = ["verdict", *verdicts, ""] + ([str(fig.check(r.paper)[1])] if paper is not None else [])
+    # the word only: the verdict line above names the parts that failed
+    verdicts = [fig.check(s)[1].word for s in r.seeds.values()]
+    cells = ["verdict", *verdicts, ""] + ([fig.check(r.paper)[1].word] if paper is not None else [])
     rows.append("| " + " | ".join(cells) + " |")
     return rows
 
