@@ -3,13 +3,13 @@ runs give over several seeds, and whether the claim holds, part by part, seed by
 
     python benchmarks/reproduction.py                 # every figure, seeds 0-4 (CPU defaults)
     python benchmarks/reproduction.py --only fig1,fig3 --seeds 0,1
-    python benchmarks/reproduction.py --paper fig1    # also the paper's protocol (seed 0)
+    python benchmarks/reproduction.py --paper fig1    # also the paper's protocol, as it is
     python benchmarks/reproduction.py --reuse         # rewrite the page from earlier runs
 
 Each figure runs its task's CPU-sized default through the harness (the same run as its example
 script) once per seed into ``runs/reproduction/<key>/seed<k>/``, its controls (Figure 2's other
 optimisers) on the first seed into ``.../control-<name>/`` and, for the figures named by
-``--paper``, the paper's preset on the first seed into ``.../paper/``. Every run is one job of a
+``--paper``, the paper's preset (its own seed) into ``.../paper/``. Every run is one job of a
 pool of ``--workers`` processes (one torch thread each). The page reads only the written
 ``summary.json`` files, so ``--reuse`` rebuilds it without training; every number on it comes
 from those files. Figures (the first seed's) are copied to ``docs/figures/reproduction/``.
@@ -662,8 +662,8 @@ Job = tuple[str, str, dict[str, Any], str]  # task, preset, overrides, output di
 
 
 def jobs_of(fig: Figure, out_root: str, seeds: list[int], size: str, paper: bool) -> list[Job]:
-    """The runs of a figure: its default per seed, its controls and (``paper``) its paper
-    preset on the first seed."""
+    """The runs of a figure: its default per seed, its controls (on the first seed) and
+    (``paper``) its paper preset."""
     d = os.path.join(out_root, fig.key)
     jobs = [
         (fig.task, size, {**fig.overrides, "seed": k}, os.path.join(d, f"seed{k}")) for k in seeds
@@ -672,8 +672,8 @@ def jobs_of(fig: Figure, out_root: str, seeds: list[int], size: str, paper: bool
         (fig.task, size, {**fig.overrides, **c.overrides, "seed": seeds[0]}, control_dir(d, c))
         for c in fig.controls
     ]
-    if paper:
-        jobs.append((fig.task, "paper", {"seed": seeds[0]}, os.path.join(d, "paper")))
+    if paper:  # the paper's protocol as it is, its own seed included
+        jobs.append((fig.task, "paper", {}, os.path.join(d, "paper")))
     return jobs
 
 
@@ -824,7 +824,7 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
         f"Last run: torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPU "
         f"cores, device {', '.join(sorted(device))}, seeds {seeds_text(seeds)}. The paper's "
         "presets (`--full`): "
-        + (f"run for {', '.join(ran_paper)} (first seed); " if ran_paper else "")
+        + (f"run for {', '.join(ran_paper)}; " if ran_paper else "")
         + "not run for "
         + (", ".join(f.key for f in figs if f.key not in ran_paper) or "none")
         + " (GPU-sized; no GPU was used for this page).",

@@ -1,7 +1,7 @@
 """Figure 2 of the paper: an MLP groks modular addition, later the larger its output scale.
 
 Task: ``(a + b) mod p`` for ``p = 23``, inputs the concatenated one-hot pair (``D = 2p``),
-90% of the ``p^2`` pairs train (seed 1: the authors' split), MSE against the one-hot
+90% of the ``p^2`` pairs train (``--seed 1`` is the authors' split), MSE against the one-hot
 label. Network (the paper's code): ``g(x) = W2 (W1 x)^2 / (D N)``, bias-free layers,
 ``N = 100``, weights ``N(0, 1)``, full-batch GD. The authors multiply the output by the
 scale ``s`` twice and divide the train loss by ``s^2`` at ``lr = 100 / s^2``: the effective
@@ -21,26 +21,21 @@ Budget: the default runs ``lr = 20 x the paper's`` for 8k steps (160k lr-equival
 steps, where the paper ran 100k at its rate: ``--full``); full-batch GD at these rates
 follows the same gradient flow (steps are reported as lr-equivalent steps).
 
-On the default (seed 1, the authors' split; 4 scales, about 2.3 CPU-minutes, which
-``--workers 2`` splits over two cores) the error (1 - accuracy) falls to 0.1 x its start (about
-90% accuracy) on the train set, then on the test set, at these lr-equivalent steps:
-s = 0.5 (alpha 0.25): 4.2k, 5.1k; s = 1 (alpha 1): 17.8k, 26.1k; s = 1.5 (alpha 2.25):
-42.2k, 68.1k; s = 2 (alpha 4): 82.5k, 133k. The delay grows with alpha (0.9k, 8.3k, 26k,
-51k; ratio 1.21 -> 1.62), and every run ends at 100% test accuracy. At s = 2 the test
-crossing lies past the paper's 100k steps. The test accuracy first falls to 0 while the
-train set is memorised; the weight norm grows from 84 to 266 (s = 1) as the network
-generalises; kernel regression with the initial NTK (the lazy limit) gets no test pair
-right.
+On the default (4 scales, about 2 CPU-minutes, which ``--workers 2`` splits over two cores)
+the error (1 - accuracy) falls to 0.1 x its start (about 90% accuracy) on the train set,
+then on the test set, later the larger alpha, and the delay between them grows with alpha;
+every run ends at 100% test accuracy, and at s = 2 the test crossing lies past the paper's
+100k steps. The test accuracy first falls to 0 while the train set is memorised; the weight
+norm grows as the network generalises; kernel regression with the initial NTK (the lazy
+limit) gets no test pair right. docs/reproduction.md gives the crossings over seeds 0-4.
 
 Appendix controls: ``--weight-decay`` (torch's; for SGD it adds ``wd/2 ||theta||^2`` to the
 minimised loss, a decay of ``100 wd / s^2`` per lr-equivalent step) shows that weight decay
-is not necessary for the delay (the default has none, and groks). With it, at s = 1,
-``3e-7`` moves the train and test crossings later (26.1k, 31.6k); ``1e-6`` shrinks the
-weights (norm 84 -> 39) before anything is learned (test accuracy 0.04 after 160k steps), a
-run that learns nothing and so says nothing about whether weight decay alone could cause a
-delay. ``--optimizer momentum`` (0.9, lr x 0.1) follows GD (train 19.6k, test 26.1k);
-``--optimizer adamw`` (``lr = 3e-3 / alpha``, real steps) keeps the delay and its growth
-with alpha: 464, 909 steps (s = 1); 1.47k, 2.61k (s = 2, alpha 4).
+is not necessary for the delay (the default has none, and groks); a large one shrinks the
+weights before anything is learned, a run that learns nothing and so says nothing about
+whether weight decay alone could cause a delay. ``--optimizer momentum`` (0.9, lr x 0.1)
+follows GD; ``--optimizer adamw`` (``lr = 3e-3 / alpha``, real steps) keeps the delay.
+docs/reproduction.md runs these controls and gives their numbers.
 
 Writes OUT/scale=<s>/ (history.jsonl, TensorBoard events, summary.json) for each scale,
 OUT/summary.json (the main run's numbers and the sweep table under "sweep") and

@@ -25,7 +25,10 @@ from lazymeter.history import measurements
 
 # About 2 s of one core per run (p=13: 152 train pairs); see the claim test's numbers. Tiny
 # models: one torch thread (more only add overhead, several x on a busy machine).
-SMALL = dict(p=13, N=50, lr_scale=10.0, steps=1500, per_decade=8, max_probe=32, scales=())
+# seed 1 (the authors' split at p=23) is the seed these small runs were measured on
+SMALL = dict(
+    p=13, N=50, lr_scale=10.0, steps=1500, per_decade=8, max_probe=32, scales=(), seed=1
+)  # fmt: skip
 
 
 def test_example_smoke_run_writes_each_scale_the_summary_and_the_figure(tmp_path):

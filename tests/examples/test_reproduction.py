@@ -64,17 +64,16 @@ def test_the_page_is_written_from_smoke_runs_and_rewritten_from_them(reproductio
     assert reproduction.main([*args, "--seeds", "0,1", "--reuse"]) == 0
     text = page.read_text()
     assert "**The paper's protocol** (`python examples/polynomial_regression.py --full`" in text
-    assert "| median (range) | `--full` |" in text and "run for fig1 (first seed)" in text
+    assert "| median (range) | `--full` |" in text and "run for fig1;" in text
 
 
-def test_the_paper_preset_is_one_more_job_on_the_first_seed(reproduction, tmp_path):
-    fig1 = next(f for f in reproduction.FIGURES if f.key == "fig1")
-    jobs = reproduction.jobs_of(fig1, str(tmp_path), [3, 4], "default", paper=True)
-    assert [(j[1], j[2]["seed"], os.path.basename(j[3])) for j in jobs] == [
-        ("default", 3, "seed3"),
-        ("default", 4, "seed4"),
-        ("paper", 3, "paper"),
-    ]
+def test_the_paper_preset_is_one_more_job_with_its_own_seed(reproduction, tmp_path):
+    fig2 = next(f for f in reproduction.FIGURES if f.key == "fig2")
+    jobs = reproduction.jobs_of(fig2, str(tmp_path), [3, 4], "default", paper=True)
+    runs = [(j[1], j[2].get("seed"), os.path.basename(j[3])) for j in jobs]
+    assert runs[:2] == [("default", 3, "seed3"), ("default", 4, "seed4")]
+    assert {r[1] for r in runs[2:-1]} == {3} and len(runs) == 3 + len(fig2.controls)
+    assert runs[-1] == ("paper", None, "paper")  # the authors' split: paper() says seed 1
 
 
 def test_a_claim_over_seeds_counts_each_word_and_each_failed_part(reproduction):
