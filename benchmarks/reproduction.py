@@ -883,8 +883,8 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
                 *[f"* {n}" for n in pn],
             ]
         else:
-            size = f" ({f.paper_size})" if f.paper_size else ""
-            lines += ["", f"**The paper's protocol** (`--full`{size}): not run for this page."]
+            size = f": {f.paper_size}" if f.paper_size else ""
+            lines += ["", f"**The paper's protocol** (`--full`) was not run for this page{size}."]
         if f.paper_differs:
             lines += ["", f"**Where `--full` differs from the authors' code.** {f.paper_differs}"]
         png = os.path.join(out_root, f.key, f"seed{k0}", "figure.png")

@@ -54,7 +54,7 @@ def test_the_page_is_written_from_smoke_runs_and_rewritten_from_them(reproductio
     # Figure 2's controls are runs, not typed-in numbers
     fig2 = next(f for f in reproduction.FIGURES if f.key == "fig2")
     assert {c.name for c in fig2.controls} >= {"AdamW", "heavy-ball momentum"}
-    assert "not run for this page" in text
+    assert "was not run for this page" in text
     before = text
     assert reproduction.main([*args, "--seeds", "0,1", "--reuse"]) == 0
     assert page.read_text() == before
