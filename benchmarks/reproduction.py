@@ -723,11 +723,15 @@ def load(path: str) -> dict[str, Any] | None:
 
 @dataclass
 class Result:
-    """What the page says about a figure: the runs per seed, the controls, the paper run."""
+    """What the page says about a figure: the runs per seed, the controls, the paper run,
+    and each run's check (lines and verdict), made once when read."""
 
     seeds: dict[int, dict[str, Any]]
     controls: dict[str, dict[str, Any]]
     paper: dict[str, Any] | None
+    checks: dict[int, tuple[list[str], Verdict]]  # per seed
+    paper_check: tuple[list[str], Verdict] | None
+    holds: str  # the verdict over seeds (:func:`over_seeds`)
 
     @classmethod
     def read(cls, fig: Figure, out_root: str, seeds: list[int]) -> Result | None:
@@ -736,7 +740,10 @@ class Result:
         if not runs:
             return None
         ctrl = {c.name: s for c in fig.controls if (s := load(control_dir(d, c))) is not None}
-        return cls(runs, ctrl, load(os.path.join(d, "paper")))
+        paper = load(os.path.join(d, "paper"))
+        checks = {k: fig.check(s) for k, s in runs.items()}
+        holds = over_seeds([v for _, v in checks.values()])
+        return cls(runs, ctrl, paper, checks, None if paper is None else fig.check(paper), holds)
 
 
 def over_seeds(verdicts: Sequence[Verdict]) -> str:
@@ -778,8 +785,8 @@ def numbers_table(fig: Figure, r: Result) -> list[str]:
         cells += [fmt(paper.get(lab))] if paper is not None else []
         rows.append("| " + " | ".join(cells) + " |")
     # the word only: the verdict line above names the parts that failed
-    verdicts = [fig.check(s)[1].word for s in r.seeds.values()]
-    cells = ["verdict", *verdicts, ""] + ([fig.check(r.paper)[1].word] if paper is not None else [])
+    cells = ["verdict", *[v.word for _, v in r.checks.values()], ""]
+    cells += [r.paper_check[1].word] if r.paper_check is not None else []
     rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -808,8 +815,9 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
     os.makedirs(fig_dir, exist_ok=True)
     figs = [f for f in figs if f.key in results]
     seeds = sorted({k for r in results.values() for k in r.seeds})
-    first = {f.key: results[f.key].seeds[min(results[f.key].seeds)] for f in figs}
-    device = {str(s["config"].get("device", "cpu")) for s in first.values()}
+    device = {
+        str(s["config"].get("device", "cpu")) for r in results.values() for s in r.seeds.values()
+    }
     ran_paper = [f.key for f in figs if results[f.key].paper is not None]
     lines = [
         "# Reproducing the paper",
@@ -823,10 +831,10 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
         "as grokking late only if it fitted its training set; one that never generalised is "
         "reported as such, with how long it ran. Crossing steps are read off each run's "
         "log-spaced measurements (8-32 per decade; the transformer also every 10 steps), so "
-        "seeds that agree to the digit crossed "
-        "between the same two measurements. Every number below comes from the runs' "
-        "`summary.json`. Regenerate with `python benchmarks/reproduction.py` (`--reuse` "
-        "rewrites the page from the runs in `runs/reproduction/`).",
+        "seeds that agree to the digit crossed between the same two measurements. Every "
+        "number below comes from the runs' `summary.json`. Regenerate with "
+        "`python benchmarks/reproduction.py` (`--reuse` rewrites the page from the runs in "
+        "`runs/reproduction/`).",
         "",
         f"Last run: torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPU "
         f"cores, device {', '.join(sorted(device))}, seeds {seeds_text(seeds)}. The paper's "
@@ -841,13 +849,12 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
     ]
     for f in figs:
         r = results[f.key]
-        said = over_seeds([f.check(s)[1] for s in r.seeds.values()])
         secs = statistics.median(s.get("seconds") or math.nan for s in r.seeds.values())
-        lines.append(f"| [{f.title}](#{f.key}) | {said} | `{command(f)}` | {fmt(secs, '.0f')} |")
+        lines.append(f"| [{f.title}](#{f.key}) | {r.holds} | `{command(f)}` | {fmt(secs, '.0f')} |")
     for f in figs:
         r = results[f.key]
         k0 = min(r.seeds)
-        numbers, _ = f.check(r.seeds[k0])
+        numbers, _ = r.checks[k0]
         lines += [
             "",
             f"## {f.title} {{ #{f.key} }}",
@@ -857,8 +864,7 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
             f"**Command.** `{command(f)}` (CPU-sized default; it differs from the paper in "
             f"{differences(r.seeds[k0])}).",
             "",
-            f"**Holds:** {over_seeds([f.check(s)[1] for s in r.seeds.values()])}."
-            + (f" {f.note}" if f.note else ""),
+            f"**Holds:** {r.holds}." + (f" {f.note}" if f.note else ""),
             "",
             *numbers_table(f, r),
             "",
@@ -873,8 +879,8 @@ def write_page(figs: list[Figure], results: dict[str, Result], out_root: str, pa
                 for c in f.controls
                 if c.name in r.controls
             ]
-        if r.paper is not None:
-            pn, pv = f.check(r.paper)
+        if r.paper_check is not None:
+            pn, pv = r.paper_check
             lines += [
                 "",
                 f"**The paper's protocol** (`{command(f)} --full`, seed "
@@ -922,9 +928,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     results = {f.key: r for f in FIGURES if (r := Result.read(f, a.out, seeds)) is not None}
     write_page(FIGURES, results, a.out, a.page)
-    for f in FIGURES:
-        if f.key in results:
-            print(f"{f.key}: {over_seeds([f.check(s)[1] for s in results[f.key].seeds.values()])}")
+    for key, r in results.items():
+        print(f"{key}: {r.holds}")
     return 0
 
 
